@@ -1,0 +1,215 @@
+"""The public API: ``Explainer.from_bundle(path)``, ``explain(table)``, ``explain_parquet(src, dst)``."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from gmcf.runtime.bundle import Bundle, SearchDefaults, load_bundle
+from gmcf.runtime.errors import GmcfError, InputError
+from gmcf.runtime.output import build_batch, output_schema
+from gmcf.runtime.search import ALREADY, FOUND, INVALID, NOT_FOUND, Engine, SearchResult, search
+
+#: Queries per call of the fused graph: B * steps candidate rows stay in cache.
+SEARCH_CHUNK = 4096
+DEFAULT_BATCH_SIZE = 65536
+
+
+@dataclass
+class Summary:
+    """Counts of one run, as printed by the CLI."""
+
+    rows: int = 0
+    found: int = 0
+    already_target: int = 0
+    not_found: int = 0
+    invalid: int = 0
+    seconds: float = 0.0
+    output: Path | None = None
+
+    @property
+    def searched(self) -> int:
+        return self.found + self.not_found
+
+    @property
+    def validity(self) -> float:
+        """Share of searched rows (f below the threshold) that got a counterfactual."""
+        return self.found / self.searched if self.searched else float("nan")
+
+    def add(self, status: np.ndarray) -> None:
+        counts = np.bincount(status.astype(np.int64), minlength=4)
+        self.rows += len(status)
+        self.found += int(counts[FOUND])
+        self.already_target += int(counts[ALREADY])
+        self.not_found += int(counts[NOT_FOUND])
+        self.invalid += int(counts[INVALID])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rows": self.rows, "found": self.found, "already_target": self.already_target,
+            "not_found": self.not_found, "invalid": self.invalid,
+            "validity": self.validity, "seconds": self.seconds,
+        }
+
+
+@dataclass
+class Explainer:
+    """Counterfactual explanations from a bundle, with onnxruntime on CPU (no torch).
+
+    >>> ex = Explainer.from_bundle("exported/adult")
+    >>> out = ex.explain(df)                      # pandas DataFrame or Arrow table in, Arrow out
+    >>> ex.explain_parquet("in.parquet", "out.parquet", batch_size=65536)
+    """
+
+    bundle: Bundle
+    settings: SearchDefaults
+    threads: int = 1
+    _engine: Engine | None = field(default=None, init=False, repr=False)
+
+    @classmethod
+    def from_bundle(cls, path: str | Path, threads: int = 1, **overrides: Any) -> Explainer:
+        """Load and verify a bundle. ``overrides`` replace its search defaults
+        (threshold, tol, steps, refine, extrapolate, max_alpha, ...)."""
+        bundle = load_bundle(path)
+        settings = replace(bundle.search, **{k: v for k, v in overrides.items() if v is not None})
+        validate_settings(settings)
+        return cls(bundle, settings, threads)
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            self._engine = Engine(self.bundle, self.threads)
+        return self._engine
+
+    # -- tables -------------------------------------------------------------------------------
+    def explain(self, data: pa.Table | pa.RecordBatch | Any, id_column: str | None = None) -> pa.Table:
+        """Explain every row of a table (Arrow table/batch or pandas DataFrame)."""
+        table = _as_arrow(data)
+        self._check_input(table.schema, id_column)
+        schema = self._schema(table.schema, id_column)
+        return pa.Table.from_batches([self._explain_batch(table, schema, id_column)], schema=schema)
+
+    def _check_input(self, schema: pa.Schema, id_column: str | None) -> None:
+        self.bundle.preprocessor.check_columns(schema)
+        if id_column is not None and id_column not in schema.names:
+            raise InputError(f"id column {id_column!r} is not in the input")
+
+    def _schema(self, schema: pa.Schema, id_column: str | None) -> pa.Schema:
+        id_field = schema.field(id_column) if id_column is not None else None
+        return output_schema(self.bundle.preprocessor, id_field)
+
+    def _explain_batch(
+        self, batch: pa.RecordBatch | pa.Table, schema: pa.Schema, id_column: str | None,
+        summary: Summary | None = None,
+    ) -> pa.RecordBatch:
+        pre = self.bundle.preprocessor
+        x, reason = pre.transform(batch)
+        ok = np.nonzero(np.equal(reason, None))[0]
+        res = SearchResult.empty(len(x), pre.width)
+        recon = np.full(len(x), np.nan, np.float32)
+        for start in range(0, ok.size, SEARCH_CHUNK):
+            rows = ok[start: start + SEARCH_CHUNK]
+            part = search(self.engine, x[rows], self.settings)
+            for name in ("status", "kind", "score", "cf", "cf_score", "alpha", "evaluations", "overshoot"):
+                getattr(res, name)[rows] = getattr(part, name)
+            hit = rows[part.status == FOUND]
+            if hit.size:
+                recon[hit] = self.engine.reconstruction_error(res.cf[hit])
+        if summary is not None:
+            summary.add(res.status)
+        upper = self.settings.threshold + self.settings.tol
+        return build_batch(schema, pre, batch, x, reason, res, recon, id_column, upper)
+
+    # -- files --------------------------------------------------------------------------------
+    def explain_parquet(
+        self,
+        src: str | Path,
+        dst: str | Path,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        id_column: str | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> Summary:
+        """Stream ``src`` through the search into ``dst``, ``batch_size`` rows at a time.
+
+        Memory is bounded by the batch size, not the file. The output is written to a temporary
+        file beside ``dst`` and renamed into place when complete. ``progress(done, total)`` is
+        called after each batch.
+        """
+        src, dst = Path(src), Path(dst)
+        if batch_size < 1:
+            raise InputError(f"batch size must be at least 1, got {batch_size}")
+        pf = open_parquet(src)
+        total = pf.metadata.num_rows
+        if total == 0:
+            raise InputError(f"{src}: the file has no rows")
+        self._check_input(pf.schema_arrow, id_column)
+        schema = self._schema(pf.schema_arrow, id_column)
+        columns = self.bundle.preprocessor.names + ([id_column] if id_column and id_column not in self.bundle.preprocessor.names else [])
+        summary = Summary(output=dst)
+        t0 = time.perf_counter()
+        tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+        try:
+            with pq.ParquetWriter(tmp, schema, **writer_options(schema)) as writer:
+                for batch in pf.iter_batches(batch_size=batch_size, columns=columns):
+                    writer.write_batch(self._explain_batch(batch, schema, id_column, summary))
+                    if progress:
+                        progress(summary.rows, total)
+            os.replace(tmp, dst)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        summary.seconds = time.perf_counter() - t0
+        return summary
+
+
+def validate_settings(s: SearchDefaults) -> None:
+    if not 0.0 < s.threshold < 1.0:
+        raise GmcfError(f"threshold must be in (0, 1), got {s.threshold}")
+    if s.tol <= 0.0:
+        raise GmcfError(f"tol must be positive, got {s.tol}")
+    if s.steps < 1:
+        raise GmcfError(f"steps must be at least 1, got {s.steps}")
+    if s.refine_points < 1 or s.refine_rounds < 0:
+        raise GmcfError("refine_points must be >= 1 and refine_rounds >= 0")
+    if s.max_alpha < 1.0:
+        raise GmcfError(f"max_alpha must be at least 1, got {s.max_alpha}")
+
+
+def writer_options(schema: pa.Schema) -> dict[str, Any]:
+    """Lean Parquet writer: dictionary encoding only where it pays, no column statistics."""
+    dict_cols = [
+        f.name for f in schema
+        if pa.types.is_dictionary(f.type) or pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
+    ]
+    return {"compression": "snappy", "use_dictionary": dict_cols, "write_statistics": False}
+
+
+def open_parquet(src: Path) -> pq.ParquetFile:
+    if not src.exists():
+        raise InputError(f"input file {src} does not exist")
+    if src.is_dir():
+        raise InputError(f"input {src} is a folder, not a Parquet file")
+    try:
+        return pq.ParquetFile(src)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise InputError(f"{src} is not a Parquet file ({str(exc).splitlines()[0]})") from exc
+
+
+def _as_arrow(data: Any) -> pa.Table | pa.RecordBatch:
+    if isinstance(data, pa.Table | pa.RecordBatch):
+        return data
+    try:
+        import pandas as pd
+    except ImportError as exc:  # pragma: no cover - pandas is a dependency
+        raise GmcfError("pandas is needed to explain a DataFrame") from exc
+    if isinstance(data, pd.DataFrame):
+        return pa.Table.from_pandas(data, preserve_index=False)
+    raise InputError(f"expected a pyarrow Table or pandas DataFrame, got {type(data).__name__}")

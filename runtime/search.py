@@ -1,0 +1,192 @@
+"""Algorithm 2, vectorised over a batch of queries and over the alpha path.
+
+For each query the fused graph ``search.onnx`` decodes z_s = (1 - a) z_q + a mu_1 for every a of a
+grid, hard-decodes each candidate to the row a user would receive and scores it with f. The
+counterfactual is the first candidate on the path with T <= f < T + tol. Beyond the paper, and
+each visible in the row's ``search`` column:
+
+- ``refined``: the first crossing overshot T + tol; the bracket (last a below T, first a above)
+  is subdivided ``refine_rounds`` times with ``refine_points`` points until a candidate lands
+  within tol.
+- ``extrapolated``: the path to mu_1 never crossed T; the walk continues past mu_1 up to
+  ``max_alpha``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnxruntime as ort
+
+from gmcf.runtime.bundle import Bundle, SearchDefaults, check_graph_signature
+from gmcf.runtime.errors import GmcfError
+
+# Row status codes (index into STATUSES) and search kinds (index into SEARCH_KINDS).
+STATUSES = ("found", "already_target", "not_found", "invalid")
+FOUND, ALREADY, NOT_FOUND, INVALID = range(4)
+SEARCH_KINDS = ("grid", "refined", "extrapolated")
+GRID, REFINED, EXTRAPOLATED = range(3)
+
+
+def _session(path: str, threads: int) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+
+
+class Engine:
+    """onnxruntime sessions of a bundle: the fused search graph, f, and the reconstruction."""
+
+    def __init__(self, bundle: Bundle, threads: int = 1) -> None:
+        if threads < 1:
+            raise GmcfError(f"threads must be at least 1, got {threads}")
+        self.bundle = bundle
+        self.sessions = {}
+        for name in ("search", "classifier", "reconstruct"):
+            sess = _session(str(bundle.graph_path(name)), threads)
+            check_graph_signature(
+                bundle, name, [i.name for i in sess.get_inputs()], [o.name for o in sess.get_outputs()]
+            )
+            self.sessions[name] = sess
+        width = bundle.preprocessor.width
+        shape = self.sessions["classifier"].get_inputs()[0].shape
+        if isinstance(shape[1], int) and shape[1] != width:
+            raise GmcfError(
+                f"bundle {bundle.path}: classifier takes {shape[1]} inputs, preprocessing makes {width}"
+            )
+
+    def score(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(self.sessions["classifier"].run(None, {"x": x})[0], dtype=np.float32)
+
+    def candidates(self, x: np.ndarray, alphas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Hard-decoded candidates [B, S, F] and their scores [B, S]."""
+        rows, score = self.sessions["search"].run(None, {"x": x, "alphas": alphas})
+        b, s = alphas.shape
+        return rows[b:].reshape(b, s, -1), score[b:].reshape(b, s)
+
+    def reconstruction_error(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(self.sessions["reconstruct"].run(None, {"x": x})[0], dtype=np.float32)
+
+
+@dataclass
+class SearchResult:
+    """Per-row outcome of the search for n queries (all arrays have length n)."""
+
+    status: np.ndarray  # int8 codes into STATUSES
+    kind: np.ndarray  # int8 codes into SEARCH_KINDS, -1 where nothing was found
+    score: np.ndarray  # f(x_q)
+    cf: np.ndarray  # [n, F] counterfactual rows in model space (zeros where none)
+    cf_score: np.ndarray  # f(x_cf), NaN where none
+    alpha: np.ndarray  # NaN where none
+    evaluations: np.ndarray  # decoder evaluations spent on the row
+    overshoot: np.ndarray  # best crossing score where the search crossed T but never within tol
+
+    @classmethod
+    def empty(cls, n: int, width: int) -> SearchResult:
+        return cls(
+            status=np.full(n, INVALID, np.int8),
+            kind=np.full(n, -1, np.int8),
+            score=np.full(n, np.nan, np.float32),
+            cf=np.zeros((n, width), np.float32),
+            cf_score=np.full(n, np.nan, np.float32),
+            alpha=np.full(n, np.nan, np.float32),
+            evaluations=np.zeros(n, np.int32),
+            overshoot=np.full(n, np.nan, np.float32),
+        )
+
+
+def _first_crossing(scores: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    cross = scores >= threshold
+    return cross.any(axis=1), cross.argmax(axis=1)
+
+
+def search(engine: Engine, x: np.ndarray, cfg: SearchDefaults) -> SearchResult:
+    """Explain every row of ``x`` (model space, float32, all rows valid)."""
+    n, width = x.shape
+    res = SearchResult.empty(n, width)
+    res.score[:] = engine.score(x)
+    res.status[:] = np.where(res.score >= cfg.threshold, ALREADY, NOT_FOUND)
+    todo = np.nonzero(res.status == NOT_FOUND)[0]
+    if todo.size == 0:
+        return res
+    t, upper = cfg.threshold, cfg.threshold + cfg.tol
+    grid = np.linspace(1.0 / cfg.steps, 1.0, cfg.steps, dtype=np.float32)
+    xq = x[todo]
+    m = todo.size
+    ar = np.arange(m)
+
+    # Per searched row: bracket (lo, hi) around the first crossing, and the best answer so far.
+    lo = np.zeros(m, np.float32)
+    hi = np.full(m, np.nan, np.float32)
+    best_row = np.zeros((m, width), np.float32)
+    best_score = np.full(m, np.nan, np.float32)
+    best_alpha = np.full(m, np.nan, np.float32)
+    kind = np.full(m, -1, np.int8)
+    evals = np.zeros(m, np.int32)
+
+    def walk(rows: np.ndarray, alphas: np.ndarray, start_lo: np.ndarray, how: int) -> None:
+        """Evaluate ``alphas`` [r, K] for searched rows ``rows``; record first crossings."""
+        cand, sc = engine.candidates(xq[rows], alphas)
+        evals[rows] += alphas.shape[1]
+        has, first = _first_crossing(sc, t)
+        r = rows[has]
+        f = first[has]
+        k = np.arange(r.size)
+        hi[r] = alphas[has, f]
+        prev = np.where(f > 0, alphas[has, np.maximum(f - 1, 0)], start_lo[has])
+        lo[r] = prev
+        best_row[r] = cand[has][k, f]
+        best_score[r] = sc[has, f]
+        best_alpha[r] = alphas[has, f]
+        kind[r] = how
+        # rows that did not cross: the bracket's low end moves to the last alpha tried
+        lo[rows[~has]] = alphas[~has, -1]
+
+    walk(ar, np.broadcast_to(grid, (m, cfg.steps)).copy(), np.zeros(m, np.float32), GRID)
+
+    if cfg.extrapolate and cfg.max_alpha > 1.0:
+        rows = np.nonzero(np.isnan(best_score))[0]
+        if rows.size:
+            ext = np.linspace(1.0, cfg.max_alpha, cfg.steps + 1, dtype=np.float32)[1:]
+            walk(rows, np.broadcast_to(ext, (rows.size, cfg.steps)).copy(),
+                 np.ones(rows.size, np.float32), EXTRAPOLATED)
+
+    if cfg.refine:
+        frac = np.arange(1, cfg.refine_points + 1, dtype=np.float32) / (cfg.refine_points + 1)
+        for _ in range(cfg.refine_rounds):
+            rows = np.nonzero(best_score >= upper)[0]
+            if rows.size == 0:
+                break
+            alphas = lo[rows, None] + (hi[rows] - lo[rows])[:, None] * frac[None, :]
+            prev_kind = kind[rows].copy()
+            cand, sc = engine.candidates(xq[rows], alphas.astype(np.float32))
+            evals[rows] += cfg.refine_points
+            has, first = _first_crossing(sc, t)
+            # crossing inside the bracket: shrink it to (previous point, crossing point)
+            r, f = rows[has], first[has]
+            k = np.arange(r.size)
+            new_hi = alphas[has, f]
+            lo[r] = np.where(f > 0, alphas[has, np.maximum(f - 1, 0)], lo[r])
+            hi[r] = new_hi
+            best_row[r] = cand[has][k, f]
+            best_score[r] = sc[has, f]
+            best_alpha[r] = new_hi
+            kind[r] = np.where(prev_kind[has] == EXTRAPOLATED, EXTRAPOLATED, REFINED)
+            # no crossing inside: the crossing lies between the last point and hi
+            lo[rows[~has]] = alphas[~has, -1]
+
+    found = ~np.isnan(best_score) & (best_score < upper)
+    over = ~np.isnan(best_score) & ~found
+    idx = todo[found]
+    res.status[idx] = FOUND
+    res.kind[idx] = kind[found]
+    res.cf[idx] = best_row[found]
+    res.cf_score[idx] = best_score[found]
+    res.alpha[idx] = best_alpha[found]
+    res.overshoot[todo[over]] = best_score[over]
+    res.evaluations[todo] = evals
+    return res

@@ -1,0 +1,236 @@
+"""Export of a trained model to a bundle: ONNX graphs with one pinned opset, and manifest.json.
+
+Graphs (every one takes float32 and is batch-dynamic):
+
+- ``encoder.onnx``      x [N, F] -> z [N, d]
+- ``encoder_u.onnx``    x [N, F] -> z_u [N, d_u]
+- ``decoder.onnx``      z [N, d], z_u [N, d_u] -> x_soft [N, F]
+- ``classifier.onnx``   x [N, F] -> score [N]  (probability of the positive class)
+- ``search.onnx``       x [B, F], alphas [B, S] -> rows [B + B*S, F], score [B + B*S]:
+  the query rows followed by the hard-decoded candidates of Algorithm 2, each scored by f.
+- ``reconstruct.onnx``  x [N, F] -> error [N]: mean squared error of the autoencoder on x.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx.compose
+import onnx.helper as oh
+import onnx.version_converter
+import torch
+from torch import nn
+
+from gmcf.runtime.bundle import OPSET
+from gmcf.runtime.errors import InputError
+from gmcf.runtime.schema import Preprocessor
+from gmcf.trainer.model import GMCF
+
+
+class HardDecode(nn.Module):
+    """Decoder output -> the row a user receives: integers rounded, one-hots arg-maxed."""
+
+    def __init__(self, pre: Preprocessor) -> None:
+        super().__init__()
+        lo, hi = pre.lo_hi()
+        span = np.where(hi > lo, hi - lo, 1.0)
+        self.register_buffer("lo", torch.tensor(lo, dtype=torch.float32))
+        self.register_buffer("span", torch.tensor(span, dtype=torch.float32))
+        self.register_buffer("is_int", torch.tensor(pre.integer_mask()))
+        self.cat_sizes = pre.cat_sizes
+        self.aranges = nn.ParameterList(
+            [nn.Parameter(torch.arange(k, dtype=torch.int64), requires_grad=False) for k in self.cat_sizes]
+        )
+
+    def forward(self, cont: torch.Tensor, logits: list[torch.Tensor]) -> torch.Tensor:
+        cont = torch.clamp(cont, 0.0, 1.0)
+        rounded = (torch.round(cont * self.span + self.lo) - self.lo) / self.span
+        cont = torch.where(self.is_int, rounded, cont)
+        blocks = [cont]
+        for lg, ar in zip(logits, self.aranges, strict=True):
+            blocks.append((ar == torch.argmax(lg, dim=-1, keepdim=True)).to(torch.float32))
+        return torch.cat(blocks, dim=-1)
+
+
+class SearchFront(nn.Module):
+    """Algorithm 2 for a batch and a per-row alpha grid, up to (not including) the classifier.
+
+    The first decoder layer is applied once per query and interpolated:
+    W [(1-a) z + a mu_1 ; z_u] + b = P + a Q with P = W [z; z_u] + b and Q = W_z (mu_1 - z).
+    """
+
+    def __init__(self, model: GMCF, pre: Preprocessor) -> None:
+        super().__init__()
+        self.encoder, self.encoder_u = model.encoder, model.encoder_u
+        body = list(model.decoder.body)
+        first = body[0]
+        assert isinstance(first, nn.Linear)
+        d = model.mu.shape[1]
+        self.register_buffer("w_z", first.weight[:, :d].detach().t().contiguous())
+        self.register_buffer("w_u", first.weight[:, d:].detach().t().contiguous())
+        self.register_buffer("b", first.bias.detach().clone())
+        self.register_buffer("mu_1", model.mu[1].detach().clone())
+        self.rest = nn.Sequential(*body[1:])
+        self.decoder = model.decoder
+        self.hard = HardDecode(pre)
+
+    def forward(self, x: torch.Tensor, alphas: torch.Tensor) -> torch.Tensor:
+        z, zu = self.encoder(x), self.encoder_u(x)
+        p = z @ self.w_z + zu @ self.w_u + self.b  # [B, H]
+        q = (self.mu_1 - z) @ self.w_z  # [B, H]
+        h = p[:, None, :] + alphas[:, :, None] * q[:, None, :]  # [B, S, H]
+        h = self.rest(h.reshape(-1, h.shape[-1]))
+        cont, logits = self.decoder.raw(h)
+        return torch.cat([x, self.hard(cont, logits)], dim=0)
+
+
+class Reconstruct(nn.Module):
+    def __init__(self, model: GMCF) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.model
+        xr = m.decoder(torch.cat([m.encoder(x), m.encoder_u(x)], dim=1))
+        return ((x - xr) ** 2).mean(dim=1)
+
+
+class _Decoder(nn.Module):
+    def __init__(self, model: GMCF) -> None:
+        super().__init__()
+        self.decoder = model.decoder
+
+    def forward(self, z: torch.Tensor, zu: torch.Tensor) -> torch.Tensor:
+        return self.decoder(torch.cat([z, zu], dim=1))
+
+
+def to_onnx(module: nn.Module, args: tuple[torch.Tensor, ...], inputs: list[str], outputs: list[str]) -> onnx.ModelProto:
+    """Trace ``module`` to an ONNX model with dynamic leading dimensions and the pinned opset."""
+    dyn: dict[str, dict[int, str]] = {
+        name: ({0: "batch", 1: "steps"} if name == "alphas" else {0: "batch"}) for name in inputs
+    }
+    dyn.update({name: {0: "n"} for name in outputs})
+    buf = io.BytesIO()
+    module.eval()
+    with torch.no_grad():
+        torch.onnx.export(
+            module, args, buf, input_names=inputs, output_names=outputs, dynamic_axes=dyn,
+            opset_version=OPSET, dynamo=False,
+        )
+    model = onnx.load_from_string(buf.getvalue())
+    onnx.checker.check_model(model)
+    return model
+
+
+def export_classifier(clf: nn.Module, width: int) -> onnx.ModelProto:
+    return to_onnx(clf, (torch.zeros(4, width),), ["x"], ["score"])
+
+
+def adapt_classifier(model: onnx.ModelProto, width: int) -> onnx.ModelProto:
+    """Bring a user's ONNX classifier to the bundle's contract: input ``x`` [N, width] float32,
+    output ``score`` [N], the probability of the positive class.
+
+    Accepted outputs: the first float output shaped [N], [N, 1] (a probability) or [N, 2]
+    (class probabilities; column 1 is taken).
+    """
+    import onnxruntime as ort
+
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as exc:
+        raise InputError(f"classifier: not a valid ONNX model: {str(exc).splitlines()[0]}") from exc
+    inits = {i.name for i in model.graph.initializer}
+    graph_inputs = [i for i in model.graph.input if i.name not in inits]
+    if len(graph_inputs) != 1:
+        raise InputError(f"classifier: expected one input, found {len(graph_inputs)}")
+    inp = graph_inputs[0]
+    dims = inp.type.tensor_type.shape.dim
+    if len(dims) != 2:
+        raise InputError(f"classifier: input {inp.name!r} must be 2-D [rows, {width}], has {len(dims)} dims")
+    if dims[1].HasField("dim_value") and dims[1].dim_value != width:
+        raise InputError(
+            f"classifier: input {inp.name!r} has {dims[1].dim_value} features, but the preprocessed data has {width}"
+        )
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), OPSET)
+    if opset != OPSET:
+        model = onnx.version_converter.convert_version(model, OPSET)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    probe = np.random.default_rng(0).random((3, width), dtype=np.float32)
+    try:
+        outs = sess.run(None, {inp.name: probe})
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types
+        raise InputError(f"classifier: fails on a [3, {width}] float32 input: {str(exc).splitlines()[0]}") from exc
+    chosen = None
+    for meta, val in zip(sess.get_outputs(), outs, strict=True):
+        arr = np.asarray(val)
+        if arr.dtype.kind == "f" and arr.shape in ((3,), (3, 1), (3, 2)):
+            chosen = (meta.name, arr.shape)
+            break
+    if chosen is None:
+        shapes = ", ".join(f"{m.name} {np.asarray(v).shape}" for m, v in zip(sess.get_outputs(), outs, strict=True))
+        raise InputError(
+            f"classifier: no float output shaped [N], [N, 1] or [N, 2] (found: {shapes})"
+        )
+    name, shape = chosen
+    nodes = [oh.make_node("Identity", ["x"], [inp.name])]
+    if shape == (3, 2):
+        nodes.append(oh.make_node("Gather", [name, "one"], ["score"], axis=1))
+        inits_new = [oh.make_tensor("one", onnx.TensorProto.INT64, [], [1])]
+    else:
+        nodes.append(oh.make_node("Reshape", [name, "flat"], ["score"]))
+        inits_new = [oh.make_tensor("flat", onnx.TensorProto.INT64, [1], [-1])]
+    g = model.graph
+    new_graph = oh.make_graph(
+        [nodes[0], *g.node, nodes[1]],
+        "classifier",
+        [oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", width])],
+        [oh.make_tensor_value_info("score", onnx.TensorProto.FLOAT, ["n"])],
+        initializer=[*g.initializer, *inits_new],
+    )
+    out = oh.make_model(new_graph, opset_import=model.opset_import, ir_version=model.ir_version)
+    onnx.checker.check_model(out)
+    return out
+
+
+def fuse_search(front: onnx.ModelProto, classifier: onnx.ModelProto) -> onnx.ModelProto:
+    """search.onnx = classifier(front(x, alphas)), keeping the candidate rows as an output."""
+    clf = onnx.compose.add_prefix(classifier, "f_")
+    clf.ir_version = front.ir_version
+    fused = onnx.compose.merge_models(
+        front, clf, io_map=[("rows", "f_x")], outputs=["rows", "f_score"]
+    )
+    # Rename the classifier's output to the contract's name.
+    for node in fused.graph.node:
+        node.output[:] = ["score" if o == "f_score" else o for o in node.output]
+    for o in fused.graph.output:
+        if o.name == "f_score":
+            o.name = "score"
+    onnx.checker.check_model(fused)
+    return fused
+
+
+def export_graphs(model: GMCF, pre: Preprocessor, classifier: onnx.ModelProto) -> dict[str, onnx.ModelProto]:
+    width = pre.width
+    d, du = model.mu.shape[1], model.encoder_u[-1].out_features
+    x = torch.rand(5, width)
+    front = to_onnx(SearchFront(model, pre), (x, torch.rand(5, 4)), ["x", "alphas"], ["rows"])
+    return {
+        "encoder": to_onnx(model.encoder, (x,), ["x"], ["z"]),
+        "encoder_u": to_onnx(model.encoder_u, (x,), ["x"], ["z_u"]),
+        "decoder": to_onnx(_Decoder(model), (torch.rand(5, d), torch.rand(5, du)), ["z", "z_u"], ["x_soft"]),
+        "classifier": classifier,
+        "search": fuse_search(front, classifier),
+        "reconstruct": to_onnx(Reconstruct(model), (x,), ["x"], ["error"]),
+    }
+
+
+def save(models: dict[str, onnx.ModelProto], folder: Path) -> dict[str, str]:
+    files = {}
+    for name, m in models.items():
+        fname = f"{name}.onnx"
+        (folder / fname).write_bytes(m.SerializeToString())
+        files[name] = fname
+    return files

@@ -1,0 +1,219 @@
+"""Training: the reference classifier, and Algorithm 1's alternating updates."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from gmcf.trainer.model import (
+    GMCF,
+    ReferenceClassifier,
+    class_weights,
+    loss_adv,
+    loss_cls,
+    loss_lkd,
+    loss_rec,
+)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters. Defaults are the paper's Adult settings (section 4.2, Table 7)."""
+
+    epochs: int = 100
+    batch_size: int = 100
+    lr: float = 1e-3
+    lambda_adv: float = 0.05
+    lambda_lkd: float = 0.5
+    latent_dim: int = 3
+    latent_u_dim: int = 3
+    encoder_hidden: tuple[int, ...] = (12, 24, 12, 6)
+    decoder_hidden: tuple[int, ...] = (6, 12, 24)
+    adversary_hidden: tuple[int, ...] = (16, 16)
+    var_floor: float = 0.05
+    adversarial_objective: str = "paper"
+    """``paper``: E_u maximises the adversary's BCE (eq. 9). ``confusion``: E_u drives the
+    adversary's output to 1/2, which cannot be met by anti-correlating z_u with the label."""
+    classifier_epochs: int = 40
+    classifier_lr: float = 3e-3
+    classifier_restarts: int = 3
+    classifier_hidden: tuple[int, ...] = (10, 4, 2)
+    probe_epochs: int = 20
+    test_size: float = 0.2
+    seed: int = 0
+    threads: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class History:
+    """Mean of each loss over the last epoch."""
+
+    losses: dict[str, float] = field(default_factory=dict)
+
+
+def _batches(n: int, batch_size: int, gen: torch.Generator) -> list[torch.Tensor]:
+    perm = torch.randperm(n, generator=gen)
+    return [perm[i: i + batch_size] for i in range(0, n, batch_size)]
+
+
+def _balanced_accuracy(y: np.ndarray, pred: np.ndarray) -> float:
+    rates = [float((pred[y == c] == c).mean()) for c in (0, 1) if (y == c).any()]
+    return float(np.mean(rates)) if rates else float("nan")
+
+
+def train_classifier(
+    x: np.ndarray, y: np.ndarray, cfg: TrainConfig, progress: Callable[[str], None] | None = None
+) -> ReferenceClassifier:
+    """The paper's reference MLP (Table 6), trained with class re-weighting on the ground truth.
+
+    Its 2-unit ReLU bottleneck can die at initialisation and then predict one class for every
+    row; we train ``classifier_restarts`` seeded initialisations and keep the one with the best
+    balanced accuracy on the training rows.
+    """
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y.astype(np.float32))
+    w_all = class_weights(yt)
+    best: tuple[float, ReferenceClassifier] | None = None
+    for attempt in range(cfg.classifier_restarts):
+        seed_everything(cfg.seed + 7919 * attempt)
+        clf = ReferenceClassifier(x.shape[1], cfg.classifier_hidden)
+        opt = torch.optim.Adam(clf.parameters(), lr=cfg.classifier_lr)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, cfg.classifier_epochs))
+        gen = torch.Generator().manual_seed(cfg.seed + attempt)
+        for epoch in range(cfg.classifier_epochs):
+            total = 0.0
+            for idx in _batches(len(xt), 256, gen):
+                loss = torch.nn.functional.binary_cross_entropy_with_logits(
+                    clf.logits(xt[idx]), yt[idx], weight=w_all[idx]
+                )
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                total += float(loss.detach()) * len(idx)
+            sched.step()
+            if progress:
+                progress(
+                    f"classifier {attempt + 1}/{cfg.classifier_restarts} "
+                    f"epoch {epoch + 1}/{cfg.classifier_epochs} loss {total / len(xt):.4f}"
+                )
+        clf.eval()
+        with torch.no_grad():
+            ba = _balanced_accuracy(y, (clf(xt) > 0.5).numpy().astype(np.int64))
+        if best is None or ba > best[0]:
+            best = (ba, clf)
+    assert best is not None
+    return best[1]
+
+
+def alternating_step(
+    model: GMCF,
+    opt_adv: torch.optim.Optimizer,
+    opt_gm: torch.optim.Optimizer,
+    opt_ae: torch.optim.Optimizer,
+    batch_a: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    batch_b: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    cfg: TrainConfig,
+) -> dict[str, float]:
+    """One iteration of Algorithm 1 (lines 3-9). Each batch is (x, y_hat, class weights)."""
+    x, y, w = batch_a
+    # line 4: the adversary learns to read y_hat from z_u (z_u frozen).
+    with torch.no_grad():
+        zu = model.encoder_u(x)
+    l_adv_a = loss_adv(model, zu, y, w)
+    opt_adv.zero_grad()
+    l_adv_a.backward()
+    opt_adv.step()
+    # lines 5-6: encoder, means and covariances on L_GM - lambda_adv L_adv.
+    z = model.encoder(x)
+    with torch.no_grad():
+        l_adv_gm = loss_adv(model, model.encoder_u(x), y, w)
+    l_cls = loss_cls(model, z, y, w)
+    l_lkd = loss_lkd(model, z, y, w)
+    l_gm = l_cls + cfg.lambda_lkd * l_lkd - cfg.lambda_adv * l_adv_gm
+    opt_gm.zero_grad()
+    l_gm.backward()
+    opt_gm.step()
+    # lines 7-9: on a fresh batch, encoder, encoder_u and decoder on eq. 9.
+    x, y, w = batch_b
+    z, zu = model.encoder(x), model.encoder_u(x)
+    xr = model.decoder(torch.cat([z, zu], dim=1))
+    l_rec = loss_rec(model, x, xr, w)
+    l_lkd_b = loss_lkd(model, z, y, w)
+    l_adv_b = loss_adv(model, zu, y, w)
+    if cfg.adversarial_objective == "confusion":
+        # E_u is pushed to make the adversary unsure (A(z_u) -> 1/2) instead of wrong.
+        l_conf = loss_adv(model, zu, torch.full_like(y, 0.5), w)
+        total = l_rec + cfg.lambda_lkd * l_lkd_b + cfg.lambda_adv * l_conf
+    else:
+        total = l_rec + cfg.lambda_lkd * l_lkd_b - cfg.lambda_adv * l_adv_b
+    opt_ae.zero_grad()
+    total.backward()
+    opt_ae.step()
+    return {
+        "adv": float(l_adv_a.detach()),
+        "cls": float(l_cls.detach()),
+        "lkd": float(l_lkd_b.detach()),
+        "rec": float(l_rec.detach()),
+        "total": float(total.detach()),
+    }
+
+
+def make_optimizers(model: GMCF, cfg: TrainConfig) -> tuple[torch.optim.Optimizer, ...]:
+    opt_adv = torch.optim.Adam(model.adversary.parameters(), lr=cfg.lr)
+    opt_gm = torch.optim.Adam([*model.encoder.parameters(), *model.gm_parameters()], lr=cfg.lr)
+    opt_ae = torch.optim.Adam(
+        [*model.encoder.parameters(), *model.encoder_u.parameters(), *model.decoder.parameters()],
+        lr=cfg.lr,
+    )
+    return opt_adv, opt_gm, opt_ae
+
+
+def fit_gmcf(
+    x: np.ndarray,
+    y_hat: np.ndarray,
+    n_numeric: int,
+    cat_sizes: list[int],
+    cfg: TrainConfig,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+) -> tuple[GMCF, History]:
+    """Algorithm 1 on (x, y_hat): the classifier's labels, not the ground truth."""
+    seed_everything(cfg.seed)
+    xt = torch.from_numpy(x)
+    yt = torch.from_numpy(y_hat.astype(np.float32))
+    prior = float(yt.mean().clamp(1e-3, 1 - 1e-3))
+    model = GMCF(
+        x.shape[1], n_numeric, cat_sizes, cfg.latent_dim, cfg.latent_u_dim, cfg.encoder_hidden,
+        cfg.decoder_hidden, cfg.adversary_hidden, cfg.var_floor, (1 - prior, prior),
+    )
+    opts = make_optimizers(model, cfg)
+    w_all = class_weights(yt)
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    hist = History()
+    for epoch in range(cfg.epochs):
+        order_a = _batches(len(xt), cfg.batch_size, gen)
+        order_b = _batches(len(xt), cfg.batch_size, gen)
+        sums: dict[str, float] = {}
+        for ia, ib in zip(order_a, order_b, strict=True):
+            out = alternating_step(
+                model, *opts, (xt[ia], yt[ia], w_all[ia]), (xt[ib], yt[ib], w_all[ib]), cfg
+            )
+            for k, v in out.items():
+                sums[k] = sums.get(k, 0.0) + v
+        hist.losses = {k: v / len(order_a) for k, v in sums.items()}
+        if on_epoch:
+            on_epoch(epoch, hist.losses)
+    model.eval()
+    return model, hist

@@ -1,0 +1,222 @@
+"""The whole training step: data -> classifier f -> Algorithm 1 -> report -> bundle folder."""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+
+from gmcf.datasets import Dataset
+from gmcf.runtime.bundle import (
+    FORMAT,
+    FORMAT_VERSION,
+    GRAPHS,
+    MANIFEST,
+    OPSET,
+    SearchDefaults,
+    sha256_file,
+)
+from gmcf.runtime.errors import InputError
+from gmcf.trainer.export import adapt_classifier, export_classifier, export_graphs, save
+from gmcf.trainer.fit import TrainConfig, _balanced_accuracy, fit_gmcf, seed_everything, train_classifier
+from gmcf.trainer.model import GMCF, class_weights, mlp
+from gmcf.trainer.prepare import Prepared, prepare
+
+
+@dataclass
+class Callbacks:
+    """Progress hooks for a front end (the CLI draws bars from them)."""
+
+    stage: Callable[[str, int], None] = lambda name, total: None
+    advance: Callable[[str], None] = lambda text: None
+
+
+@dataclass
+class TrainResult:
+    path: Path
+    report: dict[str, Any]
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+
+def _run_onnx(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return np.asarray(sess.run(["score"], {"x": x})[0])
+
+
+def probe_leakage(zu_train: np.ndarray, y_train: np.ndarray, zu_test: np.ndarray, y_test: np.ndarray, cfg: TrainConfig) -> dict[str, float]:
+    """Fit a fresh classifier on frozen z_u to predict y_hat; its held-out balanced accuracy
+    measures how much of the label z_u still carries (0.5 = none)."""
+    seed_everything(cfg.seed + 99)
+    xt, yt = torch.from_numpy(zu_train), torch.from_numpy(y_train.astype(np.float32))
+    probe = mlp([zu_train.shape[1], 32, 32, 1], act=torch.nn.ReLU)
+    opt = torch.optim.Adam(probe.parameters(), lr=3e-3)
+    w = class_weights(yt)
+    gen = torch.Generator().manual_seed(cfg.seed + 99)
+    for _ in range(cfg.probe_epochs):
+        perm = torch.randperm(len(xt), generator=gen)
+        for i in range(0, len(xt), 256):
+            idx = perm[i: i + 256]
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(
+                probe(xt[idx]).squeeze(-1), yt[idx], weight=w[idx]
+            )
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    with torch.no_grad():
+        pred = (probe(torch.from_numpy(zu_test)).squeeze(-1) > 0).numpy().astype(np.int64)
+    majority = float(max(y_test.mean(), 1 - y_test.mean()))
+    return {
+        "balanced_accuracy": _balanced_accuracy(y_test, pred),
+        "accuracy": float((pred == y_test).mean()),
+        "majority_rate": majority,
+    }
+
+
+def build_report(
+    model: GMCF, p: Prepared, f_train: np.ndarray, f_test: np.ndarray, losses: dict[str, float],
+    cfg: TrainConfig, seconds: float,
+) -> dict[str, Any]:
+    yh_train = (f_train >= 0.5).astype(np.int64)
+    yh_test = (f_test >= 0.5).astype(np.int64)
+    with torch.no_grad():
+        xt = torch.from_numpy(p.x_test)
+        z, zu = model.encoder(xt), model.encoder_u(xt)
+        xr = model.decoder(torch.cat([z, zu], 1)).numpy()
+        post = model.posterior_logits(z).argmax(1).numpy()
+        zu_train = model.encoder_u(torch.from_numpy(p.x_train)).numpy()
+    return {
+        "rows": {"train": len(p.x_train), "test": len(p.x_test)},
+        "final_losses": {k: round(v, 6) for k, v in losses.items()},
+        "classifier": {
+            "accuracy": float((yh_test == p.y_test).mean()),
+            "balanced_accuracy": _balanced_accuracy(p.y_test, yh_test),
+            "positive_rate_train": float(yh_train.mean()),
+        },
+        "reconstruction_mse": float(((xr - p.x_test) ** 2).mean()),
+        "gm_posterior_agreement": float((post == yh_test).mean()),
+        "z_u_probe": probe_leakage(zu_train, yh_train, zu.numpy(), yh_test, cfg),
+        "seconds": round(seconds, 1),
+    }
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("gmcf-batch", "torch", "onnx", "onnxruntime", "numpy", "pyarrow"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def train_bundle(
+    ds: Dataset,
+    out: Path,
+    cfg: TrainConfig = TrainConfig(),  # noqa: B008 - frozen dataclass
+    classifier: Path | None = None,
+    force: bool = False,
+    command: str | None = None,
+    callbacks: Callbacks | None = None,
+) -> TrainResult:
+    """Train f (unless given) and the explainer on ``ds``; write the bundle to ``out``.
+
+    The bundle is written to a temporary folder beside ``out`` and renamed into place, so an
+    interrupted run leaves nothing half-written.
+    """
+    cb = callbacks or Callbacks()
+    if out.exists() and not force:
+        raise InputError(f"output folder {out} exists; pass --force to replace it")
+    clf_model = None
+    if classifier is not None:
+        if not classifier.exists():
+            raise InputError(f"classifier {classifier} does not exist")
+        try:
+            clf_model = onnx.load(str(classifier))
+        except Exception as exc:  # noqa: BLE001 - onnx raises several types for a bad file
+            raise InputError(f"classifier {classifier}: not an ONNX model ({type(exc).__name__})") from exc
+    torch.set_num_threads(cfg.threads)
+    t0 = time.time()
+    p = prepare(ds, cfg.test_size, cfg.seed)
+    width = p.pre.width
+    if clf_model is None:
+        cb.stage("classifier", cfg.classifier_epochs * cfg.classifier_restarts)
+        clf = train_classifier(p.x_train, p.y_train, cfg, progress=cb.advance)
+        clf_onnx = export_classifier(clf, width)
+    else:
+        clf_onnx = adapt_classifier(clf_model, width)
+    f_train = _run_onnx(clf_onnx, p.x_train)
+    f_test = _run_onnx(clf_onnx, p.x_test)
+    y_hat = (f_train >= 0.5).astype(np.int64)
+    if y_hat.min() == y_hat.max():
+        raise InputError(
+            f"the classifier predicts class {int(y_hat[0])} for every training row; "
+            "there is nothing to explain"
+        )
+    cb.stage("explainer", cfg.epochs)
+
+    def on_epoch(epoch: int, losses: dict[str, float]) -> None:
+        cb.advance(" ".join(f"{k} {v:.3f}" for k, v in losses.items()))
+
+    model, hist = fit_gmcf(p.x_train, y_hat, p.pre.n_numeric, p.pre.cat_sizes, cfg, on_epoch)
+    cb.stage("report", 1)
+    report = build_report(model, p, f_train, f_test, hist.losses, cfg, time.time() - t0)
+    report["dataset"] = ds.name
+    cb.advance("report")
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        graphs = export_graphs(model, p.pre, clf_onnx)
+        files = save(graphs, tmp)
+        (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        manifest = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "command": command or " ".join(["gmcf-batch", *sys.argv[1:]]),
+            "producer": _versions(),
+            "dataset": ds.name,
+            "schema": {"label": ds.schema.label, "positive_class": ds.schema.positive_class},
+            "preprocessing": p.pre.to_dict(),
+            "latent": {
+                "dim": cfg.latent_dim,
+                "u_dim": cfg.latent_u_dim,
+                "mu": model.mu.detach().numpy().astype(float).round(7).tolist(),
+                "var": model.var.detach().numpy().astype(float).round(7).tolist(),
+            },
+            "opset": OPSET,
+            "search": SearchDefaults().to_dict(),
+            "train_config": cfg.to_dict(),
+            "classifier": "user" if classifier is not None else "reference-mlp",
+            "graphs": {name: files[name] for name in GRAPHS},
+            "files": {},
+        }
+        manifest["files"] = {
+            fname: sha256_file(tmp / fname) for fname in [*files.values(), "report.json"]
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        tmp.chmod(0o755)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return TrainResult(out, report, manifest)
