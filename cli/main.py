@@ -1,0 +1,243 @@
+"""``gmcf-batch``: a thin command line over the runtime and the trainer."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from gmcf.runtime.errors import GmcfError
+
+app = typer.Typer(
+    help="Counterfactual explanations at scale: what would have to change for the decision to go the other way.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err = Console(stderr=True)
+out = Console()
+
+EXPORTED = Path(str(resources.files("gmcf.exported")))
+
+
+def default_bundle() -> Path:
+    """$GMCF_BUNDLE, else the shipped Adult bundle."""
+    import os
+
+    env = os.environ.get("GMCF_BUNDLE")
+    return Path(env) if env else EXPORTED / "adult"
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+        console=err, transient=False, disable=not err.is_terminal and not _force_progress(),
+    )
+
+
+def _force_progress() -> bool:
+    import os
+
+    return os.environ.get("GMCF_PROGRESS") == "1"
+
+
+@app.command()
+def explain(
+    input: Annotated[Path, typer.Argument(help="Parquet file of queries, one row per applicant.")],
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Output Parquet file [default: INPUT.explained.parquet].")] = None,
+    bundle: Annotated[Path | None, typer.Option(help="Bundle folder [default: the shipped Adult bundle].")] = None,
+    threshold: Annotated[float | None, typer.Option(help="Decision threshold T on f's score.")] = None,
+    tol: Annotated[float | None, typer.Option(help="A counterfactual's score must lie in [T, T + tol).")] = None,
+    steps: Annotated[int | None, typer.Option(help="Points on the alpha grid in (0, 1].")] = None,
+    refine: Annotated[bool | None, typer.Option("--refine/--no-refine", help="Bisect a crossing that overshoots T + tol.")] = None,
+    extrapolate: Annotated[bool | None, typer.Option("--extrapolate/--no-extrapolate", help="Walk past mu_1 when the path never crosses T.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Rows read, searched and written at a time.")] = 65536,
+    threads: Annotated[int, typer.Option(help="onnxruntime intra-op threads per worker.")] = 1,
+    workers: Annotated[int, typer.Option(help="Worker processes, each streaming its own row groups.")] = 1,
+    id_column: Annotated[str | None, typer.Option(help="Column passed through to the output to identify rows.")] = None,
+    force: Annotated[bool, typer.Option(help="Overwrite OUTPUT if it exists.")] = False,
+) -> None:
+    """Explain every row of INPUT: a counterfactual for each row the classifier rejects."""
+    from gmcf.runtime.explainer import Explainer
+    from gmcf.runtime.parallel import explain_parquet_parallel
+
+    bundle = bundle or default_bundle()
+    output = output or input.with_name(input.stem + ".explained.parquet")
+    if output.exists() and not force:
+        fail(f"output {output} exists; pass --force to overwrite it")
+    if output.resolve() == input.resolve():
+        fail("output must differ from the input file")
+    try:
+        ex = Explainer.from_bundle(bundle, threads=threads, threshold=threshold, tol=tol, steps=steps,
+                                   refine=refine, extrapolate=extrapolate)
+        with _progress() as bar:
+            task = bar.add_task("explaining", total=None, info="")
+
+            def progress(done: int, total: int) -> None:
+                elapsed = bar.tasks[task].elapsed or 1e-9
+                bar.update(task, completed=done, total=total, info=f"{done / elapsed:,.0f} rows/s")
+
+            if workers > 1:
+                summary = explain_parquet_parallel(ex, input, output, workers, batch_size, id_column, progress)
+            else:
+                summary = ex.explain_parquet(input, output, batch_size=batch_size, id_column=id_column, progress=progress)
+    except GmcfError as exc:
+        fail(str(exc))
+    s = summary
+    out.print(
+        f"{s.rows:,} rows in {s.seconds:.2f} s ({s.rows / max(s.seconds, 1e-9):,.0f} rows/s): "
+        f"{s.found:,} found, {s.already_target:,} already target, {s.not_found:,} not found, "
+        f"{s.invalid:,} invalid; validity {100 * s.validity:.1f}% of {s.searched:,} searched",
+        highlight=False,
+    )
+    out.print(f"wrote {output}", highlight=False)
+
+
+@app.command()
+def inspect(
+    bundle: Annotated[Path, typer.Argument(help="Bundle folder.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the manifest and report as JSON.")] = False,
+) -> None:
+    """Print a bundle's manifest and training report (after verifying its checksums)."""
+    from gmcf.runtime.bundle import load_bundle
+
+    try:
+        b = load_bundle(bundle)
+    except GmcfError as exc:
+        fail(str(exc))
+    if as_json:
+        out.print_json(json.dumps({"manifest": b.manifest, "report": b.report}))
+        return
+    m, r = b.manifest, b.report
+    pre = b.preprocessor
+    out.print(f"[bold]{b.path}[/]  format {m['format_version']}, dataset {m.get('dataset')}, checksums ok")
+    out.print(f"command: {m.get('command')}", highlight=False)
+    out.print(f"label {m['schema']['label']!r}, positive class {m['schema']['positive_class']!r}", highlight=False)
+    for f in pre.features:
+        detail = f"[{f.lo:g}, {f.hi:g}]" if f.is_numeric else f"{len(f.categories)} categories"
+        out.print(f"  {f.name:<20} {f.kind:<12} {detail}", highlight=False)
+    out.print(f"latent z {m['latent']['dim']} dims, z_u {m['latent']['u_dim']} dims; mu_1 = {b.mu_1}", highlight=False)
+    out.print(f"search defaults: {b.search.to_dict()}", highlight=False)
+    if r:
+        out.print(_report_lines(r), highlight=False)
+
+
+def _report_lines(r: dict[str, Any]) -> str:
+    probe = r["z_u_probe"]
+    return "\n".join([
+        f"classifier: accuracy {r['classifier']['accuracy']:.3f}, balanced accuracy {r['classifier']['balanced_accuracy']:.3f} (held out)",
+        f"GM posterior agrees with f on {100 * r['gm_posterior_agreement']:.1f}% of held-out rows",
+        f"z_u probe balanced accuracy {probe['balanced_accuracy']:.3f} (0.5 = no leakage; majority rate {probe['majority_rate']:.3f})",
+        f"reconstruction MSE {r['reconstruction_mse']:.5f}; training {r['seconds']:.0f} s on {r['rows']['train']:,} rows",
+    ])
+
+
+@app.command()
+def train(
+    dataset: Annotated[str | None, typer.Argument(help="Shipped dataset: adult or lending-club.")] = None,
+    data: Annotated[Path | None, typer.Option(help="Your own CSV or Parquet file (with --schema).")] = None,
+    schema: Annotated[Path | None, typer.Option(help="JSON or TOML feature schema for --data.")] = None,
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Bundle folder [default: exported/DATASET].")] = None,
+    classifier: Annotated[Path | None, typer.Option(help="ONNX classifier to explain [default: train the paper's MLP].")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs of Algorithm 1 [paper: 100].")] = None,
+    lambda_adv: Annotated[float | None, typer.Option(help="Weight of the adversarial loss [paper: 0.05].")] = None,
+    lambda_lkd: Annotated[float | None, typer.Option(help="Weight of the likelihood loss [paper: 0.5].")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    threads: Annotated[int, typer.Option(help="torch threads.")] = 1,
+    force: Annotated[bool, typer.Option(help="Replace OUTPUT if it exists.")] = False,
+) -> None:
+    """Train the classifier (unless given) and the explainer; export an ONNX bundle."""
+    try:
+        from gmcf.trainer.fit import TrainConfig
+        from gmcf.trainer.pipeline import Callbacks, train_bundle
+    except ImportError as exc:
+        if exc.name in ("torch", "onnx"):
+            fail(f"training needs {exc.name}: pip install 'gmcf-batch[trainer]'")
+        raise
+    from gmcf.datasets import load_dataset, load_table
+    from gmcf.runtime.schema import DataSchema
+
+    try:
+        if (dataset is None) == (data is None):
+            fail("give either a dataset name (adult, lending-club) or --data FILE --schema FILE")
+        if data is not None:
+            if schema is None:
+                fail("--data needs --schema (a JSON or TOML feature schema)")
+            if not schema.exists():
+                fail(f"schema file {schema} does not exist")
+            ds = load_table(data, DataSchema.from_file(schema))
+        else:
+            assert dataset is not None
+            ds = load_dataset(dataset)
+        overrides = {k: v for k, v in {"epochs": epochs, "lambda_adv": lambda_adv, "lambda_lkd": lambda_lkd}.items() if v is not None}
+        cfg = TrainConfig(seed=seed, threads=threads, **overrides)  # type: ignore[arg-type]
+        dest = output or EXPORTED / ds.name
+        command = shlex.join(["gmcf-batch", *sys.argv[1:]]) if sys.argv[0].endswith("gmcf-batch") else None
+        with _progress() as bar:
+            tasks: dict[str, Any] = {}
+            current = {"name": ""}
+
+            def stage(name: str, total: int) -> None:
+                current["name"] = name
+                tasks[name] = bar.add_task(name, total=total, info="")
+
+            def advance(text: str) -> None:
+                bar.update(tasks[current["name"]], advance=1, info=text)
+
+            result = train_bundle(ds, dest, cfg, classifier=classifier, force=force,
+                                  command=command, callbacks=Callbacks(stage, advance))
+    except GmcfError as exc:
+        fail(str(exc))
+    out.print(f"wrote bundle {result.path}", highlight=False)
+    out.print(_report_lines(result.report), highlight=False)
+
+
+@app.command()
+def sample(
+    output: Annotated[Path, typer.Argument(help="Parquet file to write.")] = Path("queries.parquet"),
+    dataset: Annotated[str, typer.Option(help="adult or lending-club.")] = "adult",
+    rows: Annotated[int, typer.Option(help="How many rows (taken from the shipped data).")] = 1000,
+    seed: Annotated[int, typer.Option(help="Random seed of the draw.")] = 0,
+) -> None:
+    """Write real rows of a shipped dataset as a query file to try `explain` on."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from gmcf.datasets import load_dataset
+
+    try:
+        ds = load_dataset(dataset)
+    except GmcfError as exc:
+        fail(str(exc))
+    if rows < 1:
+        fail(f"rows must be at least 1, got {rows}")
+    idx = np.sort(np.random.default_rng(seed).choice(ds.table.num_rows, size=min(rows, ds.table.num_rows), replace=False))
+    table = ds.table.take(pa.array(idx))
+    table = table.drop_columns([ds.schema.label]).append_column("id", pa.array(idx, pa.int64()))
+    pq.write_table(table, output)
+    out.print(f"wrote {table.num_rows:,} {dataset} rows to {output}", highlight=False)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,146 @@
+"""End-to-end benchmark of `gmcf-batch explain`: Parquet in, Parquet out.
+
+Writes an N-row query file by resampling the shipped Adult rows with small noise, runs the CLI in
+a subprocess (start-up and imports included), samples the resident memory of the whole process
+tree, and prints rows/s, peak RSS and validity.
+
+    python scripts/benchmark.py --rows 1000000 --workers 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from gmcf.datasets import load_dataset
+
+
+def make_queries(n: int, path: Path, seed: int = 0) -> None:
+    """Resample Adult rows; jitter each numeric feature by ~1% of its range (kept in range)."""
+    ds = load_dataset("adult")
+    rng = np.random.default_rng(seed)
+    writer = None
+    chunk = 500_000
+    for start in range(0, n, chunk):
+        m = min(chunk, n - start)
+        idx = rng.integers(0, ds.table.num_rows, m)
+        t = ds.table.take(pa.array(idx)).drop_columns([ds.schema.label])
+        cols = {}
+        for f in ds.schema.features:
+            col = t.column(f.name)
+            if f.kind == "categorical":
+                cols[f.name] = col
+                continue
+            v = col.to_numpy().astype(np.float64)
+            full = ds.table.column(f.name)
+            lo, hi = pc.min(full).as_py(), pc.max(full).as_py()
+            v = np.clip(v + rng.normal(0, 0.01 * (hi - lo), m), lo, hi)
+            cols[f.name] = pa.array(np.rint(v).astype(np.int64) if f.kind == "integer" else v)
+        cols["id"] = pa.array(np.arange(start, start + m, dtype=np.int64))
+        table = pa.table(cols)
+        if writer is None:
+            writer = pq.ParquetWriter(path, table.schema)
+        writer.write_table(table, row_group_size=131072)
+    assert writer is not None
+    writer.close()
+
+
+def tree_rss_kib(pid: int) -> int:
+    """Resident memory of a process and all its descendants, in KiB."""
+    total = 0
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+        except OSError:
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    stack = [pid]
+    while stack:
+        p = stack.pop()
+        try:
+            with open(f"/proc/{p}/status") as fh:
+                for line in fh:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+        except OSError:
+            pass
+        stack.extend(children.get(p, []))
+    return total
+
+
+def run(cmd: list[str]) -> tuple[float, int, str]:
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak = 0
+    stop = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not stop.is_set():
+            peak = max(peak, tree_rss_kib(proc.pid))
+            time.sleep(0.05)
+
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
+    out, errs = proc.communicate()
+    wall = time.perf_counter() - t0
+    stop.set()
+    th.join()
+    if proc.returncode != 0:
+        sys.exit(f"benchmark: explain failed:\n{errs}")
+    return wall, peak, out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--batch-size", type=int, default=65536)
+    ap.add_argument("--bundle", type=Path, default=None)
+    ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--dir", type=Path, default=None, help="where to write the files [a temp folder]")
+    args = ap.parse_args()
+    folder = args.dir or Path(tempfile.mkdtemp(prefix="gmcf-bench-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    src, dst = folder / f"queries_{args.rows}.parquet", folder / "explained.parquet"
+    if not src.exists():
+        t = time.perf_counter()
+        make_queries(args.rows, src)
+        print(f"wrote {args.rows:,} query rows to {src} in {time.perf_counter() - t:.1f} s")
+    exe = Path(sys.executable).with_name("gmcf-batch")
+    cmd = [str(exe), "explain", str(src), "-o", str(dst), "--force", "--workers", str(args.workers),
+           "--threads", str(args.threads), "--batch-size", str(args.batch_size), "--id-column", "id"]
+    if args.bundle:
+        cmd += ["--bundle", str(args.bundle)]
+    print("command:", " ".join(cmd[1:]).replace(str(exe), "gmcf-batch"))
+    for _ in range(args.repeat):
+        wall, peak, out = run(cmd)
+        status = pq.read_table(dst, columns=["status"]).column("status").to_pylist()
+        found, nf = status.count("found"), status.count("not_found")
+        assert len(status) == args.rows
+        print(
+            f"rows {args.rows:,}  workers {args.workers}  threads {args.threads}  "
+            f"wall {wall:.2f} s  {args.rows / wall:,.0f} rows/s  peak RSS {peak / 1024:,.0f} MiB  "
+            f"validity {100 * found / max(found + nf, 1):.2f}%"
+        )
+    print(out.strip().splitlines()[0])
+
+
+if __name__ == "__main__":
+    main()
