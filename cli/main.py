@@ -11,6 +11,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -43,7 +44,7 @@ def default_bundle() -> Path:
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -108,9 +109,9 @@ def explain(
         f"{s.rows:,} rows in {s.seconds:.2f} s ({s.rows / max(s.seconds, 1e-9):,.0f} rows/s): "
         f"{s.found:,} found, {s.already_target:,} already target, {s.not_found:,} not found, "
         f"{s.invalid:,} invalid; validity {100 * s.validity:.1f}% of {s.searched:,} searched",
-        highlight=False,
+        highlight=False, markup=False, soft_wrap=True,
     )
-    out.print(f"wrote {output}", highlight=False)
+    out.print(f"wrote {output}", highlight=False, markup=False, soft_wrap=True)
 
 
 @app.command()
@@ -208,8 +209,8 @@ def train(
                                   command=command, callbacks=Callbacks(stage, advance))
     except GmcfError as exc:
         fail(str(exc))
-    out.print(f"wrote bundle {result.path}", highlight=False)
-    out.print(_report_lines(result.report), highlight=False)
+    out.print(f"wrote bundle {result.path}", highlight=False, markup=False, soft_wrap=True)
+    out.print(_report_lines(result.report), highlight=False, markup=False, soft_wrap=True)
 
 
 @app.command()
@@ -236,7 +237,7 @@ def sample(
     table = ds.table.take(pa.array(idx))
     table = table.drop_columns([ds.schema.label]).append_column("id", pa.array(idx, pa.int64()))
     pq.write_table(table, output)
-    out.print(f"wrote {table.num_rows:,} {dataset} rows to {output}", highlight=False)
+    out.print(f"wrote {table.num_rows:,} {dataset} rows to {output}", highlight=False, markup=False, soft_wrap=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -158,7 +158,7 @@ class Explainer:
         tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
         try:
             with pq.ParquetWriter(tmp, schema, **writer_options(schema)) as writer:
-                for batch in pf.iter_batches(batch_size=batch_size, columns=columns):
+                for batch in read_batches(pf, src, batch_size, columns):
                     writer.write_batch(self._explain_batch(batch, schema, id_column, summary))
                     if progress:
                         progress(summary.rows, total)
@@ -201,6 +201,19 @@ def open_parquet(src: Path) -> pq.ParquetFile:
         return pq.ParquetFile(src)
     except (pa.ArrowInvalid, OSError) as exc:
         raise InputError(f"{src} is not a Parquet file ({str(exc).splitlines()[0]})") from exc
+
+
+def read_batches(pf: pq.ParquetFile, src: Path, batch_size: int, columns: list[str]) -> Iterator[pa.RecordBatch]:
+    """``pf.iter_batches``, with a corrupt data page reported as an InputError naming the file."""
+    batches = pf.iter_batches(batch_size=batch_size, columns=columns)
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise InputError(f"{src}: cannot read the Parquet data ({str(exc).splitlines()[0]})") from exc
+        yield batch
 
 
 def _as_arrow(data: Any) -> pa.Table | pa.RecordBatch:

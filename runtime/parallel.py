@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from gmcf.runtime.bundle import SearchDefaults
 from gmcf.runtime.errors import InputError
-from gmcf.runtime.explainer import Explainer, Summary, open_parquet, writer_options
+from gmcf.runtime.explainer import Explainer, Summary, open_parquet, read_batches, writer_options
 
 _worker: Explainer | None = None
 
@@ -87,7 +87,7 @@ def explain_parquet_parallel(
                 if progress:
                     progress(summary.rows, total)
 
-            for batch in pf.iter_batches(batch_size=batch_size, columns=columns):
+            for batch in read_batches(pf, src, batch_size, columns):
                 pending.append(pool.submit(_run, batch, schema, id_column))
                 if len(pending) >= 2 * workers:
                     drain_one()

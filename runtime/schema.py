@@ -120,7 +120,8 @@ def _numeric_array(col: pa.ChunkedArray | pa.Array, name: str) -> np.ndarray:
     if pa.types.is_dictionary(col.type):
         col = col.cast(col.type.value_type)
     if not (pa.types.is_integer(col.type) or pa.types.is_floating(col.type)
-            or pa.types.is_boolean(col.type) or pa.types.is_decimal(col.type)):
+            or pa.types.is_boolean(col.type) or pa.types.is_decimal(col.type)
+            or pa.types.is_null(col.type)):
         raise InputError(f"column {name!r}: expected a number, got {col.type}")
     arr = pc.fill_null(col.cast(pa.float64()), np.nan)
     return np.asarray(arr.to_numpy(zero_copy_only=False), dtype=np.float64)

@@ -20,7 +20,7 @@ import numpy as np
 import onnxruntime as ort
 
 from gmcf.runtime.bundle import Bundle, SearchDefaults, check_graph_signature
-from gmcf.runtime.errors import GmcfError
+from gmcf.runtime.errors import BundleError, GmcfError
 
 # Row status codes (index into STATUSES) and search kinds (index into SEARCH_KINDS).
 STATUSES = ("found", "already_target", "not_found", "invalid")
@@ -55,8 +55,17 @@ class Engine:
         width = bundle.preprocessor.width
         shape = self.sessions["classifier"].get_inputs()[0].shape
         if isinstance(shape[1], int) and shape[1] != width:
-            raise GmcfError(
+            raise BundleError(
                 f"bundle {bundle.path}: classifier takes {shape[1]} inputs, preprocessing makes {width}"
+            )
+        # One query, two alphas: the search graph must return one scored row per candidate.
+        rows, score = self.sessions["search"].run(
+            None, {"x": np.zeros((1, width), np.float32), "alphas": np.ones((1, 2), np.float32)}
+        )
+        if rows.shape != (2, width) or score.shape != (2,):
+            raise BundleError(
+                f"bundle {bundle.path}: search graph returns rows {list(rows.shape)} and scores "
+                f"{list(score.shape)} for 1 query x 2 alphas, expected [2, {width}] and [2]"
             )
 
     def score(self, x: np.ndarray) -> np.ndarray:
@@ -66,7 +75,7 @@ class Engine:
         """Hard-decoded candidates [B, S, F] and their scores [B, S]."""
         rows, score = self.sessions["search"].run(None, {"x": x, "alphas": alphas})
         b, s = alphas.shape
-        return rows[b:].reshape(b, s, -1), score[b:].reshape(b, s)
+        return rows.reshape(b, s, -1), score.reshape(b, s)
 
     def reconstruction_error(self, x: np.ndarray) -> np.ndarray:
         return np.asarray(self.sessions["reconstruct"].run(None, {"x": x})[0], dtype=np.float32)

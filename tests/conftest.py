@@ -23,7 +23,6 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A bundle trained on 3,000 Adult rows for 2 epochs: real data, real pipeline, ~5 s."""
     pytest.importorskip("torch")
     import pyarrow as pa
-
     from gmcf.datasets import Dataset, load_dataset
     from gmcf.trainer.fit import TrainConfig
     from gmcf.trainer.pipeline import train_bundle
@@ -31,6 +30,6 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ds = load_dataset("adult")
     small = Dataset("adult-small", ds.table.take(pa.array(range(0, 30000, 10))), ds.schema)
     out = tmp_path_factory.mktemp("bundles") / "tiny"
-    cfg = TrainConfig(epochs=2, classifier_epochs=5, classifier_restarts=1, probe_epochs=2)
+    cfg = TrainConfig(epochs=2, classifier_epochs=20, classifier_restarts=1, probe_epochs=2)
     train_bundle(small, out, cfg, command="test")
     return out

@@ -6,8 +6,8 @@ Graphs (every one takes float32 and is batch-dynamic):
 - ``encoder_u.onnx``    x [N, F] -> z_u [N, d_u]
 - ``decoder.onnx``      z [N, d], z_u [N, d_u] -> x_soft [N, F]
 - ``classifier.onnx``   x [N, F] -> score [N]  (probability of the positive class)
-- ``search.onnx``       x [B, F], alphas [B, S] -> rows [B + B*S, F], score [B + B*S]:
-  the query rows followed by the hard-decoded candidates of Algorithm 2, each scored by f.
+- ``search.onnx``       x [B, F], alphas [B, S] -> rows [B*S, F], score [B*S]: the
+  hard-decoded candidates of Algorithm 2 (row b*S + s is query b at alphas[b, s]), scored by f.
 - ``reconstruct.onnx``  x [N, F] -> error [N]: mean squared error of the autoencoder on x.
 """
 
@@ -84,7 +84,7 @@ class SearchFront(nn.Module):
         h = p[:, None, :] + alphas[:, :, None] * q[:, None, :]  # [B, S, H]
         h = self.rest(h.reshape(-1, h.shape[-1]))
         cont, logits = self.decoder.raw(h)
-        return torch.cat([x, self.hard(cont, logits)], dim=0)
+        return self.hard(cont, logits)
 
 
 class Reconstruct(nn.Module):
@@ -190,7 +190,7 @@ def adapt_classifier(model: onnx.ModelProto, width: int) -> onnx.ModelProto:
         [oh.make_tensor_value_info("score", onnx.TensorProto.FLOAT, ["n"])],
         initializer=[*g.initializer, *inits_new],
     )
-    out = oh.make_model(new_graph, opset_import=model.opset_import, ir_version=model.ir_version)
+    out = oh.make_model(new_graph, opset_imports=model.opset_import, ir_version=model.ir_version)
     onnx.checker.check_model(out)
     return out
 

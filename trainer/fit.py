@@ -39,6 +39,10 @@ class TrainConfig:
     adversarial_objective: str = "paper"
     """``paper``: E_u maximises the adversary's BCE (eq. 9). ``confusion``: E_u drives the
     adversary's output to 1/2, which cannot be met by anti-correlating z_u with the label."""
+    adversary_lr: float = 1e-3
+    adversary_steps: int = 1
+    lambda_mmd: float = 0.0
+    """Weight of an MMD penalty between z_u of the two classes (0 = the paper's model)."""
     classifier_epochs: int = 40
     classifier_lr: float = 3e-3
     classifier_restarts: int = 3
@@ -132,10 +136,11 @@ def alternating_step(
     # line 4: the adversary learns to read y_hat from z_u (z_u frozen).
     with torch.no_grad():
         zu = model.encoder_u(x)
-    l_adv_a = loss_adv(model, zu, y, w)
-    opt_adv.zero_grad()
-    l_adv_a.backward()
-    opt_adv.step()
+    for _ in range(cfg.adversary_steps):
+        l_adv_a = loss_adv(model, zu, y, w)
+        opt_adv.zero_grad()
+        l_adv_a.backward()
+        opt_adv.step()
     # lines 5-6: encoder, means and covariances on L_GM - lambda_adv L_adv.
     z = model.encoder(x)
     with torch.no_grad():
@@ -159,6 +164,8 @@ def alternating_step(
         total = l_rec + cfg.lambda_lkd * l_lkd_b + cfg.lambda_adv * l_conf
     else:
         total = l_rec + cfg.lambda_lkd * l_lkd_b - cfg.lambda_adv * l_adv_b
+    if cfg.lambda_mmd > 0:
+        total = total + cfg.lambda_mmd * mmd_between_classes(zu, y)
     opt_ae.zero_grad()
     total.backward()
     opt_ae.step()
@@ -171,8 +178,22 @@ def alternating_step(
     }
 
 
+def mmd_between_classes(zu: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Squared maximum mean discrepancy between z_u of the two classes (RBF kernels at
+    several bandwidths). Zero when the class-conditional distributions of z_u agree."""
+    a, b = zu[y > 0.5], zu[y <= 0.5]
+    if len(a) < 2 or len(b) < 2:
+        return zu.sum() * 0.0
+    both = torch.cat([a, b])
+    d2 = torch.cdist(both, both).pow(2)
+    scale = d2.detach().mean().clamp(min=1e-6)
+    k = sum(torch.exp(-d2 / (scale * s)) for s in (0.25, 1.0, 4.0))
+    na = len(a)
+    return k[:na, :na].mean() + k[na:, na:].mean() - 2 * k[:na, na:].mean()
+
+
 def make_optimizers(model: GMCF, cfg: TrainConfig) -> tuple[torch.optim.Optimizer, ...]:
-    opt_adv = torch.optim.Adam(model.adversary.parameters(), lr=cfg.lr)
+    opt_adv = torch.optim.Adam(model.adversary.parameters(), lr=cfg.adversary_lr)
     opt_gm = torch.optim.Adam([*model.encoder.parameters(), *model.gm_parameters()], lr=cfg.lr)
     opt_ae = torch.optim.Adam(
         [*model.encoder.parameters(), *model.encoder_u.parameters(), *model.decoder.parameters()],
