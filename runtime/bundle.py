@@ -64,7 +64,7 @@ class Bundle:
     search: SearchDefaults
 
     def graph_path(self, name: str) -> Path:
-        return self.path / self.manifest["graphs"][name]
+        return self.path / str(self.manifest["graphs"][name])
 
     @property
     def report(self) -> dict[str, Any]:

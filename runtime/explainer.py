@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 from gmcf.runtime.bundle import Bundle, SearchDefaults, load_bundle
 from gmcf.runtime.errors import GmcfError, InputError
 from gmcf.runtime.output import build_batch, output_schema
+from gmcf.runtime.schema import usable_rows
 from gmcf.runtime.search import ALREADY, FOUND, INVALID, NOT_FOUND, Engine, SearchResult, search
 
 #: Queries per call of the fused graph: B * steps candidate rows stay in cache.
@@ -112,7 +113,7 @@ class Explainer:
     ) -> pa.RecordBatch:
         pre = self.bundle.preprocessor
         x, reason = pre.transform(batch)
-        ok = np.nonzero(np.equal(reason, None))[0]
+        ok = np.nonzero(usable_rows(reason))[0]
         res = SearchResult.empty(len(x), pre.width)
         recon = np.full(len(x), np.nan, np.float32)
         for start in range(0, ok.size, SEARCH_CHUNK):

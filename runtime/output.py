@@ -66,7 +66,7 @@ def changed_features(pre: Preprocessor, x: np.ndarray, cf: np.ndarray) -> np.nda
         blk = slice(offset, offset + k)
         count += np.argmax(cf[:, blk], axis=1) != np.argmax(x[:, blk], axis=1)
         offset += k
-    return count.astype(np.int32)
+    return np.asarray(count, dtype=np.int32)
 
 
 def build_batch(

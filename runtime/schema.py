@@ -111,9 +111,14 @@ class DataSchema:
                 data = tomllib.loads(text)
             else:
                 data = json.loads(text)
-        except Exception as exc:  # noqa: BLE001 - any parse error is reported in one line
+        except Exception as exc:
             raise SchemaError(f"schema {path}: cannot parse: {exc}") from exc
         return cls.from_dict(data)
+
+
+def usable_rows(reason: np.ndarray) -> np.ndarray:
+    """Boolean mask of the rows ``Preprocessor.transform`` found no problem in."""
+    return np.array([r is None for r in reason], dtype=bool)
 
 
 def _numeric_array(col: pa.ChunkedArray | pa.Array, name: str) -> np.ndarray:
@@ -231,10 +236,12 @@ class Preprocessor:
         n = table.num_rows
         x = np.zeros((n, self.width), dtype=np.float32)
         reason = np.full(n, None, dtype=object)
+        bad = np.zeros(n, dtype=bool)
 
         def flag(mask: np.ndarray, text: str) -> None:
-            hit = mask & np.equal(reason, None)
+            hit = mask & ~bad
             reason[hit] = text
+            bad[hit] = True
 
         for j, f in enumerate(self.numeric):
             v = _numeric_array(table.column(f.name), f.name)
@@ -262,7 +269,6 @@ class Preprocessor:
             rows = np.nonzero(valid)[0]
             x[rows, offset + ii[rows]] = 1.0
             offset += len(f.categories)
-        bad = ~np.equal(reason, None)
         if bad.any():
             x[bad] = 0.0
         return x, reason

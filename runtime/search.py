@@ -109,8 +109,8 @@ class SearchResult:
 
 
 def _first_crossing(scores: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    cross = scores >= threshold
-    return cross.any(axis=1), cross.argmax(axis=1)
+    cross = np.asarray(scores >= threshold)
+    return np.asarray(cross.any(axis=1)), np.asarray(cross.argmax(axis=1))
 
 
 def search(engine: Engine, x: np.ndarray, cfg: SearchDefaults) -> SearchResult:

@@ -23,6 +23,7 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A bundle trained on 3,000 Adult rows for 2 epochs: real data, real pipeline, ~5 s."""
     pytest.importorskip("torch")
     import pyarrow as pa
+
     from gmcf.datasets import Dataset, load_dataset
     from gmcf.trainer.fit import TrainConfig
     from gmcf.trainer.pipeline import train_bundle

@@ -17,10 +17,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from typer.testing import CliRunner
+
 from gmcf.cli.main import app
 from gmcf.datasets import load_dataset
 from gmcf.runtime import BundleError, Explainer, GmcfError, InputError
-from typer.testing import CliRunner
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 N_ROWS = 40

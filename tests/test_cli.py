@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from typer.testing import CliRunner
+
 from gmcf.cli.main import app
 from gmcf.runtime import load_bundle
 from gmcf.runtime.search import STATUSES
-from typer.testing import CliRunner
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 FEATURES = ["age", "education-num", "capital-gain", "capital-loss", "hours-per-week", "education"]

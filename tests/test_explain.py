@@ -13,13 +13,14 @@ import onnxruntime as ort
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from gmcf.datasets import load_dataset
 from gmcf.runtime import Explainer, Summary
 from gmcf.runtime.parallel import explain_parquet_parallel
 from gmcf.runtime.schema import Preprocessor
 from gmcf.runtime.search import STATUSES
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 N_ROWS = 1500
 EXACT = ["id", "status", "reason", "alpha", "search", "evaluations", "sparsity_l0"]

@@ -14,6 +14,7 @@ torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 
 import onnxruntime as ort  # noqa: E402
+
 from gmcf.datasets import Dataset, load_dataset  # noqa: E402
 from gmcf.runtime.bundle import GRAPHS, OPSET  # noqa: E402
 from gmcf.runtime.errors import InputError  # noqa: E402

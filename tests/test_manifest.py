@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from gmcf.datasets import ADULT_SCHEMA
 from gmcf.runtime.bundle import (
     FORMAT,

@@ -161,7 +161,7 @@ def adapt_classifier(model: onnx.ModelProto, width: int) -> onnx.ModelProto:
     probe = np.random.default_rng(0).random((3, width), dtype=np.float32)
     try:
         outs = sess.run(None, {inp.name: probe})
-    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types
+    except Exception as exc:
         raise InputError(f"classifier: fails on a [3, {width}] float32 input: {str(exc).splitlines()[0]}") from exc
     chosen = None
     for meta, val in zip(sess.get_outputs(), outs, strict=True):

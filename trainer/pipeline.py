@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 import shutil
@@ -31,7 +32,13 @@ from gmcf.runtime.bundle import (
 )
 from gmcf.runtime.errors import InputError
 from gmcf.trainer.export import adapt_classifier, export_classifier, export_graphs, save
-from gmcf.trainer.fit import TrainConfig, _balanced_accuracy, fit_gmcf, seed_everything, train_classifier
+from gmcf.trainer.fit import (
+    TrainConfig,
+    _balanced_accuracy,
+    fit_gmcf,
+    seed_everything,
+    train_classifier,
+)
 from gmcf.trainer.model import GMCF, class_weights, mlp
 from gmcf.trainer.prepare import Prepared, prepare
 
@@ -119,10 +126,8 @@ def build_report(
 def _versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
     for pkg in ("gmcf-batch", "torch", "onnx", "onnxruntime", "numpy", "pyarrow"):
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):
             out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            pass
     return out
 
 
@@ -149,7 +154,7 @@ def train_bundle(
             raise InputError(f"classifier {classifier} does not exist")
         try:
             clf_model = onnx.load(str(classifier))
-        except Exception as exc:  # noqa: BLE001 - onnx raises several types for a bad file
+        except Exception as exc:
             raise InputError(f"classifier {classifier}: not an ONNX model ({type(exc).__name__})") from exc
     torch.set_num_threads(cfg.threads)
     t0 = time.time()

@@ -10,7 +10,7 @@ import pyarrow.compute as pc
 
 from gmcf.datasets import Dataset
 from gmcf.runtime.errors import InputError
-from gmcf.runtime.schema import Preprocessor
+from gmcf.runtime.schema import Preprocessor, usable_rows
 
 
 @dataclass
@@ -53,12 +53,12 @@ def prepare(ds: Dataset, test_size: float, seed: int) -> Prepared:
     y = labels(ds)
     rng = np.random.default_rng(seed)
     perm = rng.permutation(n)
-    n_test = max(1, int(round(n * test_size)))
+    n_test = max(1, round(n * test_size))
     test_rows, train_rows = np.sort(perm[:n_test]), np.sort(perm[n_test:])
     train_tab = ds.table.take(pa.array(train_rows))
     pre = Preprocessor.fit(train_tab, ds.schema.features)
     x_all, reason = pre.transform(ds.table)
-    bad = ~np.equal(reason, None)
+    bad = ~usable_rows(reason)
     # Rows the encoder cannot use (missing values, unseen categories in the held-out part) are
     # left out of training and evaluation; a test split keeps only fully usable rows.
     if bad[train_rows].all():
