@@ -26,7 +26,7 @@ GRAPHS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "encoder_u": (("x",), ("z_u",)),
     "decoder": (("z", "z_u"), ("x_soft",)),
     "classifier": (("x",), ("score",)),
-    "search": (("x", "alphas"), ("rows", "score")),
+    "search": (("x", "alphas", "target", "lower", "upper"), ("rows", "score")),
     "reconstruct": (("x",), ("error",)),
 }
 

@@ -58,10 +58,13 @@ class Engine:
             raise BundleError(
                 f"bundle {bundle.path}: classifier takes {shape[1]} inputs, preprocessing makes {width}"
             )
+        self.mu_1 = np.asarray(bundle.mu_1, dtype=np.float32)
         # One query, two alphas: the search graph must return one scored row per candidate.
-        rows, score = self.sessions["search"].run(
-            None, {"x": np.zeros((1, width), np.float32), "alphas": np.ones((1, 2), np.float32)}
-        )
+        x0 = np.zeros((1, width), np.float32)
+        rows, score = self.sessions["search"].run(None, {
+            "x": x0, "alphas": np.ones((1, 2), np.float32), "target": self.mu_1_rows(1),
+            "lower": x0, "upper": x0 + 1.0,
+        })
         if rows.shape != (2, width) or score.shape != (2,):
             raise BundleError(
                 f"bundle {bundle.path}: search graph returns rows {list(rows.shape)} and scores "
@@ -71,11 +74,27 @@ class Engine:
     def score(self, x: np.ndarray) -> np.ndarray:
         return np.asarray(self.sessions["classifier"].run(None, {"x": x})[0], dtype=np.float32)
 
-    def candidates(self, x: np.ndarray, alphas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Hard-decoded candidates [B, S, F] and their scores [B, S]."""
-        rows, score = self.sessions["search"].run(None, {"x": x, "alphas": alphas})
+    def candidates(
+        self, x: np.ndarray, alphas: np.ndarray, target: np.ndarray | None = None,
+        lower: np.ndarray | None = None, upper: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Hard-decoded candidates [B, S, F] and their scores [B, S].
+
+        ``target`` [B, d] defaults to mu_1 for every row; ``lower``/``upper`` [B, F] bound the
+        returned rows in model space and default to [0, 1] (the training range)."""
         b, s = alphas.shape
+        feed = {
+            "x": x,
+            "alphas": alphas,
+            "target": self.mu_1_rows(b) if target is None else target,
+            "lower": np.zeros_like(x) if lower is None else lower,
+            "upper": np.ones_like(x) if upper is None else upper,
+        }
+        rows, score = self.sessions["search"].run(None, feed)
         return rows.reshape(b, s, -1), score.reshape(b, s)
+
+    def mu_1_rows(self, n: int) -> np.ndarray:
+        return np.broadcast_to(self.mu_1, (n, self.mu_1.size)).copy()
 
     def reconstruction_error(self, x: np.ndarray) -> np.ndarray:
         return np.asarray(self.sessions["reconstruct"].run(None, {"x": x})[0], dtype=np.float32)

@@ -50,6 +50,18 @@ def run(model: Any, **feeds: np.ndarray) -> list[np.ndarray]:
     return [np.asarray(o) for o in session(model).run(None, feeds)]
 
 
+def search_feeds(m: Any, x: np.ndarray, alphas: np.ndarray) -> dict[str, np.ndarray]:
+    """Inputs of the search graph for the paper's unconstrained walk toward mu_1."""
+    target = np.broadcast_to(m.mu[1].detach().numpy(), (len(x), m.mu.shape[1])).copy()
+    return {"x": x, "alphas": alphas, "target": target,
+            "lower": np.zeros_like(x), "upper": np.ones_like(x)}
+
+
+def front_of(m: Any, pre: Any, x: np.ndarray, alphas: np.ndarray) -> np.ndarray:
+    feeds = search_feeds(m, x, alphas)
+    return SearchFront(m, pre)(*[t(feeds[k]) for k in ("x", "alphas", "target", "lower", "upper")]).numpy()
+
+
 @pytest.fixture(scope="module")
 def trained() -> Trained:
     """A tiny GMCF: 500 real Adult rows, 1 epoch; and a reference classifier f."""
@@ -148,9 +160,9 @@ def alphas_for(n: int, steps: int) -> np.ndarray:
 
 def test_search_matches_searchfront_then_classifier(trained: Trained, x: np.ndarray) -> None:
     alphas = alphas_for(len(x), 6)
-    rows, score = run(trained.graphs["search"], x=x, alphas=alphas)
+    rows, score = run(trained.graphs["search"], **search_feeds(trained.model, x, alphas))
     with torch.no_grad():
-        want_rows = SearchFront(trained.model, trained.p.pre)(t(x), t(alphas)).numpy()
+        want_rows = front_of(trained.model, trained.p.pre, x, alphas)
         want_score = trained.clf(t(want_rows)).numpy()
         score_of_rows = trained.clf(t(rows)).numpy()
     assert rows.shape == want_rows.shape and score.shape == (rows.shape[0],)
@@ -186,8 +198,8 @@ def test_searchfront_is_algorithm_2(trained: Trained, x: np.ndarray) -> None:
         zus = zu[:, None, :].expand(b, s, zu.shape[1]).reshape(b * s, -1)
         cont, logits = m.decoder.raw(m.decoder.body(torch.cat([zs, zus], dim=1)))
         soft = m.decoder(torch.cat([zs, zus], dim=1))
-        naive = HardDecode(pre)(cont, logits).numpy()
-        front = SearchFront(m, pre)(t(xq), t(alphas)).numpy()
+        naive = HardDecode(pre)(cont, logits, torch.zeros(pre.width), torch.ones(pre.width)).numpy()
+        front = front_of(m, pre, xq, alphas)
     # The search graph may put the queries first (B + B*S rows) or only the candidates (B*S).
     assert front.shape[0] in (b * s, b + b * s)
     cand = front[-b * s:]
@@ -273,7 +285,7 @@ def test_a_user_classifier_fuses_into_the_search_graph(trained: Trained, x: np.n
     user = SoftmaxTwo(width)
     graphs = export_graphs(trained.model, trained.p.pre, adapt_classifier(_user_classifier(user, width), width))
     alphas = alphas_for(len(x), 3)
-    rows, score = run(graphs["search"], x=x, alphas=alphas)
+    rows, score = run(graphs["search"], **search_feeds(trained.model, x, alphas))
     with torch.no_grad():
         assert max_diff(score, user(t(rows))[:, 1]) < TOL
 
@@ -295,3 +307,20 @@ def test_adapt_classifier_rejects_a_misfit(trained: Trained, module: Any, match:
         onnx_model = _user_classifier(module, 5)
     with pytest.raises(InputError, match=match):
         adapt_classifier(onnx_model, width)
+
+
+def test_search_bounds_hold_on_every_candidate(trained: Trained) -> None:
+    """lower/upper keep the returned rows in bounds: pinning a row to the query (lower = upper =
+    x, one-hot upper = the query's category) returns the query itself at every alpha."""
+    x = trained.p.x_test
+    feeds = search_feeds(trained.model, x, alphas_for(len(x), 4))
+    feeds["lower"], feeds["upper"] = x.copy(), x.copy()
+    rows, _ = run(trained.graphs["search"], **feeds)
+    np.testing.assert_array_equal(rows, np.repeat(x, 4, axis=0))
+    # A numeric window: every numeric value lands inside it.
+    n = trained.p.pre.n_numeric
+    lower, upper = np.zeros_like(x), np.ones_like(x)
+    lower[:, :n], upper[:, :n] = 0.2, 0.4
+    feeds["lower"], feeds["upper"] = lower, upper
+    rows, _ = run(trained.graphs["search"], **feeds)
+    assert (rows[:, :n] >= 0.2 - 1e-6).all() and (rows[:, :n] <= 0.4 + 1e-6).all()

@@ -6,8 +6,9 @@ Graphs (every one takes float32 and is batch-dynamic):
 - ``encoder_u.onnx``    x [N, F] -> z_u [N, d_u]
 - ``decoder.onnx``      z [N, d], z_u [N, d_u] -> x_soft [N, F]
 - ``classifier.onnx``   x [N, F] -> score [N]  (probability of the positive class)
-- ``search.onnx``       x [B, F], alphas [B, S] -> rows [B*S, F], score [B*S]: the
-  hard-decoded candidates of Algorithm 2 (row b*S + s is query b at alphas[b, s]), scored by f.
+- ``search.onnx``       x [B, F], alphas [B, S], target [B, d], lower [B, F], upper [B, F]
+  -> rows [B*S, F], score [B*S]: the hard-decoded candidates of Algorithm 2 (row b*S + s is
+  query b at alphas[b, s], walking toward target[b]), kept within [lower, upper], scored by f.
 - ``reconstruct.onnx``  x [N, F] -> error [N]: mean squared error of the autoencoder on x.
 """
 
@@ -45,21 +46,36 @@ class HardDecode(nn.Module):
             [nn.Parameter(torch.arange(k, dtype=torch.int64), requires_grad=False) for k in self.cat_sizes]
         )
 
-    def forward(self, cont: torch.Tensor, logits: list[torch.Tensor]) -> torch.Tensor:
-        cont = torch.clamp(cont, 0.0, 1.0)
+    def forward(
+        self, cont: torch.Tensor, logits: list[torch.Tensor], lower: torch.Tensor, upper: torch.Tensor
+    ) -> torch.Tensor:
+        """``lower``/``upper`` bound every entry of the row (broadcastable to it). Numeric values
+        are clamped to them before and after rounding; a one-hot entry whose upper bound is 0 is
+        a category the row may not take."""
+        n = cont.shape[-1]
+        lo_n, up_n = lower[..., :n], upper[..., :n]
+        cont = torch.minimum(torch.maximum(cont, lo_n), up_n)
         rounded = (torch.round(cont * self.span + self.lo) - self.lo) / self.span
-        cont = torch.where(self.is_int, rounded, cont)
+        cont = torch.where(self.is_int, torch.minimum(torch.maximum(rounded, lo_n), up_n), cont)
         blocks = [cont]
+        offset = n
         for lg, ar in zip(logits, self.aranges, strict=True):
-            blocks.append((ar == torch.argmax(lg, dim=-1, keepdim=True)).to(torch.float32))
+            k = lg.shape[-1]
+            masked = lg - 1e9 * (1.0 - upper[..., offset: offset + k])
+            blocks.append((ar == torch.argmax(masked, dim=-1, keepdim=True)).to(torch.float32))
+            offset += k
         return torch.cat(blocks, dim=-1)
 
 
 class SearchFront(nn.Module):
     """Algorithm 2 for a batch and a per-row alpha grid, up to (not including) the classifier.
 
+    Inputs: x [B, F]; alphas [B, S]; target [B, d], the latent point each query walks toward
+    (mu_1 for the paper's search); lower, upper [B, F], per-row bounds on the returned row in
+    model space (0 and 1 where unconstrained; see ``HardDecode``).
+
     The first decoder layer is applied once per query and interpolated:
-    W [(1-a) z + a mu_1 ; z_u] + b = P + a Q with P = W [z; z_u] + b and Q = W_z (mu_1 - z).
+    W [(1-a) z + a t ; z_u] + b = P + a Q with P = W [z; z_u] + b and Q = W_z (t - z).
     """
 
     def __init__(self, model: GMCF, pre: Preprocessor) -> None:
@@ -72,19 +88,22 @@ class SearchFront(nn.Module):
         self.register_buffer("w_z", first.weight[:, :d].detach().t().contiguous())
         self.register_buffer("w_u", first.weight[:, d:].detach().t().contiguous())
         self.register_buffer("b", first.bias.detach().clone())
-        self.register_buffer("mu_1", model.mu[1].detach().clone())
         self.rest = nn.Sequential(*body[1:])
         self.decoder = model.decoder
         self.hard = HardDecode(pre)
 
-    def forward(self, x: torch.Tensor, alphas: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, alphas: torch.Tensor, target: torch.Tensor, lower: torch.Tensor,
+        upper: torch.Tensor,
+    ) -> torch.Tensor:
         z, zu = self.encoder(x), self.encoder_u(x)
         p = z @ self.w_z + zu @ self.w_u + self.b  # [B, H]
-        q = (self.mu_1 - z) @ self.w_z  # [B, H]
+        q = (target - z) @ self.w_z  # [B, H]
         h = p[:, None, :] + alphas[:, :, None] * q[:, None, :]  # [B, S, H]
-        h = self.rest(h.reshape(-1, h.shape[-1]))
-        cont, logits = self.decoder.raw(h)
-        return self.hard(cont, logits)
+        b, s = alphas.shape
+        cont, logits = self.decoder.raw(self.rest(h))  # [B, S, .]
+        rows = self.hard(cont, logits, lower[:, None, :], upper[:, None, :])
+        return rows.reshape(b * s, -1)
 
 
 class Reconstruct(nn.Module):
@@ -216,7 +235,12 @@ def export_graphs(model: GMCF, pre: Preprocessor, classifier: onnx.ModelProto) -
     width = pre.width
     d, du = model.mu.shape[1], model.encoder_u[-1].out_features
     x = torch.rand(5, width)
-    front = to_onnx(SearchFront(model, pre), (x, torch.rand(5, 4)), ["x", "alphas"], ["rows"])
+    front = to_onnx(
+        SearchFront(model, pre),
+        (x, torch.rand(5, 4), torch.rand(5, d), torch.zeros(5, width), torch.ones(5, width)),
+        ["x", "alphas", "target", "lower", "upper"],
+        ["rows"],
+    )
     return {
         "encoder": to_onnx(model.encoder, (x,), ["x"], ["z"]),
         "encoder_u": to_onnx(model.encoder_u, (x,), ["x"], ["z_u"]),
