@@ -77,8 +77,16 @@ def explain(
     workers: Annotated[int, typer.Option(help="Worker processes, each streaming its own row groups.")] = 1,
     id_column: Annotated[str | None, typer.Option(help="Column passed through to the output to identify rows.")] = None,
     force: Annotated[bool, typer.Option(help="Overwrite OUTPUT if it exists.")] = False,
+    num_cfs: Annotated[int, typer.Option(help="Up to K distinct counterfactuals per rejected query, one row each, nearest first.")] = 1,
+    constraints: Annotated[Path | None, typer.Option(help="TOML or JSON file of per-feature constraints.")] = None,
+    immutable: Annotated[list[str] | None, typer.Option(help="Feature that must keep the query's value (repeatable).")] = None,
+    increase_only: Annotated[list[str] | None, typer.Option(help="Numeric feature that may only increase (repeatable).")] = None,
+    decrease_only: Annotated[list[str] | None, typer.Option(help="Numeric feature that may only decrease (repeatable).")] = None,
+    range_: Annotated[list[str] | None, typer.Option("--range", help="Allowed range in raw units, feature=lo:hi (repeatable).")] = None,
+    allow: Annotated[list[str] | None, typer.Option(help="Allowed categories, feature=a,b,c (repeatable).")] = None,
 ) -> None:
     """Explain every row of INPUT: a counterfactual for each row the classifier rejects."""
+    from gmcf.runtime.constraints import Constraints
     from gmcf.runtime.explainer import Explainer
     from gmcf.runtime.parallel import explain_parquet_parallel
 
@@ -89,8 +97,12 @@ def explain(
     if output.resolve() == input.resolve():
         fail("output must differ from the input file")
     try:
-        ex = Explainer.from_bundle(bundle, threads=threads, threshold=threshold, tol=tol, steps=steps,
-                                   refine=refine, extrapolate=extrapolate)
+        wanted = Constraints.from_file(constraints) if constraints else Constraints()
+        wanted = wanted.merge(Constraints.from_options(
+            immutable or (), increase_only or (), decrease_only or (), range_ or (), allow or ()
+        ))
+        ex = Explainer.from_bundle(bundle, threads=threads, constraints=wanted, num_cfs=num_cfs, threshold=threshold,
+                                   tol=tol, steps=steps, refine=refine, extrapolate=extrapolate)
         with _progress() as bar:
             task = bar.add_task("explaining", total=None, info="")
 

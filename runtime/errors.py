@@ -15,3 +15,7 @@ class SchemaError(GmcfError, ValueError):
 
 class BundleError(GmcfError):
     """A bundle is missing, altered, or of an unsupported format."""
+
+
+class ConstraintError(GmcfError, ValueError):
+    """A constraint does not fit the bundle's features."""

@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from gmcf.runtime.bundle import Bundle, SearchDefaults, load_bundle
+from gmcf.runtime.constraints import Constraints
 from gmcf.runtime.errors import GmcfError, InputError
 from gmcf.runtime.output import build_batch, output_schema
 from gmcf.runtime.schema import usable_rows
@@ -73,16 +74,36 @@ class Explainer:
     bundle: Bundle
     settings: SearchDefaults
     threads: int = 1
+    constraints: Constraints = field(default_factory=Constraints)
+    num_cfs: int = 1
     _engine: Engine | None = field(default=None, init=False, repr=False)
 
     @classmethod
-    def from_bundle(cls, path: str | Path, threads: int = 1, **overrides: Any) -> Explainer:
+    def from_bundle(
+        cls,
+        path: str | Path,
+        threads: int = 1,
+        constraints: Constraints | dict[str, Any] | None = None,
+        num_cfs: int = 1,
+        **overrides: Any,
+    ) -> Explainer:
         """Load and verify a bundle. ``overrides`` replace its search defaults
-        (threshold, tol, steps, refine, extrapolate, max_alpha, ...)."""
+        (threshold, tol, steps, refine, extrapolate, max_alpha, ...); ``constraints`` are merged
+        over the bundle's default constraints (see ``gmcf.runtime.constraints``); ``num_cfs``
+        asks for up to that many distinct counterfactuals per rejected query."""
+        if num_cfs < 1:
+            raise GmcfError(f"num_cfs must be at least 1, got {num_cfs}")
         bundle = load_bundle(path)
+        unknown = sorted(set(overrides) - set(SearchDefaults.__dataclass_fields__))
+        if unknown:
+            raise GmcfError(f"unknown search setting(s) {unknown}; valid: {', '.join(SearchDefaults.__dataclass_fields__)}")
         settings = replace(bundle.search, **{k: v for k, v in overrides.items() if v is not None})
         validate_settings(settings)
-        return cls(bundle, settings, threads)
+        merged = Constraints.from_dict(bundle.manifest.get("constraints", {}))
+        if constraints:
+            merged = merged.merge(constraints)
+        merged.validate(bundle.preprocessor)
+        return cls(bundle, settings, threads, merged, num_cfs)
 
     @property
     def engine(self) -> Engine:
@@ -105,7 +126,7 @@ class Explainer:
 
     def _schema(self, schema: pa.Schema, id_column: str | None) -> pa.Schema:
         id_field = schema.field(id_column) if id_column is not None else None
-        return output_schema(self.bundle.preprocessor, id_field)
+        return output_schema(self.bundle.preprocessor, id_field, ranked=self.num_cfs > 1)
 
     def _explain_batch(
         self, batch: pa.RecordBatch | pa.Table, schema: pa.Schema, id_column: str | None,
@@ -114,20 +135,49 @@ class Explainer:
         pre = self.bundle.preprocessor
         x, reason = pre.transform(batch)
         ok = np.nonzero(usable_rows(reason))[0]
-        res = SearchResult.empty(len(x), pre.width)
-        recon = np.full(len(x), np.nan, np.float32)
+        targets = self._targets()
+        walks = [SearchResult.empty(len(x), pre.width) for _ in targets]
         for start in range(0, ok.size, SEARCH_CHUNK):
             rows = ok[start: start + SEARCH_CHUNK]
-            part = search(self.engine, x[rows], self.settings)
-            for name in ("status", "kind", "score", "cf", "cf_score", "alpha", "evaluations", "overshoot"):
-                getattr(res, name)[rows] = getattr(part, name)
-            hit = rows[part.status == FOUND]
-            if hit.size:
-                recon[hit] = self.engine.reconstruction_error(res.cf[hit])
-        if summary is not None:
-            summary.add(res.status)
+            bounds = self.constraints.bounds(pre, x[rows]) if self.constraints else None
+            for res, target in zip(walks, targets, strict=True):
+                tgt = None if target is None else np.broadcast_to(target, (rows.size, target.size)).copy()
+                part = search(self.engine, x[rows], self.settings, bounds, tgt)
+                res.assign(rows, part)
         upper = self.settings.threshold + self.settings.tol
-        return build_batch(schema, pre, batch, x, reason, res, recon, id_column, upper)
+        if self.num_cfs == 1:
+            res = walks[0]
+            if summary is not None:
+                summary.add(res.status)
+            return build_batch(schema, pre, batch, x, reason, res, self._recon(res), id_column, upper)
+        src, rank, res = rank_options(walks, x, self.num_cfs)
+        if summary is not None:
+            summary.add(res.status[rank <= 1])
+        table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
+        return build_batch(
+            schema, pre, table.take(pa.array(src)), x[src], reason[src], res, self._recon(res),
+            id_column, upper, rank=rank,
+        )
+
+    def _recon(self, res: SearchResult) -> np.ndarray:
+        recon = np.full(len(res.status), np.nan, np.float32)
+        hit = np.nonzero(res.status == FOUND)[0]
+        for start in range(0, hit.size, SEARCH_CHUNK):
+            rows = hit[start: start + SEARCH_CHUNK]
+            recon[rows] = self.engine.reconstruction_error(res.cf[rows])
+        return recon
+
+    def _targets(self) -> list[np.ndarray | None]:
+        """Latent points the walks head for: mu_1 first, then points of the target class's
+        Gaussian one standard deviation from mu_1 in fixed directions (2K - 1 walks for K)."""
+        if self.num_cfs == 1:
+            return [None]
+        latent = self.bundle.manifest["latent"]
+        mu = np.asarray(latent["mu"][1], np.float32)
+        sd = np.sqrt(np.asarray(latent["var"][1], np.float32))
+        dirs = np.random.default_rng(20240229).standard_normal((2 * self.num_cfs - 2, mu.size))
+        dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+        return [mu, *[(mu + sd * d).astype(np.float32) for d in dirs]]
 
     # -- files --------------------------------------------------------------------------------
     def explain_parquet(
@@ -169,6 +219,46 @@ class Explainer:
             raise
         summary.seconds = time.perf_counter() - t0
         return summary
+
+
+def rank_options(
+    walks: list[SearchResult], x: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray, SearchResult]:
+    """Merge the walks of every query into up to ``k`` distinct counterfactuals, nearest first.
+
+    Returns, per output row, the query row it belongs to, its rank (1..k; 0 for a query with no
+    counterfactual: already target, not found, or invalid) and its result."""
+    n, width = x.shape
+    found = np.stack([w.status == FOUND for w in walks])  # [W, n]
+    cf = np.stack([w.cf for w in walks])  # [W, n, F]
+    dist = np.where(found, np.sqrt(((cf - x[None]) ** 2).sum(-1)), np.inf)
+    order = np.argsort(dist, axis=0, kind="stable")  # [W, n]
+    src: list[int] = []
+    rank: list[int] = []
+    pick: list[int] = []  # which walk each output row comes from
+    for i in range(n):
+        chosen: list[int] = []
+        for w in order[:, i]:
+            if not found[w, i] or len(chosen) == k:
+                break
+            if all(not np.array_equal(cf[w, i], cf[c, i]) for c in chosen):
+                chosen.append(int(w))
+        if not chosen:
+            src.append(i)
+            rank.append(0)
+            pick.append(0)
+            continue
+        for r, w in enumerate(chosen, start=1):
+            src.append(i)
+            rank.append(r)
+            pick.append(w)
+    src_a, rank_a, pick_a = np.array(src), np.array(rank), np.array(pick)
+    out = SearchResult.empty(len(src_a), width)
+    for name in SearchResult.FIELDS:
+        stacked = np.stack([getattr(w, name) for w in walks])
+        getattr(out, name)[:] = stacked[pick_a, src_a]
+    out.evaluations[:] = np.stack([w.evaluations for w in walks]).sum(axis=0)[src_a]
+    return src_a, rank_a, out
 
 
 def validate_settings(s: SearchDefaults) -> None:

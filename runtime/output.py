@@ -41,11 +41,19 @@ def cf_type(f: Feature) -> pa.DataType:
     return pa.dictionary(pa.int32(), pa.string())
 
 
-def output_schema(pre: Preprocessor, id_field: pa.Field | None = None) -> pa.Schema:
+RANK_COLUMN = (
+    "cf_rank", pa.int32(),
+    "only with `--num-cfs K > 1`: rank of this option among the query's counterfactuals (1 = nearest); null when the query has none",
+)
+
+
+def output_schema(pre: Preprocessor, id_field: pa.Field | None = None, ranked: bool = False) -> pa.Schema:
     """Schema of the explanation table for a bundle's features."""
     fields: list[pa.Field] = [] if id_field is None else [id_field]
     fields += [pa.field(f.name, query_type(f)) for f in pre.features]
     fields += [pa.field(f"cf_{f.name}", cf_type(f)) for f in pre.features]
+    if ranked:
+        fields.append(pa.field(RANK_COLUMN[0], RANK_COLUMN[1]))
     fields += [pa.field(name, typ) for name, typ, _ in RESULT_COLUMNS]
     return pa.schema(fields)
 
@@ -79,6 +87,7 @@ def build_batch(
     recon: np.ndarray,
     id_column: str | None,
     tol_upper: float,
+    rank: np.ndarray | None = None,
 ) -> pa.RecordBatch:
     """Assemble one output batch from the query batch and its search result."""
     n = len(res.status)
@@ -102,6 +111,8 @@ def build_batch(
             cols.append(pa.DictionaryArray.from_arrays(_masked(idx, found, pa.int32()), arr.dictionary))
         else:
             cols.append(_masked(arr.to_numpy(zero_copy_only=False), found, cf_type(f)))
+    if rank is not None:
+        cols.append(_masked(rank, rank > 0, pa.int32()))
     reasons = reason_invalid.copy()
     over = (res.status == NOT_FOUND) & ~np.isnan(res.overshoot)
     never = (res.status == NOT_FOUND) & np.isnan(res.overshoot)

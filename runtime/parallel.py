@@ -29,16 +29,20 @@ from gmcf.runtime.explainer import Explainer, Summary, open_parquet, read_batche
 _worker: Explainer | None = None
 
 
-def _init(bundle: str, settings: dict[str, object], threads: int) -> None:
+def _init(
+    bundle: str, settings: dict[str, object], threads: int, constraints: dict[str, object], num_cfs: int
+) -> None:
     global _worker
-    _worker = Explainer.from_bundle(bundle, threads=threads, **settings)
+    _worker = Explainer.from_bundle(
+        bundle, threads=threads, constraints=constraints, num_cfs=num_cfs, **settings
+    )
 
 
 def _run(batch: pa.RecordBatch, schema: pa.Schema, id_column: str | None) -> tuple[pa.RecordBatch, np.ndarray]:
     assert _worker is not None
     summary = Summary()
     out = _worker._explain_batch(batch, schema, id_column, summary)
-    return out, np.array([summary.found, summary.already_target, summary.not_found, summary.invalid])
+    return out, np.array([summary.rows, summary.found, summary.already_target, summary.not_found, summary.invalid])
 
 
 def explain_parquet_parallel(
@@ -72,18 +76,18 @@ def explain_parquet_parallel(
     try:
         with ProcessPoolExecutor(
             workers, mp_context=mp.get_context(method), initializer=_init,
-            initargs=(str(ex.bundle.path), settings, ex.threads),
+            initargs=(str(ex.bundle.path), settings, ex.threads, ex.constraints.to_dict(), ex.num_cfs),
         ) as pool, pq.ParquetWriter(tmp, schema, **writer_options(schema)) as writer:
             pending: deque[Future[tuple[pa.RecordBatch, np.ndarray]]] = deque()
 
             def drain_one() -> None:
                 out, counts = pending.popleft().result()
                 writer.write_batch(out)
-                summary.rows += out.num_rows
-                summary.found += int(counts[0])
-                summary.already_target += int(counts[1])
-                summary.not_found += int(counts[2])
-                summary.invalid += int(counts[3])
+                summary.rows += int(counts[0])
+                summary.found += int(counts[1])
+                summary.already_target += int(counts[2])
+                summary.not_found += int(counts[3])
+                summary.invalid += int(counts[4])
                 if progress:
                     progress(summary.rows, total)
 

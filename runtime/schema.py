@@ -118,7 +118,7 @@ class DataSchema:
 
 def usable_rows(reason: np.ndarray) -> np.ndarray:
     """Boolean mask of the rows ``Preprocessor.transform`` found no problem in."""
-    return np.array([r is None for r in reason], dtype=bool)
+    return np.asarray(reason == None, dtype=bool)  # noqa: E711 - elementwise on an object array
 
 
 def _numeric_array(col: pa.ChunkedArray | pa.Array, name: str) -> np.ndarray:

@@ -113,6 +113,13 @@ class SearchResult:
     evaluations: np.ndarray  # decoder evaluations spent on the row
     overshoot: np.ndarray  # best crossing score where the search crossed T but never within tol
 
+    FIELDS = ("status", "kind", "score", "cf", "cf_score", "alpha", "evaluations", "overshoot")
+
+    def assign(self, rows: np.ndarray, part: SearchResult) -> None:
+        """Copy ``part`` (results for ``rows`` of this result, in order) into place."""
+        for name in self.FIELDS:
+            getattr(self, name)[rows] = getattr(part, name)
+
     @classmethod
     def empty(cls, n: int, width: int) -> SearchResult:
         return cls(
@@ -132,8 +139,17 @@ def _first_crossing(scores: np.ndarray, threshold: float) -> tuple[np.ndarray, n
     return np.asarray(cross.any(axis=1)), np.asarray(cross.argmax(axis=1))
 
 
-def search(engine: Engine, x: np.ndarray, cfg: SearchDefaults) -> SearchResult:
-    """Explain every row of ``x`` (model space, float32, all rows valid)."""
+def search(
+    engine: Engine,
+    x: np.ndarray,
+    cfg: SearchDefaults,
+    bounds: tuple[np.ndarray, np.ndarray] | None = None,
+    target: np.ndarray | None = None,
+) -> SearchResult:
+    """Explain every row of ``x`` (model space, float32, all rows valid).
+
+    ``bounds`` (lower, upper) [n, F] constrain the returned rows (see runtime/constraints.py);
+    ``target`` [n, d] is the latent point each query walks toward (default mu_1)."""
     n, width = x.shape
     res = SearchResult.empty(n, width)
     res.score[:] = engine.score(x)
@@ -144,6 +160,16 @@ def search(engine: Engine, x: np.ndarray, cfg: SearchDefaults) -> SearchResult:
     t, upper = cfg.threshold, cfg.threshold + cfg.tol
     grid = np.linspace(1.0 / cfg.steps, 1.0, cfg.steps, dtype=np.float32)
     xq = x[todo]
+    lower_q = None if bounds is None else bounds[0][todo]
+    upper_q = None if bounds is None else bounds[1][todo]
+    target_q = engine.mu_1_rows(todo.size) if target is None else target[todo]
+
+    def run(rows: np.ndarray, alphas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return engine.candidates(
+            xq[rows], alphas, target_q[rows],
+            None if lower_q is None else lower_q[rows],
+            None if upper_q is None else upper_q[rows],
+        )
     m = todo.size
     ar = np.arange(m)
 
@@ -158,7 +184,7 @@ def search(engine: Engine, x: np.ndarray, cfg: SearchDefaults) -> SearchResult:
 
     def walk(rows: np.ndarray, alphas: np.ndarray, start_lo: np.ndarray, how: int) -> None:
         """Evaluate ``alphas`` [r, K] for searched rows ``rows``; record first crossings."""
-        cand, sc = engine.candidates(xq[rows], alphas)
+        cand, sc = run(rows, alphas)
         evals[rows] += alphas.shape[1]
         has, first = _first_crossing(sc, t)
         r = rows[has]
@@ -191,7 +217,7 @@ def search(engine: Engine, x: np.ndarray, cfg: SearchDefaults) -> SearchResult:
                 break
             alphas = lo[rows, None] + (hi[rows] - lo[rows])[:, None] * frac[None, :]
             prev_kind = kind[rows].copy()
-            cand, sc = engine.candidates(xq[rows], alphas.astype(np.float32))
+            cand, sc = run(rows, alphas.astype(np.float32))
             evals[rows] += cfg.refine_points
             has, first = _first_crossing(sc, t)
             # crossing inside the bracket: shrink it to (previous point, crossing point)

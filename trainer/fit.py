@@ -185,7 +185,8 @@ def mmd_between_classes(zu: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     if len(a) < 2 or len(b) < 2:
         return zu.sum() * 0.0
     both = torch.cat([a, b])
-    d2 = torch.cdist(both, both).pow(2)
+    sq = (both**2).sum(1)
+    d2 = (sq[:, None] + sq[None, :] - 2 * both @ both.t()).clamp(min=0.0)
     scale = d2.detach().mean().clamp(min=1e-6)
     k = sum(torch.exp(-d2 / (scale * s)) for s in (0.25, 1.0, 4.0))
     na = len(a)

@@ -1,0 +1,253 @@
+"""Actionability constraints on the returned counterfactual.
+
+Per feature: immutable (keeps the query's value), a direction (may only increase or only
+decrease), an allowed range in raw units, and for a categorical feature an allowed set of
+values. They become per-row bounds ``lower``/``upper`` on the model-space row, which the search
+graph applies to every candidate before f scores it: every returned counterfactual satisfies
+them by construction.
+
+A constraints file (TOML or JSON) maps feature names to settings::
+
+    [age]
+    direction = "increase"
+    [education]
+    immutable = true
+    [hours-per-week]
+    range = [20, 60]
+    [purpose]
+    allowed = ["credit_card", "debt_consolidation"]
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gmcf.runtime.errors import ConstraintError
+from gmcf.runtime.schema import Preprocessor
+
+DIRECTIONS = ("increase", "decrease")
+
+
+@dataclass(frozen=True)
+class Constraint:
+    feature: str
+    immutable: bool = False
+    direction: str | None = None
+    lo: float | None = None
+    hi: float | None = None
+    allowed: tuple[str, ...] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.immutable:
+            out["immutable"] = True
+        if self.direction:
+            out["direction"] = self.direction
+        if self.lo is not None or self.hi is not None:
+            out["range"] = [self.lo, self.hi]
+        if self.allowed is not None:
+            out["allowed"] = list(self.allowed)
+        return out
+
+
+@dataclass(frozen=True)
+class Constraints:
+    """A set of per-feature constraints; empty means the paper's unconstrained search."""
+
+    items: dict[str, Constraint] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.items)
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Constraints:
+        items: dict[str, Constraint] = {}
+        for name, spec in data.items():
+            if not isinstance(spec, Mapping):
+                raise ConstraintError(f"constraint for {name!r}: expected a table of settings, got {spec!r}")
+            unknown = set(spec) - {"immutable", "direction", "range", "allowed"}
+            if unknown:
+                raise ConstraintError(
+                    f"constraint for {name!r}: unknown setting(s) {sorted(unknown)}; "
+                    "use immutable, direction, range, allowed"
+                )
+            direction = spec.get("direction")
+            if direction is not None and direction not in DIRECTIONS:
+                raise ConstraintError(
+                    f"constraint for {name!r}: direction must be 'increase' or 'decrease', got {direction!r}"
+                )
+            lo = hi = None
+            if "range" in spec:
+                rng = spec["range"]
+                if not isinstance(rng, list | tuple) or len(rng) != 2:
+                    raise ConstraintError(f"constraint for {name!r}: range must be [lo, hi], got {rng!r}")
+                lo, hi = (None if v is None else float(v) for v in rng)
+            allowed = spec.get("allowed")
+            items[str(name)] = Constraint(
+                str(name), bool(spec.get("immutable", False)), direction, lo, hi,
+                None if allowed is None else tuple(str(a) for a in allowed),
+            )
+        return cls(items)
+
+    @classmethod
+    def from_file(cls, path: Path) -> Constraints:
+        if not path.exists():
+            raise ConstraintError(f"constraints file {path} does not exist")
+        try:
+            if path.suffix == ".toml":
+                import tomllib
+
+                data = tomllib.loads(path.read_text())
+            else:
+                data = json.loads(path.read_text())
+        except Exception as exc:
+            raise ConstraintError(f"constraints file {path}: cannot parse: {exc}") from exc
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_options(
+        cls,
+        immutable: Iterable[str] = (),
+        increase_only: Iterable[str] = (),
+        decrease_only: Iterable[str] = (),
+        ranges: Iterable[str] = (),
+        allowed: Iterable[str] = (),
+    ) -> Constraints:
+        """From CLI flags: ``--range feature=lo:hi`` (either end may be empty),
+        ``--allow feature=a,b,c``."""
+        out = cls()
+        for name in immutable:
+            out = out.merge({name: {"immutable": True}})
+        for name in increase_only:
+            out = out.merge({name: {"direction": "increase"}})
+        for name in decrease_only:
+            out = out.merge({name: {"direction": "decrease"}})
+        for text in ranges:
+            name, sep, rest = text.partition("=")
+            lo_s, sep2, hi_s = rest.partition(":")
+            if not sep or not sep2:
+                raise ConstraintError(f"--range {text!r}: expected feature=lo:hi")
+            try:
+                lo = float(lo_s) if lo_s.strip() else None
+                hi = float(hi_s) if hi_s.strip() else None
+            except ValueError as exc:
+                raise ConstraintError(f"--range {text!r}: lo and hi must be numbers") from exc
+            out = out.merge({name: {"range": [lo, hi]}})
+        for text in allowed:
+            name, sep, rest = text.partition("=")
+            if not sep or not rest:
+                raise ConstraintError(f"--allow {text!r}: expected feature=value,value,...")
+            out = out.merge({name: {"allowed": [v.strip() for v in rest.split(",")]}})
+        return out
+
+    def merge(self, other: Constraints | Mapping[str, Any]) -> Constraints:
+        """Settings of ``other`` override this set's, feature by feature and setting by setting."""
+        extra = other if isinstance(other, Constraints) else Constraints.from_dict(other)
+        items = dict(self.items)
+        for name, c in extra.items.items():
+            base = items.get(name, Constraint(name))
+            items[name] = replace(
+                base,
+                immutable=base.immutable or c.immutable,
+                direction=c.direction or base.direction,
+                lo=c.lo if c.lo is not None else base.lo,
+                hi=c.hi if c.hi is not None else base.hi,
+                allowed=c.allowed if c.allowed is not None else base.allowed,
+            )
+        return Constraints(items)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: c.to_dict() for name, c in self.items.items()}
+
+    # -- checks against a bundle -----------------------------------------------------------------
+    def validate(self, pre: Preprocessor) -> None:
+        """Raise ConstraintError on the first constraint that does not fit the features."""
+        feats = {f.name: f for f in pre.features}
+        for name, c in self.items.items():
+            f = feats.get(name)
+            if f is None:
+                raise ConstraintError(
+                    f"constraint names unknown feature {name!r}; features: {', '.join(feats)}"
+                )
+            if f.is_numeric:
+                if c.allowed is not None:
+                    raise ConstraintError(f"feature {name!r} is numeric: use a range, not an allowed set")
+                lo_t, hi_t = float(f.lo or 0.0), float(f.hi or 0.0)
+                lo = lo_t if c.lo is None else c.lo
+                hi = hi_t if c.hi is None else c.hi
+                if lo > hi:
+                    raise ConstraintError(f"range for {name!r}: lo {lo:g} > hi {hi:g}")
+                if lo < lo_t or hi > hi_t:
+                    raise ConstraintError(
+                        f"range for {name!r}: [{lo:g}, {hi:g}] lies outside the training range "
+                        f"[{lo_t:g}, {hi_t:g}]"
+                    )
+            else:
+                if c.direction is not None:
+                    raise ConstraintError(f"feature {name!r} is categorical: it has no direction")
+                if c.lo is not None or c.hi is not None:
+                    raise ConstraintError(f"feature {name!r} is categorical: it has no range")
+                if c.allowed is not None:
+                    unknown = sorted(set(c.allowed) - set(f.categories))
+                    if unknown:
+                        raise ConstraintError(
+                            f"allowed values for {name!r} include unknown categories {unknown[:5]}; "
+                            f"known: {', '.join(f.categories[:10])}{' ...' if len(f.categories) > 10 else ''}"
+                        )
+                    if not c.allowed:
+                        raise ConstraintError(f"allowed set for {name!r} is empty")
+
+    # -- bounds ----------------------------------------------------------------------------------
+    def bounds(self, pre: Preprocessor, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per-row bounds [n, F] on the model-space row for queries ``x`` [n, F]."""
+        n = len(x)
+        lower = np.zeros((n, pre.width), np.float32)
+        upper = np.ones((n, pre.width), np.float32)
+        lo_all, hi_all = pre.lo_hi()
+        span = np.where(hi_all > lo_all, hi_all - lo_all, 1.0)
+        for j, f in enumerate(pre.numeric):
+            c = self.items.get(f.name)
+            if c is None:
+                continue
+            if c.lo is not None:
+                lower[:, j] = (c.lo - lo_all[j]) / span[j]
+            if c.hi is not None:
+                upper[:, j] = (c.hi - lo_all[j]) / span[j]
+            if c.immutable:
+                lower[:, j] = upper[:, j] = x[:, j]
+            elif c.direction == "increase":
+                lower[:, j] = np.maximum(lower[:, j], x[:, j])
+                upper[:, j] = np.maximum(upper[:, j], x[:, j])
+            elif c.direction == "decrease":
+                upper[:, j] = np.minimum(upper[:, j], x[:, j])
+                lower[:, j] = np.minimum(lower[:, j], x[:, j])
+        offset = pre.n_numeric
+        for f in pre.categorical:
+            k = len(f.categories)
+            c = self.items.get(f.name)
+            if c is not None:
+                blk = slice(offset, offset + k)
+                if c.immutable:
+                    upper[:, blk] = x[:, blk]
+                elif c.allowed is not None:
+                    mask = np.array([cat in c.allowed for cat in f.categories], np.float32)
+                    upper[:, blk] = mask
+            offset += k
+        return lower, upper
+
+    def satisfied(self, pre: Preprocessor, x: np.ndarray, cf: np.ndarray) -> np.ndarray:
+        """Boolean per row: does ``cf`` satisfy every constraint relative to query ``x``?"""
+        lower, upper = self.bounds(pre, x)
+        eps = 1e-6
+        n_num = pre.n_numeric
+        ok = ((cf[:, :n_num] >= lower[:, :n_num] - eps) & (cf[:, :n_num] <= upper[:, :n_num] + eps)).all(axis=1)
+        cat = cf[:, n_num:] > 0.5
+        ok &= ~(cat & (upper[:, n_num:] < 0.5)).any(axis=1)
+        return np.asarray(ok, dtype=bool)
