@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -195,6 +196,21 @@ class Explainer:
         called after each batch.
         """
         src, dst = Path(src), Path(dst)
+        pf, total, schema, columns = self._open_input(src, batch_size, id_column)
+        summary = Summary(output=dst)
+        t0 = time.perf_counter()
+        with atomic_parquet_writer(dst, schema) as writer:
+            for batch in read_batches(pf, src, batch_size, columns):
+                writer.write_batch(self._explain_batch(batch, schema, id_column, summary))
+                if progress:
+                    progress(summary.rows, total)
+        summary.seconds = time.perf_counter() - t0
+        return summary
+
+    def _open_input(
+        self, src: Path, batch_size: int, id_column: str | None
+    ) -> tuple[pq.ParquetFile, int, pa.Schema, list[str]]:
+        """Check a query file before any row is read: (file, rows, output schema, columns)."""
         if batch_size < 1:
             raise InputError(f"batch size must be at least 1, got {batch_size}")
         pf = open_parquet(src)
@@ -202,23 +218,23 @@ class Explainer:
         if total == 0:
             raise InputError(f"{src}: the file has no rows")
         self._check_input(pf.schema_arrow, id_column)
-        schema = self._schema(pf.schema_arrow, id_column)
-        columns = self.bundle.preprocessor.names + ([id_column] if id_column and id_column not in self.bundle.preprocessor.names else [])
-        summary = Summary(output=dst)
-        t0 = time.perf_counter()
-        tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-        try:
-            with pq.ParquetWriter(tmp, schema, **writer_options(schema)) as writer:
-                for batch in read_batches(pf, src, batch_size, columns):
-                    writer.write_batch(self._explain_batch(batch, schema, id_column, summary))
-                    if progress:
-                        progress(summary.rows, total)
-            os.replace(tmp, dst)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        summary.seconds = time.perf_counter() - t0
-        return summary
+        names = self.bundle.preprocessor.names
+        columns = names + ([id_column] if id_column and id_column not in names else [])
+        return pf, total, self._schema(pf.schema_arrow, id_column), columns
+
+
+@contextmanager
+def atomic_parquet_writer(dst: Path, schema: pa.Schema) -> Iterator[pq.ParquetWriter]:
+    """A lean Parquet writer on a temporary file beside ``dst``, renamed into place on success
+    and removed on any failure: no half-written output is ever left."""
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    try:
+        with pq.ParquetWriter(tmp, schema, **writer_options(schema)) as writer:
+            yield writer
+        os.replace(tmp, dst)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def rank_options(

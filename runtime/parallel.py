@@ -9,7 +9,6 @@ flight, so memory stays bounded by the batch size.
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
 import sys
 import time
 from collections import deque
@@ -20,11 +19,10 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from gmcf.runtime.bundle import SearchDefaults
 from gmcf.runtime.errors import InputError
-from gmcf.runtime.explainer import Explainer, Summary, open_parquet, read_batches, writer_options
+from gmcf.runtime.explainer import Explainer, Summary, atomic_parquet_writer, read_batches
 
 _worker: Explainer | None = None
 
@@ -58,48 +56,33 @@ def explain_parquet_parallel(
     src, dst = Path(src), Path(dst)
     if workers < 1:
         raise InputError(f"workers must be at least 1, got {workers}")
-    if batch_size < 1:
-        raise InputError(f"batch size must be at least 1, got {batch_size}")
-    pf = open_parquet(src)
-    total = pf.metadata.num_rows
-    if total == 0:
-        raise InputError(f"{src}: the file has no rows")
-    ex._check_input(pf.schema_arrow, id_column)
-    schema = ex._schema(pf.schema_arrow, id_column)
-    pre = ex.bundle.preprocessor
-    columns = pre.names + ([id_column] if id_column and id_column not in pre.names else [])
+    pf, total, schema, columns = ex._open_input(src, batch_size, id_column)
     settings: dict[str, object] = asdict(ex.settings) if isinstance(ex.settings, SearchDefaults) else {}
     method = "fork" if sys.platform.startswith("linux") else "spawn"
     summary = Summary(output=dst)
     t0 = time.perf_counter()
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-    try:
-        with ProcessPoolExecutor(
-            workers, mp_context=mp.get_context(method), initializer=_init,
-            initargs=(str(ex.bundle.path), settings, ex.threads, ex.constraints.to_dict(), ex.num_cfs),
-        ) as pool, pq.ParquetWriter(tmp, schema, **writer_options(schema)) as writer:
-            pending: deque[Future[tuple[pa.RecordBatch, np.ndarray]]] = deque()
+    with ProcessPoolExecutor(
+        workers, mp_context=mp.get_context(method), initializer=_init,
+        initargs=(str(ex.bundle.path), settings, ex.threads, ex.constraints.to_dict(), ex.num_cfs),
+    ) as pool, atomic_parquet_writer(dst, schema) as writer:
+        pending: deque[Future[tuple[pa.RecordBatch, np.ndarray]]] = deque()
 
-            def drain_one() -> None:
-                out, counts = pending.popleft().result()
-                writer.write_batch(out)
-                summary.rows += int(counts[0])
-                summary.found += int(counts[1])
-                summary.already_target += int(counts[2])
-                summary.not_found += int(counts[3])
-                summary.invalid += int(counts[4])
-                if progress:
-                    progress(summary.rows, total)
+        def drain_one() -> None:
+            out, counts = pending.popleft().result()
+            writer.write_batch(out)
+            summary.rows += int(counts[0])
+            summary.found += int(counts[1])
+            summary.already_target += int(counts[2])
+            summary.not_found += int(counts[3])
+            summary.invalid += int(counts[4])
+            if progress:
+                progress(summary.rows, total)
 
-            for batch in read_batches(pf, src, batch_size, columns):
-                pending.append(pool.submit(_run, batch, schema, id_column))
-                if len(pending) >= 2 * workers:
-                    drain_one()
-            while pending:
+        for batch in read_batches(pf, src, batch_size, columns):
+            pending.append(pool.submit(_run, batch, schema, id_column))
+            if len(pending) >= 2 * workers:
                 drain_one()
-        os.replace(tmp, dst)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        while pending:
+            drain_one()
     summary.seconds = time.perf_counter() - t0
     return summary
