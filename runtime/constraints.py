@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from gmcf.runtime.errors import ConstraintError
-from gmcf.runtime.schema import Preprocessor
+from gmcf.runtime.schema import Feature, Preprocessor
 
 DIRECTIONS = ("increase", "decrease")
 
@@ -68,6 +68,10 @@ class Constraints:
     # -- construction -------------------------------------------------------------------------
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Constraints:
+        if not isinstance(data, Mapping):
+            raise ConstraintError(
+                f"constraints: expected a table of features and their settings, got {type(data).__name__}"
+            )
         items: dict[str, Constraint] = {}
         for name, spec in data.items():
             if not isinstance(spec, Mapping):
@@ -78,6 +82,10 @@ class Constraints:
                     f"constraint for {name!r}: unknown setting(s) {sorted(unknown)}; "
                     "use immutable, direction, range, allowed"
                 )
+            if not isinstance(spec.get("immutable", False), bool):
+                raise ConstraintError(f"constraint for {name!r}: immutable must be true or false")
+            if "allowed" in spec and not isinstance(spec["allowed"], list | tuple):
+                raise ConstraintError(f"constraint for {name!r}: allowed must be a list of categories")
             direction = spec.get("direction")
             if direction is not None and direction not in DIRECTIONS:
                 raise ConstraintError(
@@ -88,7 +96,10 @@ class Constraints:
                 rng = spec["range"]
                 if not isinstance(rng, list | tuple) or len(rng) != 2:
                     raise ConstraintError(f"constraint for {name!r}: range must be [lo, hi], got {rng!r}")
-                lo, hi = (None if v is None else float(v) for v in rng)
+                try:
+                    lo, hi = (None if v is None else float(v) for v in rng)
+                except (TypeError, ValueError) as exc:
+                    raise ConstraintError(f"constraint for {name!r}: range ends must be numbers, got {rng!r}") from exc
             allowed = spec.get("allowed")
             items[str(name)] = Constraint(
                 str(name), bool(spec.get("immutable", False)), direction, lo, hi,
@@ -109,6 +120,10 @@ class Constraints:
                 data = json.loads(path.read_text())
         except Exception as exc:
             raise ConstraintError(f"constraints file {path}: cannot parse: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConstraintError(
+                f"constraints file {path}: expected a table of features and their settings, got {type(data).__name__}"
+            )
         return cls.from_dict(data)
 
     @classmethod
@@ -189,6 +204,8 @@ class Constraints:
                         f"range for {name!r}: [{lo:g}, {hi:g}] lies outside the training range "
                         f"[{lo_t:g}, {hi_t:g}]"
                     )
+                if f.kind == "integer" and np.ceil(lo) > np.floor(hi):
+                    raise ConstraintError(f"range for {name!r}: [{lo:g}, {hi:g}] holds no integer value")
             else:
                 if c.direction is not None:
                     raise ConstraintError(f"feature {name!r} is categorical: it has no direction")
@@ -216,10 +233,11 @@ class Constraints:
             c = self.items.get(f.name)
             if c is None:
                 continue
+            lo, hi = _raw_range(f, c)
             if c.lo is not None:
-                lower[:, j] = (c.lo - lo_all[j]) / span[j]
+                lower[:, j] = (lo - lo_all[j]) / span[j]
             if c.hi is not None:
-                upper[:, j] = (c.hi - lo_all[j]) / span[j]
+                upper[:, j] = (hi - lo_all[j]) / span[j]
             if c.immutable:
                 lower[:, j] = upper[:, j] = x[:, j]
             elif c.direction == "increase":
@@ -242,6 +260,45 @@ class Constraints:
             offset += k
         return lower, upper
 
+    def unmeetable(self, pre: Preprocessor, x: np.ndarray) -> np.ndarray:
+        """Per query row (object array): why no row can satisfy the constraints, else None.
+
+        ``bounds`` keeps lower <= upper for the search graph; a query whose constraints
+        contradict each other (age may only increase from 60 but must lie in [20, 50]) gets
+        bounds that break one of them, so its search result must not be returned."""
+        reason = np.full(len(x), None, dtype=object)
+        lo_all, hi_all = pre.lo_hi()
+        span = np.where(hi_all > lo_all, hi_all - lo_all, 1.0)
+        for j, f in enumerate(pre.numeric):
+            c = self.items.get(f.name)
+            if c is None or (c.lo is None and c.hi is None):
+                continue
+            raw = lo_all[j] + x[:, j].astype(np.float64) * span[j]
+            if f.kind == "integer":
+                raw = np.rint(raw)
+            lo, hi = _raw_range(f, c)
+            lo, hi = (-np.inf if c.lo is None else lo), (np.inf if c.hi is None else hi)
+            least = np.maximum(lo, raw) if c.immutable or c.direction == "increase" else np.full_like(raw, lo)
+            most = np.minimum(hi, raw) if c.immutable or c.direction == "decrease" else np.full_like(raw, hi)
+            bad = (least > most + 1e-6 * span[j]) & (reason == None)  # noqa: E711
+            rule = "immutable" if c.immutable else f"{c.direction} only"
+            for i in np.nonzero(bad)[0]:
+                reason[i] = (f"constraints on {f.name!r} cannot be met: {rule}, range [{lo:g}, {hi:g}], "
+                             f"query value {raw[i]:g}")
+        offset = pre.n_numeric
+        for f in pre.categorical:
+            k = len(f.categories)
+            c = self.items.get(f.name)
+            if c is not None and c.immutable and c.allowed is not None:
+                mask = np.array([cat in c.allowed for cat in f.categories])
+                idx = np.argmax(x[:, offset: offset + k], axis=1)
+                bad = ~mask[idx] & (reason == None)  # noqa: E711
+                for i in np.nonzero(bad)[0]:
+                    reason[i] = (f"constraints on {f.name!r} cannot be met: immutable, and the query's "
+                                 f"value {f.categories[idx[i]]!r} is not allowed")
+            offset += k
+        return reason
+
     def satisfied(self, pre: Preprocessor, x: np.ndarray, cf: np.ndarray) -> np.ndarray:
         """Boolean per row: does ``cf`` satisfy every constraint relative to query ``x``?"""
         lower, upper = self.bounds(pre, x)
@@ -250,4 +307,15 @@ class Constraints:
         ok = ((cf[:, :n_num] >= lower[:, :n_num] - eps) & (cf[:, :n_num] <= upper[:, :n_num] + eps)).all(axis=1)
         cat = cf[:, n_num:] > 0.5
         ok &= ~(cat & (upper[:, n_num:] < 0.5)).any(axis=1)
+        ok &= self.unmeetable(pre, x) == None  # noqa: E711
         return np.asarray(ok, dtype=bool)
+
+
+def _raw_range(f: Feature, c: Constraint) -> tuple[float, float]:
+    """The constraint's range in raw units (the training range where an end is open); an
+    integer feature's ends are rounded inward to the integers the range holds."""
+    lo = float(f.lo or 0.0) if c.lo is None else c.lo
+    hi = float(f.hi or 0.0) if c.hi is None else c.hi
+    if f.kind == "integer":
+        lo, hi = float(np.ceil(lo)), float(np.floor(hi))
+    return lo, hi

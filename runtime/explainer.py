@@ -145,6 +145,8 @@ class Explainer:
                 tgt = None if target is None else np.broadcast_to(target, (rows.size, target.size)).copy()
                 part = search(self.engine, x[rows], self.settings, bounds, tgt)
                 res.assign(rows, part)
+        if self.constraints and ok.size:
+            reason = self._drop_unmeetable(x, reason, ok, walks)
         upper = self.settings.threshold + self.settings.tol
         if self.num_cfs == 1:
             res = walks[0]
@@ -159,6 +161,27 @@ class Explainer:
             schema, pre, table.take(pa.array(src)), x[src], reason[src], res, self._recon(res),
             id_column, upper, rank=rank,
         )
+
+    def _drop_unmeetable(
+        self, x: np.ndarray, reason: np.ndarray, ok: np.ndarray, walks: list[SearchResult]
+    ) -> np.ndarray:
+        """Rejected queries whose constraints no row can meet become ``not_found`` with the
+        reason (the search ran with bounds that break a constraint for them)."""
+        why = np.full(len(x), None, dtype=object)
+        why[ok] = self.constraints.unmeetable(self.bundle.preprocessor, x[ok])
+        stuck = (why != None) & (walks[0].status != ALREADY)  # noqa: E711
+        if not stuck.any():
+            return reason
+        for res in walks:
+            res.status[stuck] = NOT_FOUND
+            res.kind[stuck] = -1
+            res.cf[stuck] = 0.0
+            res.cf_score[stuck] = np.nan
+            res.alpha[stuck] = np.nan
+            res.overshoot[stuck] = np.nan
+        reason = reason.copy()
+        reason[stuck] = why[stuck]
+        return reason
 
     def _recon(self, res: SearchResult) -> np.ndarray:
         recon = np.full(len(res.status), np.nan, np.float32)

@@ -115,7 +115,7 @@ def build_batch(
         cols.append(_masked(rank, rank > 0, pa.int32()))
     reasons = reason_invalid.copy()
     over = (res.status == NOT_FOUND) & ~np.isnan(res.overshoot)
-    never = (res.status == NOT_FOUND) & np.isnan(res.overshoot)
+    never = (res.status == NOT_FOUND) & np.isnan(res.overshoot) & (reasons == None)  # noqa: E711
     if over.any():
         reasons[over] = [f"crossed the threshold only with score {s:.3f} >= threshold + tol ({tol_upper:.3f})" for s in res.overshoot[over]]
     reasons[never] = "the path never crossed the threshold"
