@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import random
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -18,6 +19,7 @@ from gmcf.trainer.model import (
     loss_cls,
     loss_lkd,
     loss_rec,
+    mlp,
 )
 
 
@@ -48,6 +50,12 @@ class TrainConfig:
     classifier_restarts: int = 3
     classifier_hidden: tuple[int, ...] = (10, 4, 2)
     probe_epochs: int = 20
+    select_every: int = 5
+    """Check z_u leakage on validation rows every this many epochs and keep the best checkpoint
+    (0 = keep the last epoch, as the paper does)."""
+    select_after: int = 10
+    validation_size: float = 0.1
+    """Share of the training rows held out of Algorithm 1 for model selection."""
     test_size: float = 0.2
     seed: int = 0
     threads: int = 1
@@ -64,9 +72,11 @@ def seed_everything(seed: int) -> None:
 
 @dataclass
 class History:
-    """Mean of each loss over the last epoch."""
+    """Mean of each loss over the last (or the selected) epoch, and the model-selection checks."""
 
     losses: dict[str, float] = field(default_factory=dict)
+    checks: list[dict[str, float]] = field(default_factory=list)
+    selected_epoch: int | None = None
 
 
 def _batches(n: int, batch_size: int, gen: torch.Generator) -> list[torch.Tensor]:
@@ -203,6 +213,22 @@ def make_optimizers(model: GMCF, cfg: TrainConfig) -> tuple[torch.optim.Optimize
     return opt_adv, opt_gm, opt_ae
 
 
+def checkpoint_score(
+    model: GMCF, x_fit: np.ndarray, y_fit: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, seed: int
+) -> dict[str, float]:
+    """Model selection on validation rows: z_u leakage (a quick probe's balanced accuracy) and
+    agreement of the GM posterior with f. Lower ``score`` is better."""
+    with torch.no_grad():
+        zu_fit = model.encoder_u(torch.from_numpy(x_fit)).numpy()
+        xv = torch.from_numpy(x_val)
+        zu_val = model.encoder_u(xv).numpy()
+        agree = float((model.posterior_logits(model.encoder(xv)).argmax(1).numpy() == y_val).mean())
+    state = torch.random.get_rng_state()
+    leak = probe_leakage(zu_fit, y_fit, zu_val, y_val, seed, epochs=5)["balanced_accuracy"]
+    torch.random.set_rng_state(state)
+    return {"leakage": leak, "agreement": agree, "score": leak + 10 * max(0.0, 0.9 - agree)}
+
+
 def fit_gmcf(
     x: np.ndarray,
     y_hat: np.ndarray,
@@ -210,8 +236,14 @@ def fit_gmcf(
     cat_sizes: list[int],
     cfg: TrainConfig,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    validation: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[GMCF, History]:
-    """Algorithm 1 on (x, y_hat): the classifier's labels, not the ground truth."""
+    """Algorithm 1 on (x, y_hat): the classifier's labels, not the ground truth.
+
+    With ``validation`` rows (x, y_hat) and ``cfg.select_every`` > 0, the weights are checked
+    every ``select_every`` epochs from ``select_after`` on, and the checkpoint whose z_u leaks
+    least about y_hat (with the GM posterior agreeing with f on at least 90% of the rows) is kept:
+    the adversarial game does not converge, and z_u's leakage swings from epoch to epoch."""
     seed_everything(cfg.seed)
     xt = torch.from_numpy(x)
     yt = torch.from_numpy(y_hat.astype(np.float32))
@@ -224,6 +256,8 @@ def fit_gmcf(
     w_all = class_weights(yt)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     hist = History()
+    best: tuple[float, int, dict[str, Any], dict[str, float]] | None = None
+    fit_rows = np.random.default_rng(cfg.seed).permutation(len(x))
     for epoch in range(cfg.epochs):
         order_a = _batches(len(xt), cfg.batch_size, gen)
         order_b = _batches(len(xt), cfg.batch_size, gen)
@@ -235,7 +269,52 @@ def fit_gmcf(
             for k, v in out.items():
                 sums[k] = sums.get(k, 0.0) + v
         hist.losses = {k: v / len(order_a) for k, v in sums.items()}
+        done = epoch + 1
+        if (validation is not None and cfg.select_every > 0 and done >= cfg.select_after
+                and (done - cfg.select_after) % cfg.select_every == 0) or (validation is not None and done == cfg.epochs and cfg.select_every > 0):
+            model.eval()
+            sub = fit_rows[: min(len(fit_rows), 8000)]
+            check = checkpoint_score(model, x[sub], y_hat[sub], validation[0], validation[1], cfg.seed)
+            model.train()
+            hist.checks.append({"epoch": done, **check})
+            if best is None or check["score"] < best[0]:
+                best = (check["score"], done, copy.deepcopy(model.state_dict()), dict(hist.losses))
         if on_epoch:
             on_epoch(epoch, hist.losses)
+    if best is not None:
+        model.load_state_dict(best[2])
+        hist.selected_epoch = best[1]
+        hist.losses = best[3]
     model.eval()
     return model, hist
+
+
+def probe_leakage(
+    zu_train: np.ndarray, y_train: np.ndarray, zu_test: np.ndarray, y_test: np.ndarray, seed: int, epochs: int
+) -> dict[str, float]:
+    """Fit a fresh classifier on frozen z_u to predict y_hat; its held-out balanced accuracy
+    measures how much of the label z_u still carries (0.5 = none)."""
+    seed_everything(seed + 99)
+    xt, yt = torch.from_numpy(zu_train), torch.from_numpy(y_train.astype(np.float32))
+    probe = mlp([zu_train.shape[1], 32, 32, 1], act=torch.nn.ReLU)
+    opt = torch.optim.Adam(probe.parameters(), lr=3e-3)
+    w = class_weights(yt)
+    gen = torch.Generator().manual_seed(seed + 99)
+    for _ in range(epochs):
+        perm = torch.randperm(len(xt), generator=gen)
+        for i in range(0, len(xt), 256):
+            idx = perm[i: i + 256]
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(
+                probe(xt[idx]).squeeze(-1), yt[idx], weight=w[idx]
+            )
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    with torch.no_grad():
+        pred = (probe(torch.from_numpy(zu_test)).squeeze(-1) > 0).numpy().astype(np.int64)
+    majority = float(max(y_test.mean(), 1 - y_test.mean()))
+    return {
+        "balanced_accuracy": _balanced_accuracy(y_test, pred),
+        "accuracy": float((pred == y_test).mean()),
+        "majority_rate": majority,
+    }

@@ -36,10 +36,10 @@ from gmcf.trainer.fit import (
     TrainConfig,
     _balanced_accuracy,
     fit_gmcf,
-    seed_everything,
+    probe_leakage,
     train_classifier,
 )
-from gmcf.trainer.model import GMCF, class_weights, mlp
+from gmcf.trainer.model import GMCF
 from gmcf.trainer.prepare import Prepared, prepare
 
 
@@ -67,35 +67,6 @@ def _run_onnx(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
     return np.asarray(sess.run(["score"], {"x": x})[0])
 
 
-def probe_leakage(zu_train: np.ndarray, y_train: np.ndarray, zu_test: np.ndarray, y_test: np.ndarray, cfg: TrainConfig) -> dict[str, float]:
-    """Fit a fresh classifier on frozen z_u to predict y_hat; its held-out balanced accuracy
-    measures how much of the label z_u still carries (0.5 = none)."""
-    seed_everything(cfg.seed + 99)
-    xt, yt = torch.from_numpy(zu_train), torch.from_numpy(y_train.astype(np.float32))
-    probe = mlp([zu_train.shape[1], 32, 32, 1], act=torch.nn.ReLU)
-    opt = torch.optim.Adam(probe.parameters(), lr=3e-3)
-    w = class_weights(yt)
-    gen = torch.Generator().manual_seed(cfg.seed + 99)
-    for _ in range(cfg.probe_epochs):
-        perm = torch.randperm(len(xt), generator=gen)
-        for i in range(0, len(xt), 256):
-            idx = perm[i: i + 256]
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(
-                probe(xt[idx]).squeeze(-1), yt[idx], weight=w[idx]
-            )
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    with torch.no_grad():
-        pred = (probe(torch.from_numpy(zu_test)).squeeze(-1) > 0).numpy().astype(np.int64)
-    majority = float(max(y_test.mean(), 1 - y_test.mean()))
-    return {
-        "balanced_accuracy": _balanced_accuracy(y_test, pred),
-        "accuracy": float((pred == y_test).mean()),
-        "majority_rate": majority,
-    }
-
-
 def build_report(
     model: GMCF, p: Prepared, f_train: np.ndarray, f_test: np.ndarray, losses: dict[str, float],
     cfg: TrainConfig, seconds: float,
@@ -118,7 +89,7 @@ def build_report(
         },
         "reconstruction_mse": float(((xr - p.x_test) ** 2).mean()),
         "gm_posterior_agreement": float((post == yh_test).mean()),
-        "z_u_probe": probe_leakage(zu_train, yh_train, zu.numpy(), yh_test, cfg),
+        "z_u_probe": probe_leakage(zu_train, yh_train, zu.numpy(), yh_test, cfg.seed, cfg.probe_epochs),
         "seconds": round(seconds, 1),
     }
 
@@ -179,10 +150,23 @@ def train_bundle(
     def on_epoch(epoch: int, losses: dict[str, float]) -> None:
         cb.advance(" ".join(f"{k} {v:.3f}" for k, v in losses.items()))
 
-    model, hist = fit_gmcf(p.x_train, y_hat, p.pre.n_numeric, p.pre.cat_sizes, cfg, on_epoch)
+    fit_idx = np.arange(len(p.x_train))
+    validation = None
+    if cfg.select_every > 0 and cfg.validation_size > 0:
+        perm = np.random.default_rng(cfg.seed + 3).permutation(len(p.x_train))
+        n_val = max(1, round(len(perm) * cfg.validation_size))
+        val_idx, fit_idx = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+        validation = (p.x_train[val_idx], y_hat[val_idx])
+    model, hist = fit_gmcf(
+        p.x_train[fit_idx], y_hat[fit_idx], p.pre.n_numeric, p.pre.cat_sizes, cfg, on_epoch, validation
+    )
     cb.stage("report", 1)
     report = build_report(model, p, f_train, f_test, hist.losses, cfg, time.time() - t0)
     report["dataset"] = ds.name
+    report["model_selection"] = {
+        "selected_epoch": hist.selected_epoch,
+        "checks": [{k: round(v, 4) for k, v in c.items()} for c in hist.checks],
+    }
     cb.advance("report")
 
     out.parent.mkdir(parents=True, exist_ok=True)
