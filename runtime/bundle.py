@@ -26,7 +26,8 @@ GRAPHS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "encoder_u": (("x",), ("z_u",)),
     "decoder": (("z", "z_u"), ("x_soft",)),
     "classifier": (("x",), ("score",)),
-    "search": (("x", "alphas", "target", "lower", "upper"), ("rows", "score")),
+    "search": (("x", "alphas", "target"), ("rows", "score")),
+    "search_bounded": (("x", "alphas", "target", "lower", "upper"), ("rows", "score")),
     "reconstruct": (("x",), ("error",)),
 }
 

@@ -27,6 +27,8 @@ STATUSES = ("found", "already_target", "not_found", "invalid")
 FOUND, ALREADY, NOT_FOUND, INVALID = range(4)
 SEARCH_KINDS = ("grid", "refined", "extrapolated")
 GRID, REFINED, EXTRAPOLATED = range(3)
+#: Alphas evaluated per call along a path; rows stop at their first crossing.
+BLOCK = 8
 
 
 def _session(path: str, threads: int) -> ort.InferenceSession:
@@ -46,7 +48,7 @@ class Engine:
             raise GmcfError(f"threads must be at least 1, got {threads}")
         self.bundle = bundle
         self.sessions = {}
-        for name in ("search", "classifier", "reconstruct"):
+        for name in ("search", "search_bounded", "classifier", "reconstruct"):
             sess = _session(str(bundle.graph_path(name)), threads)
             check_graph_signature(
                 bundle, name, [i.name for i in sess.get_inputs()], [o.name for o in sess.get_outputs()]
@@ -61,7 +63,7 @@ class Engine:
         self.mu_1 = np.asarray(bundle.mu_1, dtype=np.float32)
         # One query, two alphas: the search graph must return one scored row per candidate.
         x0 = np.zeros((1, width), np.float32)
-        rows, score = self.sessions["search"].run(None, {
+        rows, score = self.sessions["search_bounded"].run(None, {
             "x": x0, "alphas": np.ones((1, 2), np.float32), "target": self.mu_1_rows(1),
             "lower": x0, "upper": x0 + 1.0,
         })
@@ -83,14 +85,13 @@ class Engine:
         ``target`` [B, d] defaults to mu_1 for every row; ``lower``/``upper`` [B, F] bound the
         returned rows in model space and default to [0, 1] (the training range)."""
         b, s = alphas.shape
-        feed = {
-            "x": x,
-            "alphas": alphas,
-            "target": self.mu_1_rows(b) if target is None else target,
-            "lower": np.zeros_like(x) if lower is None else lower,
-            "upper": np.ones_like(x) if upper is None else upper,
-        }
-        rows, score = self.sessions["search"].run(None, feed)
+        feed = {"x": x, "alphas": alphas, "target": self.mu_1_rows(b) if target is None else target}
+        graph = "search"
+        if lower is not None or upper is not None:
+            graph = "search_bounded"
+            feed["lower"] = np.zeros_like(x) if lower is None else lower
+            feed["upper"] = np.ones_like(x) if upper is None else upper
+        rows, score = self.sessions[graph].run(None, feed)
         return rows.reshape(b, s, -1), score.reshape(b, s)
 
     def mu_1_rows(self, n: int) -> np.ndarray:
@@ -200,14 +201,23 @@ def search(
         # rows that did not cross: the bracket's low end moves to the last alpha tried
         lo[rows[~has]] = alphas[~has, -1]
 
-    walk(ar, np.broadcast_to(grid, (m, cfg.steps)).copy(), np.zeros(m, np.float32), GRID)
+    def walk_path(rows: np.ndarray, path: np.ndarray, start: float, how: int) -> None:
+        """Walk ``path`` block by block, in order; a row leaves at its first crossing. Gives the
+        same first crossing as evaluating the whole path at once, with fewer evaluations."""
+        lo[rows] = start
+        for i in range(0, path.size, BLOCK):
+            if rows.size == 0:
+                return
+            part = path[i: i + BLOCK]
+            walk(rows, np.broadcast_to(part, (rows.size, part.size)).copy(), lo[rows].copy(), how)
+            rows = rows[np.isnan(best_score[rows])]
+
+    walk_path(ar, grid, 0.0, GRID)
 
     if cfg.extrapolate and cfg.max_alpha > 1.0:
         rows = np.nonzero(np.isnan(best_score))[0]
-        if rows.size:
-            ext = np.linspace(1.0, cfg.max_alpha, cfg.steps + 1, dtype=np.float32)[1:]
-            walk(rows, np.broadcast_to(ext, (rows.size, cfg.steps)).copy(),
-                 np.ones(rows.size, np.float32), EXTRAPOLATED)
+        ext = np.linspace(1.0, cfg.max_alpha, cfg.steps + 1, dtype=np.float32)[1:]
+        walk_path(rows, ext, 1.0, EXTRAPOLATED)
 
     if cfg.refine:
         frac = np.arange(1, cfg.refine_points + 1, dtype=np.float32) / (cfg.refine_points + 1)

@@ -50,16 +50,27 @@ def run(model: Any, **feeds: np.ndarray) -> list[np.ndarray]:
     return [np.asarray(o) for o in session(model).run(None, feeds)]
 
 
-def search_feeds(m: Any, x: np.ndarray, alphas: np.ndarray) -> dict[str, np.ndarray]:
-    """Inputs of the search graph for the paper's unconstrained walk toward mu_1."""
+def search_feeds(m: Any, x: np.ndarray, alphas: np.ndarray, bounded: bool = False) -> dict[str, np.ndarray]:
+    """Inputs of a search graph for the paper's unconstrained walk toward mu_1."""
     target = np.broadcast_to(m.mu[1].detach().numpy(), (len(x), m.mu.shape[1])).copy()
-    return {"x": x, "alphas": alphas, "target": target,
-            "lower": np.zeros_like(x), "upper": np.ones_like(x)}
+    feeds = {"x": x, "alphas": alphas, "target": target}
+    if bounded:
+        feeds.update(lower=np.zeros_like(x), upper=np.ones_like(x))
+    return feeds
 
 
 def front_of(m: Any, pre: Any, x: np.ndarray, alphas: np.ndarray) -> np.ndarray:
-    feeds = search_feeds(m, x, alphas)
+    feeds = search_feeds(m, x, alphas, bounded=True)
     return SearchFront(m, pre)(*[t(feeds[k]) for k in ("x", "alphas", "target", "lower", "upper")]).numpy()
+
+
+def test_plain_and_bounded_search_agree_without_constraints(trained: Trained) -> None:
+    x = trained.p.x_test
+    alphas = alphas_for(len(x), 4)
+    plain = run(trained.graphs["search"], **search_feeds(trained.model, x, alphas))
+    bounded = run(trained.graphs["search_bounded"], **search_feeds(trained.model, x, alphas, bounded=True))
+    np.testing.assert_array_equal(plain[0], bounded[0])
+    np.testing.assert_allclose(plain[1], bounded[1], rtol=0, atol=1e-6)
 
 
 @pytest.fixture(scope="module")
@@ -313,14 +324,14 @@ def test_search_bounds_hold_on_every_candidate(trained: Trained) -> None:
     """lower/upper keep the returned rows in bounds: pinning a row to the query (lower = upper =
     x, one-hot upper = the query's category) returns the query itself at every alpha."""
     x = trained.p.x_test
-    feeds = search_feeds(trained.model, x, alphas_for(len(x), 4))
+    feeds = search_feeds(trained.model, x, alphas_for(len(x), 4), bounded=True)
     feeds["lower"], feeds["upper"] = x.copy(), x.copy()
-    rows, _ = run(trained.graphs["search"], **feeds)
+    rows, _ = run(trained.graphs["search_bounded"], **feeds)
     np.testing.assert_array_equal(rows, np.repeat(x, 4, axis=0))
     # A numeric window: every numeric value lands inside it.
     n = trained.p.pre.n_numeric
     lower, upper = np.zeros_like(x), np.ones_like(x)
     lower[:, :n], upper[:, :n] = 0.2, 0.4
     feeds["lower"], feeds["upper"] = lower, upper
-    rows, _ = run(trained.graphs["search"], **feeds)
+    rows, _ = run(trained.graphs["search_bounded"], **feeds)
     assert (rows[:, :n] >= 0.2 - 1e-6).all() and (rows[:, :n] <= 0.4 + 1e-6).all()

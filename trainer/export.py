@@ -6,9 +6,11 @@ Graphs (every one takes float32 and is batch-dynamic):
 - ``encoder_u.onnx``    x [N, F] -> z_u [N, d_u]
 - ``decoder.onnx``      z [N, d], z_u [N, d_u] -> x_soft [N, F]
 - ``classifier.onnx``   x [N, F] -> score [N]  (probability of the positive class)
-- ``search.onnx``       x [B, F], alphas [B, S], target [B, d], lower [B, F], upper [B, F]
-  -> rows [B*S, F], score [B*S]: the hard-decoded candidates of Algorithm 2 (row b*S + s is
-  query b at alphas[b, s], walking toward target[b]), kept within [lower, upper], scored by f.
+- ``search.onnx``       x [B, F], alphas [B, S], target [B, d] -> rows [B*S, F], score [B*S]:
+  the hard-decoded candidates of Algorithm 2 (row b*S + s is query b at alphas[b, s], walking
+  toward target[b]), scored by f.
+- ``search_bounded.onnx`` the same with lower [B, F], upper [B, F]: per-row bounds on the
+  returned rows (constraints), applied before f scores them.
 - ``reconstruct.onnx``  x [N, F] -> error [N]: mean squared error of the autoencoder on x.
 """
 
@@ -47,22 +49,27 @@ class HardDecode(nn.Module):
         )
 
     def forward(
-        self, cont: torch.Tensor, logits: list[torch.Tensor], lower: torch.Tensor, upper: torch.Tensor
+        self, cont: torch.Tensor, logits: list[torch.Tensor],
+        lower: torch.Tensor | None = None, upper: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``lower``/``upper`` bound every entry of the row (broadcastable to it). Numeric values
         are clamped to them before and after rounding; a one-hot entry whose upper bound is 0 is
-        a category the row may not take."""
+        a category the row may not take. Without bounds (the training range), the sigmoid keeps
+        numeric values in [0, 1] and rounding keeps integers on their grid within it."""
         n = cont.shape[-1]
-        lo_n, up_n = lower[..., :n], upper[..., :n]
-        cont = torch.minimum(torch.maximum(cont, lo_n), up_n)
+        if lower is not None and upper is not None:
+            cont = torch.minimum(torch.maximum(cont, lower[..., :n]), upper[..., :n])
         rounded = (torch.round(cont * self.span + self.lo) - self.lo) / self.span
-        cont = torch.where(self.is_int, torch.minimum(torch.maximum(rounded, lo_n), up_n), cont)
+        if lower is not None and upper is not None:
+            rounded = torch.minimum(torch.maximum(rounded, lower[..., :n]), upper[..., :n])
+        cont = torch.where(self.is_int, rounded, cont)
         blocks = [cont]
         offset = n
         for lg, ar in zip(logits, self.aranges, strict=True):
             k = lg.shape[-1]
-            masked = lg - 1e9 * (1.0 - upper[..., offset: offset + k])
-            blocks.append((ar == torch.argmax(masked, dim=-1, keepdim=True)).to(torch.float32))
+            if upper is not None:
+                lg = lg - 1e9 * (1.0 - upper[..., offset: offset + k])
+            blocks.append((ar == torch.argmax(lg, dim=-1, keepdim=True)).to(torch.float32))
             offset += k
         return torch.cat(blocks, dim=-1)
 
@@ -92,18 +99,36 @@ class SearchFront(nn.Module):
         self.decoder = model.decoder
         self.hard = HardDecode(pre)
 
+    def decode(
+        self, x: torch.Tensor, alphas: torch.Tensor, target: torch.Tensor
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Soft decoder outputs of every candidate, as [B, S, .] blocks."""
+        z, zu = self.encoder(x), self.encoder_u(x)
+        p = z @ self.w_z + zu @ self.w_u + self.b  # [B, H]
+        q = (target - z) @ self.w_z  # [B, H]
+        b, s = alphas.shape
+        h = (p[:, None, :] + alphas[:, :, None] * q[:, None, :]).reshape(b * s, -1)
+        cont, logits = self.decoder.raw(self.rest(h))  # 2-D: each layer is one Gemm
+        return cont.reshape(b, s, -1), [lg.reshape(b, s, -1) for lg in logits]
+
     def forward(
         self, x: torch.Tensor, alphas: torch.Tensor, target: torch.Tensor, lower: torch.Tensor,
         upper: torch.Tensor,
     ) -> torch.Tensor:
-        z, zu = self.encoder(x), self.encoder_u(x)
-        p = z @ self.w_z + zu @ self.w_u + self.b  # [B, H]
-        q = (target - z) @ self.w_z  # [B, H]
-        h = p[:, None, :] + alphas[:, :, None] * q[:, None, :]  # [B, S, H]
-        b, s = alphas.shape
-        cont, logits = self.decoder.raw(self.rest(h))  # [B, S, .]
+        cont, logits = self.decode(x, alphas, target)
         rows = self.hard(cont, logits, lower[:, None, :], upper[:, None, :])
-        return rows.reshape(b * s, -1)
+        return rows.reshape(-1, rows.shape[-1])
+
+
+class PlainSearchFront(SearchFront):
+    """``SearchFront`` without bounds: the paper's search, about 1.5x faster in onnxruntime."""
+
+    def forward(  # type: ignore[override]
+        self, x: torch.Tensor, alphas: torch.Tensor, target: torch.Tensor
+    ) -> torch.Tensor:
+        cont, logits = self.decode(x, alphas, target)
+        rows = self.hard(cont, logits)
+        return rows.reshape(-1, rows.shape[-1])
 
 
 class Reconstruct(nn.Module):
@@ -235,11 +260,11 @@ def export_graphs(model: GMCF, pre: Preprocessor, classifier: onnx.ModelProto) -
     width = pre.width
     d, du = model.mu.shape[1], model.encoder_u[-1].out_features
     x = torch.rand(5, width)
-    front = to_onnx(
-        SearchFront(model, pre),
-        (x, torch.rand(5, 4), torch.rand(5, d), torch.zeros(5, width), torch.ones(5, width)),
-        ["x", "alphas", "target", "lower", "upper"],
-        ["rows"],
+    walk = (x, torch.rand(5, 4), torch.rand(5, d))
+    front = to_onnx(PlainSearchFront(model, pre), walk, ["x", "alphas", "target"], ["rows"])
+    bounded = to_onnx(
+        SearchFront(model, pre), (*walk, torch.zeros(5, width), torch.ones(5, width)),
+        ["x", "alphas", "target", "lower", "upper"], ["rows"],
     )
     return {
         "encoder": to_onnx(model.encoder, (x,), ["x"], ["z"]),
@@ -247,6 +272,7 @@ def export_graphs(model: GMCF, pre: Preprocessor, classifier: onnx.ModelProto) -
         "decoder": to_onnx(_Decoder(model), (torch.rand(5, d), torch.rand(5, du)), ["z", "z_u"], ["x_soft"]),
         "classifier": classifier,
         "search": fuse_search(front, classifier),
+        "search_bounded": fuse_search(bounded, classifier),
         "reconstruct": to_onnx(Reconstruct(model), (x,), ["x"], ["error"]),
     }
 
