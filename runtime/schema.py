@@ -196,6 +196,10 @@ class Preprocessor:
                 finite = v[np.isfinite(v)]
                 if finite.size == 0:
                     raise InputError(f"column {f.name!r}: no finite values to fit the scaling on")
+                if f.kind == "integer" and not np.array_equal(finite, np.round(finite)):
+                    raise InputError(
+                        f"column {f.name!r} is declared integer but holds non-integer values"
+                    )
                 fitted.append(Feature(f.name, f.kind, float(finite.min()), float(finite.max())))
             else:
                 cats = pc.unique(pc.drop_null(col.cast(pa.string()))).to_pylist()

@@ -40,9 +40,12 @@ class HardDecode(nn.Module):
         super().__init__()
         lo, hi = pre.lo_hi()
         span = np.where(hi > lo, hi - lo, 1.0)
-        self.register_buffer("lo", torch.tensor(lo, dtype=torch.float32))
-        self.register_buffer("span", torch.tensor(span, dtype=torch.float32))
-        self.register_buffer("is_int", torch.tensor(pre.integer_mask()))
+        # An integer feature's training minimum is an integer, so its grid in model space is
+        # k / span: rounding is round(v * span) / span. A continuous feature gets scale 2^24,
+        # which leaves a float32 value in [0, 1] as it is (to 6e-8): one code path, no Where.
+        scale = np.where(pre.integer_mask(), span, 2.0**24)
+        self.register_buffer("scale", torch.tensor(scale, dtype=torch.float32))
+        self.register_buffer("inv_scale", torch.tensor(1.0 / scale, dtype=torch.float32))
         self.cat_sizes = pre.cat_sizes
         self.aranges = nn.ParameterList(
             [nn.Parameter(torch.arange(k, dtype=torch.int64), requires_grad=False) for k in self.cat_sizes]
@@ -59,10 +62,9 @@ class HardDecode(nn.Module):
         n = cont.shape[-1]
         if lower is not None and upper is not None:
             cont = torch.minimum(torch.maximum(cont, lower[..., :n]), upper[..., :n])
-        rounded = (torch.round(cont * self.span + self.lo) - self.lo) / self.span
+        cont = torch.round(cont * self.scale) * self.inv_scale
         if lower is not None and upper is not None:
-            rounded = torch.minimum(torch.maximum(rounded, lower[..., :n]), upper[..., :n])
-        cont = torch.where(self.is_int, rounded, cont)
+            cont = torch.minimum(torch.maximum(cont, lower[..., :n]), upper[..., :n])
         blocks = [cont]
         offset = n
         for lg, ar in zip(logits, self.aranges, strict=True):
