@@ -137,7 +137,8 @@ class SearchResult:
 
 def _first_crossing(scores: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
     cross = np.asarray(scores >= threshold)
-    return np.asarray(cross.any(axis=1)), np.asarray(cross.argmax(axis=1))
+    first = np.asarray(cross.argmax(axis=1))
+    return np.asarray(cross[np.arange(len(first)), first]), first
 
 
 def search(
@@ -188,15 +189,13 @@ def search(
         cand, sc = run(rows, alphas)
         evals[rows] += alphas.shape[1]
         has, first = _first_crossing(sc, t)
-        r = rows[has]
-        f = first[has]
-        k = np.arange(r.size)
-        hi[r] = alphas[has, f]
-        prev = np.where(f > 0, alphas[has, np.maximum(f - 1, 0)], start_lo[has])
-        lo[r] = prev
-        best_row[r] = cand[has][k, f]
-        best_score[r] = sc[has, f]
-        best_alpha[r] = alphas[has, f]
+        idx = np.nonzero(has)[0]
+        r, f = rows[idx], first[idx]
+        hi[r] = alphas[idx, f]
+        lo[r] = np.where(f > 0, alphas[idx, np.maximum(f - 1, 0)], start_lo[idx])
+        best_row[r] = cand[idx, f]
+        best_score[r] = sc[idx, f]
+        best_alpha[r] = hi[r]
         kind[r] = how
         # rows that did not cross: the bracket's low end moves to the last alpha tried
         lo[rows[~has]] = alphas[~has, -1]
@@ -227,21 +226,10 @@ def search(
                 break
             alphas = lo[rows, None] + (hi[rows] - lo[rows])[:, None] * frac[None, :]
             prev_kind = kind[rows].copy()
-            cand, sc = run(rows, alphas.astype(np.float32))
-            evals[rows] += cfg.refine_points
-            has, first = _first_crossing(sc, t)
-            # crossing inside the bracket: shrink it to (previous point, crossing point)
-            r, f = rows[has], first[has]
-            k = np.arange(r.size)
-            new_hi = alphas[has, f]
-            lo[r] = np.where(f > 0, alphas[has, np.maximum(f - 1, 0)], lo[r])
-            hi[r] = new_hi
-            best_row[r] = cand[has][k, f]
-            best_score[r] = sc[has, f]
-            best_alpha[r] = new_hi
-            kind[r] = np.where(prev_kind[has] == EXTRAPOLATED, EXTRAPOLATED, REFINED)
-            # no crossing inside: the crossing lies between the last point and hi
-            lo[rows[~has]] = alphas[~has, -1]
+            # A crossing inside the bracket shrinks it to (previous point, crossing point); none
+            # moves its low end to the last point tried.
+            walk(rows, alphas.astype(np.float32), lo[rows].copy(), REFINED)
+            kind[rows] = np.where(prev_kind == EXTRAPOLATED, EXTRAPOLATED, kind[rows])
 
     found = ~np.isnan(best_score) & (best_score < upper)
     over = ~np.isnan(best_score) & ~found
