@@ -334,16 +334,21 @@ def open_parquet(src: Path) -> pq.ParquetFile:
 
 
 def read_batches(pf: pq.ParquetFile, src: Path, batch_size: int, columns: list[str]) -> Iterator[pa.RecordBatch]:
-    """``pf.iter_batches``, with a corrupt data page reported as an InputError naming the file."""
-    batches = pf.iter_batches(batch_size=batch_size, columns=columns)
-    while True:
-        try:
-            batch = next(batches)
-        except StopIteration:
-            return
-        except (pa.ArrowInvalid, OSError) as exc:
-            raise InputError(f"{src}: cannot read the Parquet data ({str(exc).splitlines()[0]})") from exc
-        yield batch
+    """Record batches of at most ``batch_size`` rows, one row group at a time.
+
+    A single ``iter_batches`` over the whole file lets pyarrow's resident memory creep up with
+    the file's length (about 10 MiB per million rows here); a fresh iterator per row group
+    stays flat. A corrupt data page is reported as an InputError naming the file."""
+    for group in range(pf.num_row_groups):
+        batches = pf.iter_batches(batch_size=batch_size, columns=columns, row_groups=[group])
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                break
+            except (pa.ArrowInvalid, OSError) as exc:
+                raise InputError(f"{src}: cannot read the Parquet data ({str(exc).splitlines()[0]})") from exc
+            yield batch
 
 
 def _as_arrow(data: Any) -> pa.Table | pa.RecordBatch:
