@@ -8,7 +8,6 @@ problem, and no output file (not even a temporary one). A problem with a row mak
 from __future__ import annotations
 
 import json
-import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -17,21 +16,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from typer.testing import CliRunner
+from helpers import adult_queries, assert_clean_failure, invoke
 
-from gmcf.cli.main import app
-from gmcf.datasets import load_dataset
 from gmcf.runtime import BundleError, Explainer, GmcfError, InputError
 
-ANSI = re.compile(r"\x1b\[[0-9;]*m")
 N_ROWS = 40
 
 
-def adult_queries(n: int, seed: int = 0) -> pa.Table:
-    ds = load_dataset("adult")
-    idx = np.random.default_rng(seed).choice(ds.table.num_rows, size=n, replace=False)
-    table = ds.table.take(pa.array(idx)).drop_columns([ds.schema.label])
-    return table.append_column("id", pa.array(idx, pa.int64()))
 
 
 def replace_column(table: pa.Table, name: str, values: pa.Array) -> pa.Table:
@@ -45,23 +36,8 @@ def with_value(table: pa.Table, name: str, row: int, value: object, typ: pa.Data
     return replace_column(table, name, pa.array(values, typ or table.schema.field(name).type))
 
 
-def invoke(*args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(app, list(args))
-    # a crash (not a clean exit) would show as an exception other than SystemExit
-    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
-    return result.exit_code, ANSI.sub("", result.stdout), ANSI.sub("", result.stderr)
 
 
-def assert_clean_failure(code: int, stdout: str, stderr: str, out_dir: Path, *words: str) -> None:
-    assert code != 0
-    lines = stderr.strip().splitlines()
-    assert len(lines) == 1, stderr
-    assert lines[0].startswith("error: ")
-    assert "Traceback" not in stderr + stdout
-    for w in words:
-        assert w in lines[0], (w, lines[0])
-    left = sorted(p.name for p in out_dir.iterdir())
-    assert left == [], left  # no output file, no .*.tmp
 
 
 # -- fixtures -------------------------------------------------------------------------------------

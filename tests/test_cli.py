@@ -8,20 +8,14 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from typer.testing import CliRunner
+from helpers import invoke
 
-from gmcf.cli.main import app
 from gmcf.runtime import load_bundle
 from gmcf.runtime.search import STATUSES
 
-ANSI = re.compile(r"\x1b\[[0-9;]*m")
 FEATURES = ["age", "education-num", "capital-gain", "capital-loss", "hours-per-week", "education"]
 
 
-def invoke(*args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(app, list(args))
-    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
-    return result.exit_code, ANSI.sub("", result.stdout), ANSI.sub("", result.stderr)
 
 
 def one_line_error(code: int, stderr: str, *words: str) -> None:

@@ -9,7 +9,6 @@ one-line error before any row is read.
 from __future__ import annotations
 
 import json
-import re
 import shutil
 from pathlib import Path
 
@@ -17,16 +16,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from typer.testing import CliRunner
+from helpers import adult_queries, assert_clean_failure, invoke
 
-from gmcf.cli.main import app
-from gmcf.datasets import load_dataset
 from gmcf.runtime import Explainer
 from gmcf.runtime.constraints import Constraints
 from gmcf.runtime.errors import ConstraintError, GmcfError
 from gmcf.runtime.schema import Preprocessor
 
-ANSI = re.compile(r"\x1b\[[0-9;]*m")
 N_ROWS = 2000
 SEED = 11
 
@@ -58,18 +54,8 @@ ALLOWED_EDUCATION = ("Bachelors", "Masters", "Doctorate")
 
 
 # -- helpers --------------------------------------------------------------------------------------
-def adult_queries(n: int, seed: int = SEED) -> pa.Table:
-    """n real Adult rows in random order, label dropped, with their row id."""
-    ds = load_dataset("adult")
-    idx = np.random.default_rng(seed).choice(ds.table.num_rows, size=n, replace=False)
-    table = ds.table.take(pa.array(idx)).drop_columns([ds.schema.label])
-    return table.append_column("id", pa.array(idx, pa.int64()))
 
 
-def invoke(*args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(app, list(args))
-    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
-    return result.exit_code, ANSI.sub("", result.stdout), ANSI.sub("", result.stderr)
 
 
 def run_cli(src: Path, dst: Path, bundle: Path, *extra: str) -> pa.Table:
@@ -145,22 +131,12 @@ def assert_actionable(out: pa.Table, ex: Explainer) -> np.ndarray:
     return found
 
 
-def assert_clean_failure(code: int, stdout: str, stderr: str, out_dir: Path, *words: str) -> None:
-    assert code != 0
-    lines = stderr.strip().splitlines()
-    assert len(lines) == 1, stderr
-    assert lines[0].startswith("error: ")
-    assert "Traceback" not in stderr + stdout
-    for w in words:
-        assert w in lines[0], (w, lines[0])
-    left = sorted(p.name for p in out_dir.iterdir())
-    assert left == [], left  # no output file, no .*.tmp
 
 
 # -- fixtures -------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def queries() -> pa.Table:
-    return adult_queries(N_ROWS)
+    return adult_queries(N_ROWS, SEED)
 
 
 @pytest.fixture(scope="module")

@@ -13,10 +13,10 @@ import onnxruntime as ort
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from helpers import adult_queries
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gmcf.datasets import load_dataset
 from gmcf.runtime import Explainer, Summary
 from gmcf.runtime.parallel import explain_parquet_parallel
 from gmcf.runtime.schema import Preprocessor
@@ -27,12 +27,6 @@ EXACT = ["id", "status", "reason", "alpha", "search", "evaluations", "sparsity_l
 FLOATS = ["score", "cf_score", "proximity_l2", "sparsity_l1", "reconstruction_error"]
 
 
-def adult_queries(n: int, seed: int = 0) -> pa.Table:
-    """n real Adult rows in random (not sorted) order, label dropped, with their row id."""
-    ds = load_dataset("adult")
-    idx = np.random.default_rng(seed).choice(ds.table.num_rows, size=n, replace=False)
-    table = ds.table.take(pa.array(idx)).drop_columns([ds.schema.label])
-    return table.append_column("id", pa.array(idx, pa.int64()))
 
 
 def session(path: Path) -> ort.InferenceSession:
