@@ -152,14 +152,15 @@ class Explainer:
             res = walks[0]
             if summary is not None:
                 summary.add(res.status)
-            return build_batch(schema, pre, batch, x, reason, res, self._recon(res), id_column, upper)
+            return build_batch(schema, pre, batch, x, reason, res, self._recon(res), id_column, upper,
+                               constrained=bool(self.constraints))
         src, rank, res = rank_options(walks, x, self.num_cfs)
         if summary is not None:
             summary.add(res.status[rank <= 1])
         table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
         return build_batch(
             schema, pre, table.take(pa.array(src)), x[src], reason[src], res, self._recon(res),
-            id_column, upper, rank=rank,
+            id_column, upper, rank=rank, constrained=bool(self.constraints),
         )
 
     def _drop_unmeetable(

@@ -88,6 +88,7 @@ def build_batch(
     id_column: str | None,
     tol_upper: float,
     rank: np.ndarray | None = None,
+    constrained: bool = False,
 ) -> pa.RecordBatch:
     """Assemble one output batch from the query batch and its search result."""
     n = len(res.status)
@@ -118,7 +119,7 @@ def build_batch(
     never = (res.status == NOT_FOUND) & np.isnan(res.overshoot) & (reasons == None)  # noqa: E711
     if over.any():
         reasons[over] = [f"crossed the threshold only with score {s:.3f} >= threshold + tol ({tol_upper:.3f})" for s in res.overshoot[over]]
-    reasons[never] = "the path never crossed the threshold"
+    reasons[never] = "the path never crossed the threshold" + (" within the constraints" if constrained else "")
     diff = res.cf - x
     valid = res.status != 3
     cols += [
