@@ -138,6 +138,8 @@ class Explainer:
         ok = np.nonzero(usable_rows(reason))[0]
         targets = self._targets()
         walks = [SearchResult.empty(len(x), pre.width) for _ in targets]
+        if self.constraints and ok.size:
+            ok, reason = self._set_aside_unmeetable(x, reason, ok, walks)
         for start in range(0, ok.size, SEARCH_CHUNK):
             rows = ok[start: start + SEARCH_CHUNK]
             bounds = self.constraints.bounds(pre, x[rows]) if self.constraints else None
@@ -145,8 +147,6 @@ class Explainer:
                 tgt = None if target is None else np.broadcast_to(target, (rows.size, target.size)).copy()
                 part = search(self.engine, x[rows], self.settings, bounds, tgt)
                 res.assign(rows, part)
-        if self.constraints and ok.size:
-            reason = self._drop_unmeetable(x, reason, ok, walks)
         upper = self.settings.threshold + self.settings.tol
         if self.num_cfs == 1:
             res = walks[0]
@@ -163,26 +163,25 @@ class Explainer:
             id_column, upper, rank=rank, constrained=bool(self.constraints),
         )
 
-    def _drop_unmeetable(
+    def _set_aside_unmeetable(
         self, x: np.ndarray, reason: np.ndarray, ok: np.ndarray, walks: list[SearchResult]
-    ) -> np.ndarray:
-        """Rejected queries whose constraints no row can meet become ``not_found`` with the
-        reason (the search ran with bounds that break a constraint for them)."""
-        why = np.full(len(x), None, dtype=object)
-        why[ok] = self.constraints.unmeetable(self.bundle.preprocessor, x[ok])
-        stuck = (why != None) & (walks[0].status != ALREADY)  # noqa: E711
-        if not stuck.any():
-            return reason
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Queries whose constraints contradict each other (no row can meet them) are scored
+        but not searched: ``already_target`` if f accepts them, else ``not_found`` with the
+        reason. Returns the rows left to search and the updated reasons."""
+        why = self.constraints.unmeetable(self.bundle.preprocessor, x[ok])
+        stuck_at = why != None  # noqa: E711 - elementwise on an object array
+        if not stuck_at.any():
+            return ok, reason
+        stuck = ok[stuck_at]
+        score = self.engine.score(x[stuck])
+        rejected = score < self.settings.threshold
         for res in walks:
-            res.status[stuck] = NOT_FOUND
-            res.kind[stuck] = -1
-            res.cf[stuck] = 0.0
-            res.cf_score[stuck] = np.nan
-            res.alpha[stuck] = np.nan
-            res.overshoot[stuck] = np.nan
+            res.score[stuck] = score
+            res.status[stuck] = np.where(rejected, NOT_FOUND, ALREADY)
         reason = reason.copy()
-        reason[stuck] = why[stuck]
-        return reason
+        reason[stuck[rejected]] = why[stuck_at][rejected]
+        return ok[~stuck_at], reason
 
     def _recon(self, res: SearchResult) -> np.ndarray:
         recon = np.full(len(res.status), np.nan, np.float32)

@@ -14,13 +14,11 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
-from gmcf.runtime.bundle import SearchDefaults
 from gmcf.runtime.errors import InputError
 from gmcf.runtime.explainer import Explainer, Summary, atomic_parquet_writer, read_batches
 
@@ -57,7 +55,7 @@ def explain_parquet_parallel(
     if workers < 1:
         raise InputError(f"workers must be at least 1, got {workers}")
     pf, total, schema, columns = ex._open_input(src, batch_size, id_column)
-    settings: dict[str, object] = asdict(ex.settings) if isinstance(ex.settings, SearchDefaults) else {}
+    settings: dict[str, object] = ex.settings.to_dict()
     method = "fork" if sys.platform.startswith("linux") else "spawn"
     summary = Summary(output=dst)
     t0 = time.perf_counter()
