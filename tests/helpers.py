@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from gmcf.cli.main import app
 from gmcf.datasets import load_dataset
+from gmcf.runtime.schema import Preprocessor
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -42,3 +43,15 @@ def assert_clean_failure(code: int, stdout: str, stderr: str, out_dir: Path, *wo
         assert w in lines[0], (w, lines[0])
     left = sorted(p.name for p in out_dir.iterdir())
     assert left == [], left  # no output file, no .*.tmp
+
+
+def cf_table(out: pa.Table, pre: Preprocessor, rows: np.ndarray) -> pa.Table:
+    """The counterfactuals of ``rows`` as a query table (cf_<name> renamed to <name>)."""
+    sub = out.take(pa.array(rows))
+    cols = {}
+    for f in pre.features:
+        col = sub.column(f"cf_{f.name}")
+        if pa.types.is_dictionary(col.type):
+            col = col.cast(col.type.value_type)
+        cols[f.name] = col
+    return pa.table(cols)

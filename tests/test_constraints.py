@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from helpers import adult_queries, assert_clean_failure, invoke
+from helpers import adult_queries, assert_clean_failure, cf_table, invoke
 
 from gmcf.runtime import Explainer
 from gmcf.runtime.constraints import Constraints
@@ -79,16 +79,6 @@ def column(out: pa.Table, name: str) -> np.ndarray:
     return np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.float64)
 
 
-def cf_table(out: pa.Table, pre: Preprocessor, rows: np.ndarray) -> pa.Table:
-    """The counterfactuals of ``rows`` as a query table (cf_<name> renamed to <name>)."""
-    sub = out.take(pa.array(rows))
-    cols = {}
-    for f in pre.features:
-        col = sub.column(f"cf_{f.name}")
-        if pa.types.is_dictionary(col.type):
-            col = col.cast(col.type.value_type)
-        cols[f.name] = col
-    return pa.table(cols)
 
 
 def query_table(out: pa.Table, pre: Preprocessor, rows: np.ndarray) -> pa.Table:

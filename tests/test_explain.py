@@ -13,7 +13,7 @@ import onnxruntime as ort
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from helpers import adult_queries
+from helpers import adult_queries, cf_table
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -33,16 +33,6 @@ def session(path: Path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
-def cf_columns(out: pa.Table, pre: Preprocessor, rows: np.ndarray) -> pa.Table:
-    """The counterfactuals of ``rows`` as a query table (cf_<name> renamed to <name>)."""
-    sub = out.take(pa.array(rows))
-    cols = {}
-    for f in pre.features:
-        col = sub.column(f"cf_{f.name}")
-        if pa.types.is_dictionary(col.type):
-            col = col.cast(col.type.value_type)
-        cols[f.name] = col
-    return pa.table(cols)
 
 
 def statuses(out: pa.Table) -> np.ndarray:
@@ -173,7 +163,7 @@ def test_rescoring_counterfactuals_gives_cf_score(baseline: tuple[pa.Table, Summ
     pre = explainer.bundle.preprocessor
     clf = session(explainer.bundle.graph_path("classifier"))
     found = np.nonzero(statuses(out) == "found")[0]
-    x_cf, reason = pre.transform(cf_columns(out, pre, found))
+    x_cf, reason = pre.transform(cf_table(out, pre, found))
     assert all(r is None for r in reason), "a counterfactual is not a valid query"
     rescored = clf.run(None, {"x": x_cf})[0]
     np.testing.assert_allclose(rescored, floats(out, "cf_score")[found], rtol=1e-5, atol=1e-6)
