@@ -16,7 +16,7 @@ from gmcf.runtime.errors import BundleError
 from gmcf.runtime.schema import Preprocessor
 
 FORMAT = "gmcf-bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 OPSET = 17
 MANIFEST = "manifest.json"
 
@@ -26,8 +26,8 @@ GRAPHS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "encoder_u": (("x",), ("z_u",)),
     "decoder": (("z", "z_u"), ("x_soft",)),
     "classifier": (("x",), ("score",)),
-    "search": (("x", "alphas", "target"), ("rows", "score")),
-    "search_bounded": (("x", "alphas", "target", "lower", "upper"), ("rows", "score")),
+    "search": (("x", "alphas", "target"), ("code", "score")),
+    "search_bounded": (("x", "alphas", "target", "lower", "upper"), ("code", "score")),
     "reconstruct": (("x",), ("error",)),
 }
 
@@ -96,6 +96,11 @@ def load_bundle(path: Path | str, verify: bool = True) -> Bundle:
         raise BundleError(
             f"bundle {path}: format version {version} is newer than this gmcf-batch reads "
             f"({FORMAT_VERSION}); upgrade gmcf-batch"
+        )
+    if version < FORMAT_VERSION:
+        raise BundleError(
+            f"bundle {path}: format version {version} is older than this gmcf-batch reads "
+            f"({FORMAT_VERSION}); train the bundle again with `gmcf-batch train`"
         )
     for key in ("files", "graphs", "preprocessing", "latent", "search"):
         if key not in manifest:

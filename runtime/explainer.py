@@ -14,10 +14,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from gmcf.runtime.arrow import numeric
 from gmcf.runtime.bundle import Bundle, SearchDefaults, load_bundle
 from gmcf.runtime.constraints import Constraints
 from gmcf.runtime.errors import GmcfError, InputError
-from gmcf.runtime.output import build_batch, output_schema
+from gmcf.runtime.output import assemble, output_schema, query_columns, result_columns
 from gmcf.runtime.schema import usable_rows
 from gmcf.runtime.search import ALREADY, FOUND, INVALID, NOT_FOUND, Engine, SearchResult, search
 
@@ -133,6 +134,17 @@ class Explainer:
         self, batch: pa.RecordBatch | pa.Table, schema: pa.Schema, id_column: str | None,
         summary: Summary | None = None,
     ) -> pa.RecordBatch:
+        src, results = self._results(batch, summary)
+        if src is not None:
+            table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
+            batch = table.take(numeric(src, pa.int64()))
+        return assemble(schema, query_columns(self.bundle.preprocessor, batch, id_column), results)
+
+    def _results(
+        self, batch: pa.RecordBatch | pa.Table, summary: Summary | None = None
+    ) -> tuple[np.ndarray | None, list[pa.Array]]:
+        """Explain a batch: the output's result columns, and for K > 1 options the query row
+        each output row repeats (None when output rows are the query rows, in order)."""
         pre = self.bundle.preprocessor
         x, reason = pre.transform(batch)
         ok = np.nonzero(usable_rows(reason))[0]
@@ -142,25 +154,24 @@ class Explainer:
             ok, reason = self._set_aside_unmeetable(x, reason, ok, walks)
         for start in range(0, ok.size, SEARCH_CHUNK):
             rows = ok[start: start + SEARCH_CHUNK]
-            bounds = self.constraints.bounds(pre, x[rows]) if self.constraints else None
+            xr = x[rows]
+            bounds = self.constraints.bounds(pre, xr) if self.constraints else None
+            score = self.engine.score(xr) if len(targets) > 1 else None
             for res, target in zip(walks, targets, strict=True):
                 tgt = None if target is None else np.broadcast_to(target, (rows.size, target.size)).copy()
-                part = search(self.engine, x[rows], self.settings, bounds, tgt)
-                res.assign(rows, part)
+                res.assign(rows, search(self.engine, xr, self.settings, bounds, tgt, score))
         upper = self.settings.threshold + self.settings.tol
+        constrained = bool(self.constraints)
         if self.num_cfs == 1:
             res = walks[0]
             if summary is not None:
                 summary.add(res.status)
-            return build_batch(schema, pre, batch, x, reason, res, self._recon(res), id_column, upper,
-                               constrained=bool(self.constraints))
+            return None, result_columns(pre, x, reason, res, self._recon(res), upper, constrained=constrained)
         src, rank, res = rank_options(walks, x, self.num_cfs)
         if summary is not None:
             summary.add(res.status[rank <= 1])
-        table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
-        return build_batch(
-            schema, pre, table.take(pa.array(src)), x[src], reason[src], res, self._recon(res),
-            id_column, upper, rank=rank, constrained=bool(self.constraints),
+        return src, result_columns(
+            pre, x[src], reason[src], res, self._recon(res), upper, rank=rank, constrained=constrained
         )
 
     def _set_aside_unmeetable(
@@ -268,36 +279,37 @@ def rank_options(
     Returns, per output row, the query row it belongs to, its rank (1..k; 0 for a query with no
     counterfactual: already target, not found, or invalid) and its result."""
     n, width = x.shape
-    found = np.stack([w.status == FOUND for w in walks])  # [W, n]
-    cf = np.stack([w.cf for w in walks])  # [W, n, F]
+    w = len(walks)
+    found = np.stack([r.status == FOUND for r in walks])  # [W, n]
+    cf = np.stack([r.cf for r in walks])  # [W, n, F]
     dist = np.where(found, np.sqrt(((cf - x[None]) ** 2).sum(-1)), np.inf)
-    order = np.argsort(dist, axis=0, kind="stable")  # [W, n]
-    src: list[int] = []
-    rank: list[int] = []
-    pick: list[int] = []  # which walk each output row comes from
-    for i in range(n):
-        chosen: list[int] = []
-        for w in order[:, i]:
-            if not found[w, i] or len(chosen) == k:
-                break
-            if all(not np.array_equal(cf[w, i], cf[c, i]) for c in chosen):
-                chosen.append(int(w))
-        if not chosen:
-            src.append(i)
-            rank.append(0)
-            pick.append(0)
-            continue
-        for r, w in enumerate(chosen, start=1):
-            src.append(i)
-            rank.append(r)
-            pick.append(w)
-    src_a, rank_a, pick_a = np.array(src), np.array(rank), np.array(pick)
-    out = SearchResult.empty(len(src_a), width)
+    order = np.argsort(dist, axis=0, kind="stable")  # [W, n], nearest walk first
+    cols = np.arange(n)
+    ranked_cf = cf[order, cols]  # [W, n, F]
+    ranked_found = found[order, cols]
+    # A walk is a new option if it found one and its row differs from every nearer walk's row
+    # (equality is exact, so differing from every nearer walk = differing from every kept one).
+    keep = ranked_found.copy()
+    for j in range(1, w):
+        same = (ranked_cf[:j] == ranked_cf[j][None]).all(axis=-1).any(axis=0)
+        keep[j] &= ~same
+    keep &= np.cumsum(keep, axis=0) <= k
+    count = keep.sum(axis=0)  # options per query, 0..k
+    # Output rows: a query's options in rank order, or one row when it has none.
+    reps = np.maximum(count, 1)
+    src = np.repeat(cols, reps)
+    kept_q, kept_j = np.nonzero(keep.T)  # query by query, nearest first: the output's order
+    rank = np.zeros(src.size, np.int64)
+    pick = np.zeros(src.size, np.int64)
+    slots = np.nonzero(np.repeat(count > 0, reps))[0]
+    rank[slots] = np.cumsum(keep, axis=0)[kept_j, kept_q]
+    pick[slots] = order[kept_j, kept_q]
+    out = SearchResult.empty(src.size, width)
     for name in SearchResult.FIELDS:
-        stacked = np.stack([getattr(w, name) for w in walks])
-        getattr(out, name)[:] = stacked[pick_a, src_a]
-    out.evaluations[:] = np.stack([w.evaluations for w in walks]).sum(axis=0)[src_a]
-    return src_a, rank_a, out
+        stacked = np.stack([getattr(r, name) for r in walks])
+        getattr(out, name)[:] = stacked[pick, src]
+    out.evaluations[:] = np.stack([r.evaluations for r in walks]).sum(axis=0)[src]
+    return src, rank, out
 
 
 def validate_settings(s: SearchDefaults) -> None:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
+from gmcf.runtime.arrow import dictionary, numeric, strings
 from gmcf.runtime.schema import Feature, Preprocessor
 from gmcf.runtime.search import FOUND, NOT_FOUND, SEARCH_KINDS, STATUSES, SearchResult
 
-_STATUS_DICT = pa.array(list(STATUSES), pa.string())
-_KIND_DICT = pa.array(list(SEARCH_KINDS), pa.string())
+_STATUS_DICT = strings(STATUSES)
+_KIND_DICT = strings(SEARCH_KINDS)
 _DICT_STRING = pa.dictionary(pa.int8(), pa.string())
 
 #: The result columns that follow the query's features and the ``cf_<feature>`` columns, in
@@ -59,7 +60,7 @@ def output_schema(pre: Preprocessor, id_field: pa.Field | None = None, ranked: b
 
 
 def _masked(values: np.ndarray, keep: np.ndarray, typ: pa.DataType) -> pa.Array:
-    return pa.array(values, type=typ, mask=~keep)
+    return numeric(values, typ, keep)
 
 
 def changed_features(pre: Preprocessor, x: np.ndarray, cf: np.ndarray) -> np.ndarray:
@@ -77,22 +78,35 @@ def changed_features(pre: Preprocessor, x: np.ndarray, cf: np.ndarray) -> np.nda
     return np.asarray(count, dtype=np.int32)
 
 
-def build_batch(
-    schema: pa.Schema,
-    pre: Preprocessor,
-    batch: pa.RecordBatch | pa.Table,
-    x: np.ndarray,
-    reason_invalid: np.ndarray,
-    res: SearchResult,
-    recon: np.ndarray,
-    id_column: str | None,
-    tol_upper: float,
-    rank: np.ndarray | None = None,
-    constrained: bool = False,
-) -> pa.RecordBatch:
-    """Assemble one output batch from the query batch and its search result."""
-    n = len(res.status)
-    found = res.status == FOUND
+def option_diversity(pre: Preprocessor, query: np.ndarray, cf: np.ndarray) -> tuple[float, float, int]:
+    """Diversity among each query's options (``--num-cfs K``), as DiCE measures it: the mean
+    pairwise L2 distance between a query's counterfactuals in model space, and the mean number of
+    features in which two of them differ, averaged over the queries with at least two options.
+
+    ``query`` [m] gives the query each counterfactual row ``cf`` [m, F] belongs to (its options
+    contiguous). Returns (mean L2, mean features differing, queries with >= 2 options)."""
+    if len(query) == 0:
+        return float("nan"), float("nan"), 0
+    starts = np.flatnonzero(np.r_[True, query[1:] != query[:-1]])
+    counts = np.diff(np.r_[starts, len(query)])
+    k = int(counts.max())
+    l2_sum = np.zeros(len(starts))
+    l0_sum = np.zeros(len(starts))
+    for i in range(k):
+        for j in range(i + 1, k):
+            has = counts > j
+            a, b = cf[starts[has] + i], cf[starts[has] + j]
+            l2_sum[has] += np.sqrt(((a - b) ** 2).sum(axis=1))
+            l0_sum[has] += changed_features(pre, a, b)
+    multi = counts >= 2
+    if not multi.any():
+        return float("nan"), float("nan"), 0
+    pairs = counts[multi] * (counts[multi] - 1) / 2
+    return float((l2_sum[multi] / pairs).mean()), float((l0_sum[multi] / pairs).mean()), int(multi.sum())
+
+
+def query_columns(pre: Preprocessor, batch: pa.RecordBatch | pa.Table, id_column: str | None) -> list[pa.Array]:
+    """The output's leading columns: the id (if any) and the query's features, as given."""
     cols: list[pa.Array] = []
     if id_column is not None:
         col = batch.column(id_column)
@@ -104,14 +118,28 @@ def build_batch(
         if pa.types.is_dictionary(col.type):
             col = col.cast(col.type.value_type)
         cols.append(col.cast(query_type(f), safe=False))
-    inv = pre.inverse(res.cf)
+    return cols
+
+
+def result_columns(
+    pre: Preprocessor,
+    x: np.ndarray,
+    reason_invalid: np.ndarray,
+    res: SearchResult,
+    recon: np.ndarray,
+    tol_upper: float,
+    rank: np.ndarray | None = None,
+    constrained: bool = False,
+) -> list[pa.Array]:
+    """The columns after the query's: ``cf_<feature>``, the rank if any, and RESULT_COLUMNS."""
+    found = res.status == FOUND
+    cols: list[pa.Array] = []
+    inv = pre.inverse_values(res.cf)
     for f in pre.features:
-        arr = inv[f.name]
-        if isinstance(arr, pa.DictionaryArray):
-            idx = arr.indices.to_numpy(zero_copy_only=False)
-            cols.append(pa.DictionaryArray.from_arrays(_masked(idx, found, pa.int32()), arr.dictionary))
+        if f.is_numeric:
+            cols.append(_masked(inv[f.name], found, cf_type(f)))
         else:
-            cols.append(_masked(arr.to_numpy(zero_copy_only=False), found, cf_type(f)))
+            cols.append(dictionary(inv[f.name], pre.category_values(f.name), pa.int32(), found))
     if rank is not None:
         cols.append(_masked(rank, rank > 0, pa.int32()))
     reasons = reason_invalid.copy()
@@ -123,17 +151,24 @@ def build_batch(
     diff = res.cf - x
     valid = res.status != 3
     cols += [
-        pa.DictionaryArray.from_arrays(pa.array(res.status, pa.int8()), _STATUS_DICT),
-        pa.array(reasons, pa.string()),
+        dictionary(res.status, _STATUS_DICT, pa.int8()),
+        strings(reasons),
         _masked(res.score, valid, pa.float32()),
         _masked(res.cf_score, found, pa.float32()),
         _masked(res.alpha, found, pa.float32()),
-        pa.DictionaryArray.from_arrays(_masked(res.kind, found, pa.int8()), _KIND_DICT),
-        pa.array(res.evaluations, pa.int32()),
+        dictionary(res.kind, _KIND_DICT, pa.int8(), found),
+        numeric(res.evaluations, pa.int32()),
         _masked(np.sqrt((diff**2).sum(axis=1)), found, pa.float32()),
         _masked(np.abs(diff).sum(axis=1), found, pa.float32()),
         _masked(changed_features(pre, x, res.cf), found, pa.int32()),
         _masked(recon, found, pa.float32()),
     ]
+    return cols
+
+
+def assemble(schema: pa.Schema, query: list[pa.Array], results: list[pa.Array]) -> pa.RecordBatch:
+    """One output batch: the query's columns, then its results (equal lengths)."""
+    cols = [*query, *results]
+    n = len(results[0])
     assert all(len(c) == n for c in cols)
     return pa.RecordBatch.from_arrays(cols, schema=schema)

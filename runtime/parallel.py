@@ -2,7 +2,8 @@
 
 onnxruntime's second intra-op thread adds little on these small graphs, while separate processes
 scale almost linearly. The parent reads record batches and writes results in input order; each
-worker holds its own sessions and explains whole batches. At most ``2 * workers`` batches are in
+worker holds its own sessions, explains whole batches and sends back only the result columns
+(the parent already holds the query's columns, so they never cross a pipe). At most ``2 * workers`` batches are in
 flight, so memory stays bounded by the batch size.
 """
 
@@ -19,8 +20,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from gmcf.runtime.arrow import numeric
 from gmcf.runtime.errors import InputError
 from gmcf.runtime.explainer import Explainer, Summary, atomic_parquet_writer, read_batches
+from gmcf.runtime.output import assemble, query_columns
 
 _worker: Explainer | None = None
 
@@ -34,11 +37,13 @@ def _init(
     )
 
 
-def _run(batch: pa.RecordBatch, schema: pa.Schema, id_column: str | None) -> tuple[pa.RecordBatch, np.ndarray]:
+def _run(batch: pa.RecordBatch) -> tuple[np.ndarray | None, list[pa.Array], np.ndarray]:
+    """In a worker: the result columns only (the parent holds the query's columns)."""
     assert _worker is not None
     summary = Summary()
-    out = _worker._explain_batch(batch, schema, id_column, summary)
-    return out, np.array([summary.rows, summary.found, summary.already_target, summary.not_found, summary.invalid])
+    src, results = _worker._results(batch, summary)
+    counts = np.array([summary.rows, summary.found, summary.already_target, summary.not_found, summary.invalid])
+    return src, results, counts
 
 
 def explain_parquet_parallel(
@@ -55,6 +60,7 @@ def explain_parquet_parallel(
     if workers < 1:
         raise InputError(f"workers must be at least 1, got {workers}")
     pf, total, schema, columns = ex._open_input(src, batch_size, id_column)
+    features = ex.bundle.preprocessor.names
     settings: dict[str, object] = ex.settings.to_dict()
     method = "fork" if sys.platform.startswith("linux") else "spawn"
     summary = Summary(output=dst)
@@ -63,11 +69,15 @@ def explain_parquet_parallel(
         workers, mp_context=mp.get_context(method), initializer=_init,
         initargs=(str(ex.bundle.path), settings, ex.threads, ex.constraints.to_dict(), ex.num_cfs),
     ) as pool, atomic_parquet_writer(dst, schema) as writer:
-        pending: deque[Future[tuple[pa.RecordBatch, np.ndarray]]] = deque()
+        pending: deque[tuple[pa.RecordBatch, Future[tuple[np.ndarray | None, list[pa.Array], np.ndarray]]]] = deque()
+        pre = ex.bundle.preprocessor
 
         def drain_one() -> None:
-            out, counts = pending.popleft().result()
-            writer.write_batch(out)
+            batch, future = pending.popleft()
+            src, results, counts = future.result()
+            if src is not None:
+                batch = pa.Table.from_batches([batch]).take(numeric(src, pa.int64()))
+            writer.write_batch(assemble(schema, query_columns(pre, batch, id_column), results))
             summary.rows += int(counts[0])
             summary.found += int(counts[1])
             summary.already_target += int(counts[2])
@@ -77,7 +87,7 @@ def explain_parquet_parallel(
                 progress(summary.rows, total)
 
         for batch in read_batches(pf, src, batch_size, columns):
-            pending.append(pool.submit(_run, batch, schema, id_column))
+            pending.append((batch, pool.submit(_run, batch.select(features))))
             if len(pending) >= 2 * workers:
                 drain_one()
         while pending:

@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from gmcf.runtime import arrow
 from gmcf.runtime.errors import InputError, SchemaError
 
 KINDS = ("continuous", "integer", "categorical")
@@ -128,8 +129,7 @@ def _numeric_array(col: pa.ChunkedArray | pa.Array, name: str) -> np.ndarray:
             or pa.types.is_boolean(col.type) or pa.types.is_decimal(col.type)
             or pa.types.is_null(col.type)):
         raise InputError(f"column {name!r}: expected a number, got {col.type}")
-    arr = pc.fill_null(col.cast(pa.float64()), np.nan)
-    return np.asarray(arr.to_numpy(zero_copy_only=False), dtype=np.float64)
+    return np.asarray(arrow.values(col, pa.float64(), np.nan), dtype=np.float64)
 
 
 @dataclass
@@ -147,7 +147,7 @@ class Preprocessor:
             if not f.is_numeric and not f.categories:
                 raise SchemaError(f"feature {f.name!r}: preprocessing is not fitted (no categories)")
         self._cat_values = {
-            f.name: pa.array(list(f.categories), pa.string()) for f in self.categorical
+            f.name: arrow.strings(list(f.categories)) for f in self.categorical
         }
 
     # -- layout -------------------------------------------------------------------------------
@@ -170,6 +170,22 @@ class Preprocessor:
     @property
     def width(self) -> int:
         return self.n_numeric + sum(self.cat_sizes)
+
+    @property
+    def code_width(self) -> int:
+        """Columns of a row in compact code: numeric values, then one category index each."""
+        return self.n_numeric + len(self.cat_sizes)
+
+    def expand_code(self, code: np.ndarray) -> np.ndarray:
+        """Compact code [m, code_width] (as the search graphs return it) -> model-space rows."""
+        m, n = len(code), self.n_numeric
+        x = np.zeros((m, self.width), np.float32)
+        x[:, :n] = code[:, :n]
+        offset = n
+        for j, k in enumerate(self.cat_sizes):
+            x[np.arange(m), offset + code[:, n + j].astype(np.int64)] = 1.0
+            offset += k
+        return x
 
     @property
     def names(self) -> list[str]:
@@ -265,11 +281,11 @@ class Preprocessor:
                 col = col.cast(col.type.value_type)
             col = col.cast(pa.string())
             idx = pc.index_in(col, value_set=self._cat_values[f.name])
-            valid = np.asarray(pc.is_valid(idx).to_numpy(zero_copy_only=False), dtype=bool)
-            isnull = np.asarray(pc.is_null(col).to_numpy(zero_copy_only=False), dtype=bool)
+            valid = arrow.valid_mask(idx)
+            isnull = ~arrow.valid_mask(col)
             flag(isnull, f"{f.name}: missing value")
             flag(~valid & ~isnull, f"{f.name}: unknown category")
-            ii = np.asarray(pc.fill_null(idx, 0).to_numpy(zero_copy_only=False), dtype=np.int64)
+            ii = arrow.values(idx, pa.int64())
             rows = np.nonzero(valid)[0]
             x[rows, offset + ii[rows]] = 1.0
             offset += len(f.categories)
@@ -278,23 +294,36 @@ class Preprocessor:
         return x, reason
 
     # -- invert -------------------------------------------------------------------------------
-    def inverse(self, x: np.ndarray) -> dict[str, pa.Array]:
-        """Decode model-space rows (already hard: one-hot blocks) to raw feature columns."""
-        out: dict[str, pa.Array] = {}
+    def inverse_values(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Decode model-space rows (already hard: one-hot blocks) to raw values: float64 for a
+        continuous feature, int64 for an integer one, the category's index for a categorical."""
+        out: dict[str, np.ndarray] = {}
         lo, hi = self.lo_hi()
         span = np.where(hi > lo, hi - lo, 1.0)
         raw = lo + x[:, : self.n_numeric].astype(np.float64) * span
         for j, f in enumerate(self.numeric):
-            if f.kind == "integer":
-                out[f.name] = pa.array(np.rint(raw[:, j]).astype(np.int64))
-            else:
-                out[f.name] = pa.array(raw[:, j])
+            out[f.name] = np.rint(raw[:, j]).astype(np.int64) if f.kind == "integer" else raw[:, j]
         offset = self.n_numeric
         for f in self.categorical:
             k = len(f.categories)
-            idx = np.argmax(x[:, offset: offset + k], axis=1).astype(np.int32)
-            out[f.name] = pa.DictionaryArray.from_arrays(pa.array(idx), self._cat_values[f.name])
+            out[f.name] = np.argmax(x[:, offset: offset + k], axis=1).astype(np.int32)
             offset += k
+        return out
+
+    def category_values(self, name: str) -> pa.Array:
+        """The categories of a categorical feature, in index order."""
+        return self._cat_values[name]
+
+    def inverse(self, x: np.ndarray) -> dict[str, pa.Array]:
+        """Decode model-space rows (already hard: one-hot blocks) to raw feature columns."""
+        out: dict[str, pa.Array] = {}
+        values = self.inverse_values(x)
+        for f in self.features:
+            v = values[f.name]
+            if f.is_numeric:
+                out[f.name] = arrow.numeric(v, pa.int64() if f.kind == "integer" else pa.float64())
+            else:
+                out[f.name] = arrow.dictionary(v, self._cat_values[f.name])
         return out
 
     def to_dict(self) -> dict[str, Any]:

@@ -54,7 +54,8 @@ class Engine:
                 bundle, name, [i.name for i in sess.get_inputs()], [o.name for o in sess.get_outputs()]
             )
             self.sessions[name] = sess
-        width = bundle.preprocessor.width
+        self.pre = bundle.preprocessor
+        width, code_width = self.pre.width, self.pre.code_width
         shape = self.sessions["classifier"].get_inputs()[0].shape
         if isinstance(shape[1], int) and shape[1] != width:
             raise BundleError(
@@ -63,14 +64,14 @@ class Engine:
         self.mu_1 = np.asarray(bundle.mu_1, dtype=np.float32)
         # One query, two alphas: the search graph must return one scored row per candidate.
         x0 = np.zeros((1, width), np.float32)
-        rows, score = self.sessions["search_bounded"].run(None, {
+        code, score = self.sessions["search_bounded"].run(None, {
             "x": x0, "alphas": np.ones((1, 2), np.float32), "target": self.mu_1_rows(1),
             "lower": x0, "upper": x0 + 1.0,
         })
-        if rows.shape != (2, width) or score.shape != (2,):
+        if code.shape != (2, code_width) or score.shape != (2,):
             raise BundleError(
-                f"bundle {bundle.path}: search graph returns rows {list(rows.shape)} and scores "
-                f"{list(score.shape)} for 1 query x 2 alphas, expected [2, {width}] and [2]"
+                f"bundle {bundle.path}: search graph returns code {list(code.shape)} and scores "
+                f"{list(score.shape)} for 1 query x 2 alphas, expected [2, {code_width}] and [2]"
             )
 
     def score(self, x: np.ndarray) -> np.ndarray:
@@ -80,10 +81,20 @@ class Engine:
         self, x: np.ndarray, alphas: np.ndarray, target: np.ndarray | None = None,
         lower: np.ndarray | None = None, upper: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Hard-decoded candidates [B, S, F] and their scores [B, S].
+        """Hard-decoded candidates [B, S, F] in model space and their scores [B, S].
 
         ``target`` [B, d] defaults to mu_1 for every row; ``lower``/``upper`` [B, F] bound the
         returned rows in model space and default to [0, 1] (the training range)."""
+        code, score = self.codes(x, alphas, target, lower, upper)
+        b, s, c = code.shape
+        return self.pre.expand_code(code.reshape(b * s, c)).reshape(b, s, -1), score
+
+    def codes(
+        self, x: np.ndarray, alphas: np.ndarray, target: np.ndarray | None = None,
+        lower: np.ndarray | None = None, upper: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Like ``candidates``, with each candidate in compact code [B, S, C] (see
+        ``Preprocessor.expand_code``): what the search keeps until it has chosen."""
         b, s = alphas.shape
         feed = {"x": x, "alphas": alphas, "target": self.mu_1_rows(b) if target is None else target}
         graph = "search"
@@ -147,14 +158,16 @@ def search(
     cfg: SearchDefaults,
     bounds: tuple[np.ndarray, np.ndarray] | None = None,
     target: np.ndarray | None = None,
+    score: np.ndarray | None = None,
 ) -> SearchResult:
     """Explain every row of ``x`` (model space, float32, all rows valid).
 
     ``bounds`` (lower, upper) [n, F] constrain the returned rows (see runtime/constraints.py);
-    ``target`` [n, d] is the latent point each query walks toward (default mu_1)."""
+    ``target`` [n, d] is the latent point each query walks toward (default mu_1); ``score``, f(x)
+    if the caller has it already."""
     n, width = x.shape
     res = SearchResult.empty(n, width)
-    res.score[:] = engine.score(x)
+    res.score[:] = engine.score(x) if score is None else score
     res.status[:] = np.where(res.score >= cfg.threshold, ALREADY, NOT_FOUND)
     todo = np.nonzero(res.status == NOT_FOUND)[0]
     if todo.size == 0:
@@ -167,7 +180,7 @@ def search(
     target_q = engine.mu_1_rows(todo.size) if target is None else target[todo]
 
     def run(rows: np.ndarray, alphas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return engine.candidates(
+        return engine.codes(
             xq[rows], alphas, target_q[rows],
             None if lower_q is None else lower_q[rows],
             None if upper_q is None else upper_q[rows],
@@ -178,7 +191,7 @@ def search(
     # Per searched row: bracket (lo, hi) around the first crossing, and the best answer so far.
     lo = np.zeros(m, np.float32)
     hi = np.full(m, np.nan, np.float32)
-    best_row = np.zeros((m, width), np.float32)
+    best_code = np.zeros((m, engine.pre.code_width), np.float32)
     best_score = np.full(m, np.nan, np.float32)
     best_alpha = np.full(m, np.nan, np.float32)
     kind = np.full(m, -1, np.int8)
@@ -193,7 +206,7 @@ def search(
         r, f = rows[idx], first[idx]
         hi[r] = alphas[idx, f]
         lo[r] = np.where(f > 0, alphas[idx, np.maximum(f - 1, 0)], start_lo[idx])
-        best_row[r] = cand[idx, f]
+        best_code[r] = cand[idx, f]
         best_score[r] = sc[idx, f]
         best_alpha[r] = hi[r]
         kind[r] = how
@@ -236,7 +249,7 @@ def search(
     idx = todo[found]
     res.status[idx] = FOUND
     res.kind[idx] = kind[found]
-    res.cf[idx] = best_row[found]
+    res.cf[idx] = engine.pre.expand_code(best_code[found])
     res.cf_score[idx] = best_score[found]
     res.alpha[idx] = best_alpha[found]
     res.overshoot[todo[over]] = best_score[over]

@@ -2,7 +2,8 @@
 
 Rebuilds the bundle's 80/20 split from its manifest (seed, test size), explains the held-out
 rows, and prints, per setting, validity (the share of rows f rejects that get a counterfactual),
-mean proximity and sparsity of the counterfactuals, and the share that satisfy the constraints.
+mean proximity and sparsity of the counterfactuals, the share that satisfy the constraints, and
+with K options per query, their diversity (``gmcf.runtime.output.option_diversity``).
 
     python scripts/heldout_validity.py exported/adult exported/lending-club
     python scripts/heldout_validity.py exported/adult --tols 0.1,0.2,0.3,0.5 --constrained
@@ -21,6 +22,7 @@ import pyarrow.compute as pc
 from gmcf.datasets import load_dataset
 from gmcf.runtime import Explainer
 from gmcf.runtime.constraints import Constraints
+from gmcf.runtime.output import option_diversity
 from gmcf.trainer.prepare import prepare
 
 PAPER = {"adult": 90.3, "lending-club": 92.1}
@@ -43,15 +45,18 @@ def evaluate(path: str, held: pa.Table, label: str, **kw: Any) -> None:
     cf_cols = f.select([f"cf_{n}" for n in pre.names]).rename_columns(pre.names)
     x_cf, _ = pre.transform(cf_cols)
     sat = ex.constraints.satisfied(pre, x, x_cf).mean() if ex.constraints else float("nan")
-    options = ""
+    options = diversity = ""
     if rank is not None:
-        per_query = np.bincount(np.cumsum(first) - 1, weights=(status == "found"))[found[first]]
+        qid = np.cumsum(first) - 1
+        per_query = np.bincount(qid, weights=(status == "found"))[found[first]]
         options = f"{per_query.mean():.2f}"
+        l2, l0, multi = option_diversity(pre, qid[status == "found"], x_cf)
+        diversity = f"{l2:.3f} / {l0:.2f} ({multi:,} queries)"
     print(
         f"| {label} | {searched:,} | {100 * found.sum() / searched:.1f}% | "
         f"{np.mean(f.column('proximity_l2').to_numpy()):.3f} | "
         f"{np.mean(f.column('sparsity_l1').to_numpy()):.3f} | {np.mean(f.column('sparsity_l0').to_numpy()):.2f} | "
-        f"{'' if np.isnan(sat) else f'{100 * sat:.1f}%'} | {options} | {dt:.2f} s |"
+        f"{'' if np.isnan(sat) else f'{100 * sat:.1f}%'} | {options} | {diversity} | {dt:.2f} s |"
     )
 
 
@@ -61,8 +66,11 @@ def main() -> None:
     ap.add_argument("--tols", default="", help="comma-separated tolerances to compare")
     ap.add_argument("--constrained", action="store_true", help="also run Adult with age increase-only, education immutable, and K = 3")
     args = ap.parse_args()
-    print("| bundle / setting | rejected by f | validity | proximity L2 | sparsity L1 | L0 | satisfy constraints | options per query | time |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print(
+        "| bundle / setting | rejected by f | validity | proximity L2 | sparsity L1 | L0 | satisfy constraints "
+        "| options per query | diversity L2 / features (queries with >= 2) | time |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for path in args.bundles:
         ex = Explainer.from_bundle(path)
         m = ex.bundle.manifest

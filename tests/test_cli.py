@@ -11,6 +11,7 @@ import pytest
 from helpers import invoke
 
 from gmcf.runtime import load_bundle
+from gmcf.runtime.bundle import FORMAT_VERSION
 from gmcf.runtime.search import STATUSES
 
 FEATURES = ["age", "education-num", "capital-gain", "capital-loss", "hours-per-week", "education"]
@@ -147,7 +148,7 @@ def test_inspect_prints_manifest_and_report(adult_bundle: Path) -> None:
     code, stdout, stderr = invoke("inspect", str(adult_bundle))
     assert code == 0, stderr
     assert "checksums ok" in stdout
-    assert "format 1" in stdout
+    assert f"format {FORMAT_VERSION}" in stdout
     for name in FEATURES:
         assert name in stdout
     assert "search defaults" in stdout

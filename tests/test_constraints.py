@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from helpers import adult_queries, assert_clean_failure, cf_table, invoke
@@ -21,6 +22,7 @@ from helpers import adult_queries, assert_clean_failure, cf_table, invoke
 from gmcf.runtime import Explainer
 from gmcf.runtime.constraints import Constraints
 from gmcf.runtime.errors import ConstraintError, GmcfError
+from gmcf.runtime.output import option_diversity
 from gmcf.runtime.schema import Preprocessor
 
 N_ROWS = 2000
@@ -419,6 +421,33 @@ def test_k_options_do_not_depend_on_batch_size(k_explainer: Explainer, k_queries
     names = ["id", "status", "cf_rank", *cf_names(k_explainer.bundle.preprocessor)]
     assert_same(outs[0], outs[1], names)
     assert outs[0].num_rows > k_queries.num_rows
+
+
+def test_option_diversity_by_hand(k_explainer: Explainer) -> None:
+    """Query 0: three options; query 1: one; query 2: two identical in all but one category."""
+    pre = k_explainer.bundle.preprocessor
+    n = pre.n_numeric
+    code = np.zeros((6, pre.code_width), np.float32)
+    code[1, 0] = 0.3  # differs from option 0 in one numeric feature by 0.3
+    code[2, 0], code[2, n] = 0.4, 1.0  # by 0.4 and a category (one-hot distance sqrt 2)
+    code[5, n] = 2.0
+    cf = pre.expand_code(code)
+    l2, l0, multi = option_diversity(pre, np.array([0, 0, 0, 1, 2, 2]), cf)
+    q0_l2 = (0.3 + np.sqrt(0.16 + 2) + np.sqrt(0.01 + 2)) / 3
+    q2_l2 = np.sqrt(2)
+    assert multi == 2
+    assert l2 == pytest.approx((q0_l2 + q2_l2) / 2, rel=1e-6)
+    assert l0 == pytest.approx(((1 + 2 + 2) / 3 + 1) / 2)
+
+
+def test_k_options_are_diverse(k_explainer: Explainer, k_queries: pa.Table) -> None:
+    out = k_explainer.explain(k_queries, id_column="id")
+    pre = k_explainer.bundle.preprocessor
+    found = out.filter(pc.equal(out.column("status"), "found"))
+    cf, _ = pre.transform(found.select(cf_names(pre)).rename_columns(pre.names))
+    l2, l0, multi = option_diversity(pre, found.column("id").to_numpy(), cf)
+    assert multi > 0
+    assert l2 > 0.0 and l0 >= 1.0  # distinct options differ in at least one feature
 
 
 # -- 7. bad constraints: one line, before any row is read -----------------------------------------

@@ -59,6 +59,13 @@ def search_feeds(m: Any, x: np.ndarray, alphas: np.ndarray, bounded: bool = Fals
     return feeds
 
 
+def search_rows(graph: Any, pre: Any, **feeds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Run a search graph; its candidates' compact code expanded to model-space rows."""
+    code, score = run(graph, **feeds)
+    assert code.shape == (score.shape[0], pre.code_width)
+    return pre.expand_code(code), score
+
+
 def front_of(m: Any, pre: Any, x: np.ndarray, alphas: np.ndarray) -> np.ndarray:
     feeds = search_feeds(m, x, alphas, bounded=True)
     return SearchFront(m, pre)(*[t(feeds[k]) for k in ("x", "alphas", "target", "lower", "upper")]).numpy()
@@ -83,7 +90,7 @@ def trained() -> Trained:
     cfg = TrainConfig(epochs=1, classifier_epochs=20, classifier_restarts=1)
     clf = train_classifier(p.x_train, p.y_train, cfg)
     model, _ = fit_gmcf(p.x_train, p.y_train, p.pre.n_numeric, p.pre.cat_sizes, cfg)
-    graphs = export_graphs(model, p.pre, export_classifier(clf, p.pre.width))
+    graphs = export_graphs(model, p.pre, export_classifier(clf, p.pre.width), clf)
     return Trained(model, clf, p, graphs)
 
 
@@ -171,7 +178,7 @@ def alphas_for(n: int, steps: int) -> np.ndarray:
 
 def test_search_matches_searchfront_then_classifier(trained: Trained, x: np.ndarray) -> None:
     alphas = alphas_for(len(x), 6)
-    rows, score = run(trained.graphs["search"], **search_feeds(trained.model, x, alphas))
+    rows, score = search_rows(trained.graphs["search"], trained.p.pre, **search_feeds(trained.model, x, alphas))
     with torch.no_grad():
         want_rows = front_of(trained.model, trained.p.pre, x, alphas)
         want_score = trained.clf(t(want_rows)).numpy()
@@ -296,7 +303,7 @@ def test_a_user_classifier_fuses_into_the_search_graph(trained: Trained, x: np.n
     user = SoftmaxTwo(width)
     graphs = export_graphs(trained.model, trained.p.pre, adapt_classifier(_user_classifier(user, width), width))
     alphas = alphas_for(len(x), 3)
-    rows, score = run(graphs["search"], **search_feeds(trained.model, x, alphas))
+    rows, score = search_rows(graphs["search"], trained.p.pre, **search_feeds(trained.model, x, alphas))
     with torch.no_grad():
         assert max_diff(score, user(t(rows))[:, 1]) < TOL
 
@@ -326,12 +333,12 @@ def test_search_bounds_hold_on_every_candidate(trained: Trained) -> None:
     x = trained.p.x_test
     feeds = search_feeds(trained.model, x, alphas_for(len(x), 4), bounded=True)
     feeds["lower"], feeds["upper"] = x.copy(), x.copy()
-    rows, _ = run(trained.graphs["search_bounded"], **feeds)
+    rows, _ = search_rows(trained.graphs["search_bounded"], trained.p.pre, **feeds)
     np.testing.assert_array_equal(rows, np.repeat(x, 4, axis=0))
     # A numeric window: every numeric value lands inside it.
     n = trained.p.pre.n_numeric
     lower, upper = np.zeros_like(x), np.ones_like(x)
     lower[:, :n], upper[:, :n] = 0.2, 0.4
     feeds["lower"], feeds["upper"] = lower, upper
-    rows, _ = run(trained.graphs["search_bounded"], **feeds)
+    rows, _ = search_rows(trained.graphs["search_bounded"], trained.p.pre, **feeds)
     assert (rows[:, :n] >= 0.2 - 1e-6).all() and (rows[:, :n] <= 0.4 + 1e-6).all()

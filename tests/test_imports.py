@@ -9,6 +9,9 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pyarrow.parquet as pq
+from helpers import adult_queries
+
 BLOCKED = ("torch", "onnx")
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -86,3 +89,21 @@ def test_train_without_torch_says_what_to_install(tmp_path: Path) -> None:
     assert "torch" in err
     assert "pip install 'gmcf-batch[trainer]'" in err
     assert not dest.exists()
+
+
+def test_explain_never_imports_pandas(adult_bundle: Path, tmp_path: Path) -> None:
+    """pyarrow's pa.array imports pandas on first use (~0.3 s of start-up); the CLI's explain,
+    sequential and with workers, builds its arrays from buffers and runs with pandas blocked."""
+    src = tmp_path / "q.parquet"
+    pq.write_table(adult_queries(300), src)
+    for workers in ("1", "2"):
+        dst = tmp_path / f"out{workers}.parquet"
+        code = (
+            "import sys; sys.modules['pandas'] = None; "
+            "from gmcf.cli.main import app; "
+            f"sys.argv = ['gmcf-batch', 'explain', {str(src)!r}, '-o', {str(dst)!r}, "
+            f"'--bundle', {str(adult_bundle)!r}, '--workers', {workers!r}, '--batch-size', '100']; app()"
+        )
+        proc = run_python(["-c", code], cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        assert pq.read_metadata(dst).num_rows == 300

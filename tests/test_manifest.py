@@ -120,6 +120,14 @@ def test_a_newer_format_version_is_refused(bundle: Path) -> None:
     assert str(bundle) in str(exc.value)
 
 
+def test_an_older_format_version_is_refused(bundle: Path) -> None:
+    """Version 1 search graphs returned whole candidate rows; this runtime reads compact codes."""
+    edit_manifest(bundle, lambda m: m.update(format_version=FORMAT_VERSION - 1))
+    with pytest.raises(BundleError, match=r"format version \d+ is older.*gmcf-batch train") as exc:
+        load_bundle(bundle)
+    assert str(bundle) in str(exc.value)
+
+
 def test_a_format_version_that_is_not_a_number_is_refused(bundle: Path) -> None:
     edit_manifest(bundle, lambda m: m.update(format_version="1"))
     with pytest.raises(BundleError, match="format version"):

@@ -6,11 +6,18 @@ Graphs (every one takes float32 and is batch-dynamic):
 - ``encoder_u.onnx``    x [N, F] -> z_u [N, d_u]
 - ``decoder.onnx``      z [N, d], z_u [N, d_u] -> x_soft [N, F]
 - ``classifier.onnx``   x [N, F] -> score [N]  (probability of the positive class)
-- ``search.onnx``       x [B, F], alphas [B, S], target [B, d] -> rows [B*S, F], score [B*S]:
+- ``search.onnx``       x [B, F], alphas [B, S], target [B, d] -> code [B*S, C], score [B*S]:
   the hard-decoded candidates of Algorithm 2 (row b*S + s is query b at alphas[b, s], walking
-  toward target[b]), scored by f.
+  toward target[b]), scored by f. ``code`` is the candidate in compact form, C = numeric
+  features + categorical features: numeric values in model space, then each categorical
+  feature's category index (as float32); ``Preprocessor.expand_code`` makes model-space rows.
 - ``search_bounded.onnx`` the same with lower [B, F], upper [B, F]: per-row bounds on the
   returned rows (constraints), applied before f scores them.
+
+The search graphs are laid out as [features, B*S] inside (long rows for the small matrix
+products), keep only the compact code of each candidate, and take the arg-max of a categorical
+block as the first maximum, built from element-wise maxima: about 1.6x faster in onnxruntime than
+the row layout of ``SearchFront``, which stays as the readable reference the tests compare with.
 - ``reconstruct.onnx``  x [N, F] -> error [N]: mean squared error of the autoencoder on x.
 """
 
@@ -30,7 +37,7 @@ from torch import nn
 from gmcf.runtime.bundle import OPSET
 from gmcf.runtime.errors import InputError
 from gmcf.runtime.schema import Preprocessor
-from gmcf.trainer.model import GMCF
+from gmcf.trainer.model import GMCF, ReferenceClassifier
 
 
 class HardDecode(nn.Module):
@@ -131,6 +138,105 @@ class PlainSearchFront(SearchFront):
         cont, logits = self.decode(x, alphas, target)
         rows = self.hard(cont, logits)
         return rows.reshape(-1, rows.shape[-1])
+
+
+def _chain_t(layers: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    """An nn.Sequential of Linear layers and element-wise activations, on columns [features, N]."""
+    for layer in layers:
+        h = layer.weight @ h + layer.bias[:, None] if isinstance(layer, nn.Linear) else layer(h)
+    return h
+
+
+def transposable_classifier(clf: nn.Module | None) -> nn.Sequential | None:
+    """The layer stack of a classifier the search graph can run on columns (the reference
+    classifier: Linear and ReLU layers, then a sigmoid), else None."""
+    net = getattr(clf, "net", None)
+    if isinstance(clf, ReferenceClassifier) and isinstance(net, nn.Sequential) and all(
+        isinstance(m, nn.Linear | nn.ReLU | nn.LeakyReLU) for m in net
+    ):
+        return net
+    return None
+
+
+class ColumnSearch(nn.Module):
+    """The exported search graph: Algorithm 2 on columns [features, B*S], candidate b*S + s.
+
+    Same arithmetic as ``SearchFront`` (folded first decoder layer, the same ``HardDecode`` grid
+    and bounds), then f. Returns (code [B*S, C], score [B*S]); with no column-ready classifier,
+    (code, rows [B*S, F]) for ``fuse_search`` to score with an ONNX classifier."""
+
+    def __init__(self, model: GMCF, pre: Preprocessor, clf: nn.Sequential | None) -> None:
+        super().__init__()
+        self.encoder, self.encoder_u = model.encoder, model.encoder_u
+        body = list(model.decoder.body)
+        first = body[0]
+        assert isinstance(first, nn.Linear)
+        d = model.mu.shape[1]
+        self.register_buffer("w_z", first.weight[:, :d].detach().clone())
+        self.register_buffer("w_u", first.weight[:, d:].detach().clone())
+        self.register_buffer("b", first.bias.detach().clone()[:, None, None])
+        self.rest = nn.Sequential(*body[1:])
+        self.head = model.decoder.head
+        hard = HardDecode(pre)
+        self.register_buffer("scale", hard.scale.clone()[:, None, None])
+        self.register_buffer("inv_scale", hard.inv_scale.clone()[:, None, None])
+        self.n = pre.n_numeric
+        self.cat_sizes = list(pre.cat_sizes)
+        self.register_buffer("index", torch.arange(max(self.cat_sizes, default=1), dtype=torch.float32)[None, :])
+        self.clf = clf
+
+    def run(
+        self, x: torch.Tensor, alphas: torch.Tensor, target: torch.Tensor,
+        lower: torch.Tensor | None, upper: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        b, s = alphas.shape
+        xt = x.t()
+        z, zu = _chain_t(self.encoder, xt), _chain_t(self.encoder_u, xt)  # [d, B], [d_u, B]
+        p = self.w_z @ z + self.w_u @ zu  # [H, B]
+        q = self.w_z @ (target.t() - z)
+        h = (p[:, :, None] + self.b) + q[:, :, None] * alphas[None]  # [H, B, S]
+        out = _chain_t(nn.Sequential(*self.rest, self.head), h.reshape(h.shape[0], b * s))
+        lo_t = None if lower is None else lower.t()[:, :, None]  # [F, B, 1]
+        up_t = None if upper is None else upper.t()[:, :, None]
+        cont = torch.sigmoid(out[: self.n]).reshape(self.n, b, s)
+        if lo_t is not None and up_t is not None:
+            cont = torch.minimum(torch.maximum(cont, lo_t[: self.n]), up_t[: self.n])
+        cont = torch.round(cont * self.scale) * self.inv_scale
+        if lo_t is not None and up_t is not None:
+            cont = torch.minimum(torch.maximum(cont, lo_t[: self.n]), up_t[: self.n])
+        cont = cont.reshape(self.n, b * s)
+        blocks, codes = [cont], [cont]
+        offset = self.n
+        for k in self.cat_sizes:
+            lg = out[offset: offset + k]
+            if up_t is not None:
+                lg = (lg.reshape(k, b, s) - 1e9 * (1.0 - up_t[offset: offset + k])).reshape(k, b * s)
+            top = lg[0:1]
+            for j in range(1, k):
+                top = torch.maximum(top, lg[j: j + 1])
+            hit = (lg == top).to(torch.float32)
+            one_hot = hit * (torch.cumsum(hit, dim=0) == 1).to(torch.float32)  # first maximum
+            blocks.append(one_hot)
+            codes.append(self.index[:, :k] @ one_hot)
+            offset += k
+        code = torch.cat(codes, dim=0).t()
+        row = torch.cat(blocks, dim=0)  # [F, B*S]
+        if self.clf is None:
+            return code, row.t()
+        return code, torch.sigmoid(_chain_t(self.clf, row)).reshape(-1)
+
+
+class ColumnSearchPlain(ColumnSearch):
+    def forward(self, x: torch.Tensor, alphas: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.run(x, alphas, target, None, None)
+
+
+class ColumnSearchBounded(ColumnSearch):
+    def forward(
+        self, x: torch.Tensor, alphas: torch.Tensor, target: torch.Tensor, lower: torch.Tensor,
+        upper: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.run(x, alphas, target, lower, upper)
 
 
 class Reconstruct(nn.Module):
@@ -242,11 +348,11 @@ def adapt_classifier(model: onnx.ModelProto, width: int) -> onnx.ModelProto:
 
 
 def fuse_search(front: onnx.ModelProto, classifier: onnx.ModelProto) -> onnx.ModelProto:
-    """search.onnx = classifier(front(x, alphas)), keeping the candidate rows as an output."""
+    """search.onnx = classifier(rows of front(x, alphas)), keeping the candidates' code."""
     clf = onnx.compose.add_prefix(classifier, "f_")
     clf.ir_version = front.ir_version
     fused = onnx.compose.merge_models(
-        front, clf, io_map=[("rows", "f_x")], outputs=["rows", "f_score"]
+        front, clf, io_map=[("rows", "f_x")], outputs=["code", "f_score"]
     )
     # Rename the classifier's output to the contract's name.
     for node in fused.graph.node:
@@ -258,23 +364,33 @@ def fuse_search(front: onnx.ModelProto, classifier: onnx.ModelProto) -> onnx.Mod
     return fused
 
 
-def export_graphs(model: GMCF, pre: Preprocessor, classifier: onnx.ModelProto) -> dict[str, onnx.ModelProto]:
+def export_graphs(
+    model: GMCF, pre: Preprocessor, classifier: onnx.ModelProto, torch_classifier: nn.Module | None = None
+) -> dict[str, onnx.ModelProto]:
+    """Every graph of the bundle contract. ``torch_classifier``, when it is the module that
+    ``classifier`` was exported from and a plain MLP, is built into the search graphs directly
+    (column layout throughout); otherwise the ONNX classifier is fused after them."""
     width = pre.width
     d, du = model.mu.shape[1], model.encoder_u[-1].out_features
     x = torch.rand(5, width)
     walk = (x, torch.rand(5, 4), torch.rand(5, d))
-    front = to_onnx(PlainSearchFront(model, pre), walk, ["x", "alphas", "target"], ["rows"])
+    bounds = (torch.zeros(5, width), torch.ones(5, width))
+    clf = transposable_classifier(torch_classifier)
+    last = "score" if clf is not None else "rows"
+    plain = to_onnx(ColumnSearchPlain(model, pre, clf), walk, ["x", "alphas", "target"], ["code", last])
     bounded = to_onnx(
-        SearchFront(model, pre), (*walk, torch.zeros(5, width), torch.ones(5, width)),
-        ["x", "alphas", "target", "lower", "upper"], ["rows"],
+        ColumnSearchBounded(model, pre, clf), (*walk, *bounds),
+        ["x", "alphas", "target", "lower", "upper"], ["code", last],
     )
+    if clf is None:
+        plain, bounded = fuse_search(plain, classifier), fuse_search(bounded, classifier)
     return {
         "encoder": to_onnx(model.encoder, (x,), ["x"], ["z"]),
         "encoder_u": to_onnx(model.encoder_u, (x,), ["x"], ["z_u"]),
         "decoder": to_onnx(_Decoder(model), (torch.rand(5, d), torch.rand(5, du)), ["z", "z_u"], ["x_soft"]),
         "classifier": classifier,
-        "search": fuse_search(front, classifier),
-        "search_bounded": fuse_search(bounded, classifier),
+        "search": plain,
+        "search_bounded": bounded,
         "reconstruct": to_onnx(Reconstruct(model), (x,), ["x"], ["error"]),
     }
 

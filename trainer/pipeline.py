@@ -131,6 +131,7 @@ def train_bundle(
     t0 = time.time()
     p = prepare(ds, cfg.test_size, cfg.seed)
     width = p.pre.width
+    clf = None
     if clf_model is None:
         cb.stage("classifier", cfg.classifier_epochs * cfg.classifier_restarts)
         clf = train_classifier(p.x_train, p.y_train, cfg, progress=cb.advance)
@@ -172,7 +173,7 @@ def train_bundle(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        graphs = export_graphs(model, p.pre, clf_onnx)
+        graphs = export_graphs(model, p.pre, clf_onnx, clf)
         files = save(graphs, tmp)
         (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
         manifest = {
