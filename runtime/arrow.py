@@ -37,11 +37,15 @@ def numeric(values: np.ndarray, typ: pa.DataType, valid: np.ndarray | None = Non
 
 
 def strings(values: Sequence[str | None] | np.ndarray) -> pa.Array:
-    """A string array from Python strings and None (null)."""
-    n = len(values)
-    valid = np.fromiter((v is not None for v in values), dtype=bool, count=n)
-    encoded = [v.encode() if v is not None else b"" for v in values]
-    lengths = np.fromiter((len(b) for b in encoded), dtype=np.int32, count=n)
+    """A string array from Python strings and None (null). Only the non-null entries are
+    visited in Python, so a mostly-null column (the ``reason`` of a batch) costs little."""
+    arr = values if isinstance(values, np.ndarray) else np.array(values, dtype=object)
+    n = len(arr)
+    valid = np.asarray(arr != None, dtype=bool)  # noqa: E711 - elementwise on an object array
+    present = np.flatnonzero(valid)
+    encoded = [str(arr[i]).encode() for i in present]
+    lengths = np.zeros(n, np.int32)
+    lengths[present] = [len(b) for b in encoded]
     offsets = np.zeros(n + 1, np.int32)
     np.cumsum(lengths, out=offsets[1:])
     bitmap, nulls = _validity(valid, n)

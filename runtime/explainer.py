@@ -23,7 +23,7 @@ from gmcf.runtime.schema import usable_rows
 from gmcf.runtime.search import ALREADY, FOUND, INVALID, NOT_FOUND, Engine, SearchResult, search
 
 #: Queries per call of the fused graph: B * steps candidate rows stay in cache.
-SEARCH_CHUNK = 4096
+SEARCH_CHUNK = 2048
 DEFAULT_BATCH_SIZE = 65536
 
 

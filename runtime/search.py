@@ -28,7 +28,7 @@ FOUND, ALREADY, NOT_FOUND, INVALID = range(4)
 SEARCH_KINDS = ("grid", "refined", "extrapolated")
 GRID, REFINED, EXTRAPOLATED = range(3)
 #: Alphas evaluated per call along a path; rows stop at their first crossing.
-BLOCK = 8
+BLOCK = 16
 
 
 def _session(path: str, threads: int) -> ort.InferenceSession:
