@@ -174,7 +174,7 @@ class ColumnSearch(nn.Module):
         d = model.mu.shape[1]
         self.register_buffer("w_z", first.weight[:, :d].detach().clone())
         self.register_buffer("w_u", first.weight[:, d:].detach().clone())
-        self.register_buffer("b", first.bias.detach().clone()[:, None, None])
+        self.register_buffer("b", first.bias.detach().clone()[:, None])
         self.rest = nn.Sequential(*body[1:])
         self.head = model.decoder.head
         hard = HardDecode(pre)
@@ -189,28 +189,31 @@ class ColumnSearch(nn.Module):
         self, x: torch.Tensor, alphas: torch.Tensor, target: torch.Tensor,
         lower: torch.Tensor | None, upper: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        # Columns are ordered s * B + b inside (alpha-major), so that every per-query vector
+        # broadcasts over the middle axis, which onnxruntime does at full speed; the outputs are
+        # put back in the contract's order b * S + s at the end.
         b, s = alphas.shape
         xt = x.t()
         z, zu = _chain_t(self.encoder, xt), _chain_t(self.encoder_u, xt)  # [d, B], [d_u, B]
-        p = self.w_z @ z + self.w_u @ zu  # [H, B]
+        p = self.w_z @ z + self.w_u @ zu + self.b  # [H, B]
         q = self.w_z @ (target.t() - z)
-        h = (p[:, :, None] + self.b) + q[:, :, None] * alphas[None]  # [H, B, S]
-        out = _chain_t(nn.Sequential(*self.rest, self.head), h.reshape(h.shape[0], b * s))
-        lo_t = None if lower is None else lower.t()[:, :, None]  # [F, B, 1]
-        up_t = None if upper is None else upper.t()[:, :, None]
-        cont = torch.sigmoid(out[: self.n]).reshape(self.n, b, s)
+        h = p[:, None, :] + q[:, None, :] * alphas.t()[None]  # [H, S, B]
+        out = _chain_t(nn.Sequential(*self.rest, self.head), h.reshape(h.shape[0], s * b))
+        lo_t = None if lower is None else lower.t()[:, None, :]  # [F, 1, B]
+        up_t = None if upper is None else upper.t()[:, None, :]
+        cont = torch.sigmoid(out[: self.n]).reshape(self.n, s, b)
         if lo_t is not None and up_t is not None:
             cont = torch.minimum(torch.maximum(cont, lo_t[: self.n]), up_t[: self.n])
         cont = torch.round(cont * self.scale) * self.inv_scale
         if lo_t is not None and up_t is not None:
             cont = torch.minimum(torch.maximum(cont, lo_t[: self.n]), up_t[: self.n])
-        cont = cont.reshape(self.n, b * s)
+        cont = cont.reshape(self.n, s * b)
         blocks, codes = [cont], [cont]
         offset = self.n
         for k in self.cat_sizes:
             lg = out[offset: offset + k]
             if up_t is not None:
-                lg = (lg.reshape(k, b, s) - 1e9 * (1.0 - up_t[offset: offset + k])).reshape(k, b * s)
+                lg = (lg.reshape(k, s, b) - 1e9 * (1.0 - up_t[offset: offset + k])).reshape(k, s * b)
             top = lg[0:1]
             for j in range(1, k):
                 top = torch.maximum(top, lg[j: j + 1])
@@ -219,11 +222,13 @@ class ColumnSearch(nn.Module):
             blocks.append(one_hot)
             codes.append(self.index[:, :k] @ one_hot)
             offset += k
-        code = torch.cat(codes, dim=0).t()
-        row = torch.cat(blocks, dim=0)  # [F, B*S]
+        code = torch.cat(codes, dim=0)
+        code = code.reshape(code.shape[0], s, b).permute(2, 1, 0).reshape(b * s, -1)
+        row = torch.cat(blocks, dim=0)  # [F, S*B]
         if self.clf is None:
-            return code, row.t()
-        return code, torch.sigmoid(_chain_t(self.clf, row)).reshape(-1)
+            return code, row.reshape(row.shape[0], s, b).permute(2, 1, 0).reshape(b * s, -1)
+        score = torch.sigmoid(_chain_t(self.clf, row)).reshape(s, b)
+        return code, score.t().reshape(-1)
 
 
 class ColumnSearchPlain(ColumnSearch):
