@@ -74,7 +74,7 @@ def explain(
     extrapolate: Annotated[bool | None, typer.Option("--extrapolate/--no-extrapolate", help="Walk past mu_1 when the path never crosses T.")] = None,
     batch_size: Annotated[int, typer.Option(help="Rows read, searched and written at a time.")] = 65536,
     threads: Annotated[int, typer.Option(help="onnxruntime intra-op threads per worker.")] = 1,
-    workers: Annotated[int, typer.Option(help="Worker processes, each streaming its own row groups.")] = 1,
+    workers: Annotated[int, typer.Option(help="Worker processes [default 0: one per core, at most one per batch].")] = 0,
     id_column: Annotated[str | None, typer.Option(help="Column passed through to the output to identify rows.")] = None,
     force: Annotated[bool, typer.Option(help="Overwrite OUTPUT if it exists.")] = False,
     num_cfs: Annotated[int, typer.Option(help="Up to K distinct counterfactuals per rejected query, one row each, nearest first.")] = 1,
@@ -88,7 +88,7 @@ def explain(
     """Explain every row of INPUT: a counterfactual for each row the classifier rejects."""
     from gmcf.runtime.constraints import Constraints
     from gmcf.runtime.explainer import Explainer
-    from gmcf.runtime.parallel import explain_parquet_parallel
+    from gmcf.runtime.parallel import auto_workers, explain_parquet_parallel
 
     bundle = bundle or default_bundle()
     output = output or input.with_name(input.stem + ".explained.parquet")
@@ -96,6 +96,8 @@ def explain(
         fail(f"output {output} exists; pass --force to overwrite it")
     if output.resolve() == input.resolve():
         fail("output must differ from the input file")
+    if workers < 0:
+        fail(f"workers must be 0 (one per core) or more, got {workers}")
     try:
         wanted = Constraints.from_file(constraints) if constraints else Constraints()
         wanted = wanted.merge(Constraints.from_options(
@@ -110,6 +112,8 @@ def explain(
                 elapsed = bar.tasks[task].elapsed or 1e-9
                 bar.update(task, completed=done, total=total, info=f"{done / elapsed:,.0f} rows/s")
 
+            if workers == 0:
+                workers = auto_workers(input, batch_size)
             if workers > 1:
                 summary = explain_parquet_parallel(ex, input, output, workers, batch_size, id_column, progress)
             else:

@@ -10,6 +10,7 @@ flight, so memory stays bounded by the batch size.
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import sys
 import time
 from collections import deque
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from gmcf.runtime.arrow import numeric
 from gmcf.runtime.errors import InputError
@@ -44,6 +46,17 @@ def _run(batch: pa.RecordBatch) -> tuple[np.ndarray | None, list[pa.Array], np.n
     src, results = _worker._results(batch, summary)
     counts = np.array([summary.rows, summary.found, summary.already_target, summary.not_found, summary.invalid])
     return src, results, counts
+
+
+def auto_workers(src: str | Path, batch_size: int) -> int:
+    """One worker per available core, but no more than there are batches to share: a file of
+    one batch is explained in-process, without the cost of starting workers."""
+    try:
+        rows = int(pq.read_metadata(src).num_rows)
+    except (OSError, pa.ArrowInvalid):
+        return 1  # the explain itself reports what is wrong with the file
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cores, -(-rows // max(batch_size, 1))))
 
 
 def explain_parquet_parallel(

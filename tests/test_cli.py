@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from helpers import invoke
 
 from gmcf.runtime import load_bundle
 from gmcf.runtime.bundle import FORMAT_VERSION
+from gmcf.runtime.parallel import auto_workers
 from gmcf.runtime.search import STATUSES
 
 FEATURES = ["age", "education-num", "capital-gain", "capital-loss", "hours-per-week", "education"]
@@ -113,6 +115,23 @@ def test_explain_with_workers_matches_one_process(sample_file: Path, adult_bundl
         outs[workers] = pq.read_table(dst)
     for name in ("id", "status", "alpha", "search", "evaluations", "cf_age", "cf_education"):
         assert outs["1"].column(name).to_pylist() == outs["2"].column(name).to_pylist(), name
+
+
+def test_auto_workers_one_per_core_at_most_one_per_batch(sample_file: Path, tmp_path: Path) -> None:
+    rows = pq.read_metadata(sample_file).num_rows
+    cores = len(os.sched_getaffinity(0))
+    assert auto_workers(sample_file, rows) == 1  # one batch: explained in-process
+    assert auto_workers(sample_file, max(1, rows // 2)) == min(cores, 2 if rows % 2 == 0 else 3)
+    assert auto_workers(sample_file, 1) == min(cores, rows)
+    assert auto_workers(tmp_path / "missing.parquet", 10) == 1  # the explain reports the error
+
+
+def test_explain_negative_workers(sample_file: Path, adult_bundle: Path, tmp_path: Path) -> None:
+    dst = tmp_path / "out.parquet"
+    code, _, stderr = invoke("explain", str(sample_file), "-o", str(dst), "--bundle", str(adult_bundle),
+                             "--workers", "-1")
+    one_line_error(code, stderr, "workers")
+    assert not dst.exists()
 
 
 def test_explain_missing_id_column(sample_file: Path, adult_bundle: Path, tmp_path: Path) -> None:
