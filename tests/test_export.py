@@ -327,6 +327,28 @@ def test_adapt_classifier_rejects_a_misfit(trained: Trained, module: Any, match:
         adapt_classifier(onnx_model, width)
 
 
+def test_row_and_column_layouts_agree(trained: Trained, x: np.ndarray) -> None:
+    """The row layout (for networks the column layout cannot run, e.g. convolutions) returns the
+    same codes and scores as the column layout, with and without bounds."""
+    pre = trained.p.pre
+    rows_graphs = export_graphs(trained.model, pre, export_classifier(trained.clf, pre.width), layout="rows")
+    alphas = alphas_for(len(x), 5)
+    lower, upper = np.zeros_like(x), np.ones_like(x)
+    lower[:, 0], upper[:, 0] = 0.3, 0.6  # a numeric window
+    upper[:, pre.n_numeric + 1] = 0.0  # a category the rows may not take
+    for name, bounded in (("search", False), ("search_bounded", True)):
+        feeds = search_feeds(trained.model, x, alphas, bounded)
+        if bounded:
+            feeds.update(lower=lower, upper=upper)
+        code_c, score_c = run(trained.graphs[name], **feeds)
+        code_r, score_r = run(rows_graphs[name], **feeds)
+        # as in the torch comparison: an integer may land one grid step apart on a few cells
+        off = np.abs(code_c - code_r) > TOL
+        assert off.sum() <= 0.01 * len(code_c), off.sum()
+        assert not off[:, pre.n_numeric:].any()  # categories agree exactly
+        assert max_diff(score_c[~off.any(axis=1)], score_r[~off.any(axis=1)]) < 1e-4
+
+
 def test_search_bounds_hold_on_every_candidate(trained: Trained) -> None:
     """lower/upper keep the returned rows in bounds: pinning a row to the query (lower = upper =
     x, one-hot upper = the query's category) returns the query itself at every alpha."""

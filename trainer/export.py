@@ -107,6 +107,7 @@ class SearchFront(nn.Module):
         self.rest = nn.Sequential(*body[1:])
         self.decoder = model.decoder
         self.hard = HardDecode(pre)
+        self.pre = pre
 
     def decode(
         self, x: torch.Tensor, alphas: torch.Tensor, target: torch.Tensor
@@ -138,6 +139,50 @@ class PlainSearchFront(SearchFront):
         cont, logits = self.decode(x, alphas, target)
         rows = self.hard(cont, logits)
         return rows.reshape(-1, rows.shape[-1])
+
+
+def _code_of(rows: torch.Tensor, pre: Preprocessor) -> torch.Tensor:
+    """Hard rows [N, F] -> compact code [N, C]: numeric values, then each category's index."""
+    n = pre.n_numeric
+    parts = [rows[:, :n]]
+    offset = n
+    for k in pre.cat_sizes:
+        parts.append(torch.argmax(rows[:, offset: offset + k], dim=1, keepdim=True).to(torch.float32))
+        offset += k
+    return torch.cat(parts, dim=1)
+
+
+class RowSearchPlain(PlainSearchFront):
+    """The search in row layout, for networks the column layout cannot run (convolutions):
+    (code, rows) for ``fuse_search`` to score with the ONNX classifier."""
+
+    def forward(  # type: ignore[override]
+        self, x: torch.Tensor, alphas: torch.Tensor, target: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = super().forward(x, alphas, target)
+        return _code_of(rows, self.pre), rows
+
+
+class RowSearchBounded(SearchFront):
+    def forward(  # type: ignore[override]
+        self, x: torch.Tensor, alphas: torch.Tensor, target: torch.Tensor, lower: torch.Tensor,
+        upper: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = super().forward(x, alphas, target, lower, upper)
+        return _code_of(rows, self.pre), rows
+
+
+def _mlp(seq: nn.Module) -> bool:
+    return isinstance(seq, nn.Sequential) and all(isinstance(m, nn.Linear | nn.ReLU | nn.LeakyReLU) for m in seq)
+
+
+def column_ready(model: GMCF) -> bool:
+    """The column layout runs MLP encoders and a decoder whose body and head are linear layers."""
+    dec = model.decoder
+    return (
+        _mlp(model.encoder) and _mlp(model.encoder_u) and _mlp(getattr(dec, "body", None))
+        and isinstance(getattr(dec, "head", None), nn.Linear)
+    )
 
 
 def _chain_t(layers: nn.Module, h: torch.Tensor) -> torch.Tensor:
@@ -370,23 +415,29 @@ def fuse_search(front: onnx.ModelProto, classifier: onnx.ModelProto) -> onnx.Mod
 
 
 def export_graphs(
-    model: GMCF, pre: Preprocessor, classifier: onnx.ModelProto, torch_classifier: nn.Module | None = None
+    model: GMCF, pre: Preprocessor, classifier: onnx.ModelProto, torch_classifier: nn.Module | None = None,
+    layout: str = "auto",
 ) -> dict[str, onnx.ModelProto]:
-    """Every graph of the bundle contract. ``torch_classifier``, when it is the module that
-    ``classifier`` was exported from and a plain MLP, is built into the search graphs directly
-    (column layout throughout); otherwise the ONNX classifier is fused after them."""
+    """Every graph of the bundle contract.
+
+    The search graphs use the column layout when the networks allow it (``column_ready``), else
+    the row layout (``layout`` = "columns" or "rows" forces one). ``torch_classifier``, when it is
+    the module that ``classifier`` was exported from and a plain MLP, is built into column-layout
+    search graphs directly; otherwise the ONNX classifier is fused after them."""
     width = pre.width
     d, du = model.mu.shape[1], model.encoder_u[-1].out_features
     x = torch.rand(5, width)
     walk = (x, torch.rand(5, 4), torch.rand(5, d))
     bounds = (torch.zeros(5, width), torch.ones(5, width))
-    clf = transposable_classifier(torch_classifier)
+    if layout not in ("auto", "columns", "rows"):
+        raise ValueError(f"layout must be auto, columns or rows, got {layout!r}")
+    columns = column_ready(model) if layout == "auto" else layout == "columns"
+    clf = transposable_classifier(torch_classifier) if columns else None
     last = "score" if clf is not None else "rows"
-    plain = to_onnx(ColumnSearchPlain(model, pre, clf), walk, ["x", "alphas", "target"], ["code", last])
-    bounded = to_onnx(
-        ColumnSearchBounded(model, pre, clf), (*walk, *bounds),
-        ["x", "alphas", "target", "lower", "upper"], ["code", last],
-    )
+    plain_module: nn.Module = ColumnSearchPlain(model, pre, clf) if columns else RowSearchPlain(model, pre)
+    bounded_module: nn.Module = ColumnSearchBounded(model, pre, clf) if columns else RowSearchBounded(model, pre)
+    plain = to_onnx(plain_module, walk, ["x", "alphas", "target"], ["code", last])
+    bounded = to_onnx(bounded_module, (*walk, *bounds), ["x", "alphas", "target", "lower", "upper"], ["code", last])
     if clf is None:
         plain, bounded = fuse_search(plain, classifier), fuse_search(bounded, classifier)
     return {
