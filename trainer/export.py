@@ -83,6 +83,16 @@ class HardDecode(nn.Module):
         return torch.cat(blocks, dim=-1)
 
 
+def split_first_layer(model: GMCF) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, nn.Sequential]:
+    """The decoder's first layer W [z; z_u] + b as (W_z, W_u, b), copies, and the layers after it."""
+    body = list(model.decoder.body)
+    first = body[0]
+    assert isinstance(first, nn.Linear)
+    d = model.mu.shape[1]
+    w = first.weight.detach()
+    return w[:, :d].clone(), w[:, d:].clone(), first.bias.detach().clone(), nn.Sequential(*body[1:])
+
+
 class SearchFront(nn.Module):
     """Algorithm 2 for a batch and a per-row alpha grid, up to (not including) the classifier.
 
@@ -97,14 +107,11 @@ class SearchFront(nn.Module):
     def __init__(self, model: GMCF, pre: Preprocessor) -> None:
         super().__init__()
         self.encoder, self.encoder_u = model.encoder, model.encoder_u
-        body = list(model.decoder.body)
-        first = body[0]
-        assert isinstance(first, nn.Linear)
-        d = model.mu.shape[1]
-        self.register_buffer("w_z", first.weight[:, :d].detach().t().contiguous())
-        self.register_buffer("w_u", first.weight[:, d:].detach().t().contiguous())
-        self.register_buffer("b", first.bias.detach().clone())
-        self.rest = nn.Sequential(*body[1:])
+        w_z, w_u, b, rest = split_first_layer(model)
+        self.register_buffer("w_z", w_z.t().contiguous())
+        self.register_buffer("w_u", w_u.t().contiguous())
+        self.register_buffer("b", b)
+        self.rest = rest
         self.decoder = model.decoder
         self.hard = HardDecode(pre)
         self.pre = pre
@@ -213,14 +220,11 @@ class ColumnSearch(nn.Module):
     def __init__(self, model: GMCF, pre: Preprocessor, clf: nn.Sequential | None) -> None:
         super().__init__()
         self.encoder, self.encoder_u = model.encoder, model.encoder_u
-        body = list(model.decoder.body)
-        first = body[0]
-        assert isinstance(first, nn.Linear)
-        d = model.mu.shape[1]
-        self.register_buffer("w_z", first.weight[:, :d].detach().clone())
-        self.register_buffer("w_u", first.weight[:, d:].detach().clone())
-        self.register_buffer("b", first.bias.detach().clone()[:, None])
-        self.rest = nn.Sequential(*body[1:])
+        w_z, w_u, b, rest = split_first_layer(model)
+        self.register_buffer("w_z", w_z)
+        self.register_buffer("w_u", w_u)
+        self.register_buffer("b", b[:, None])
+        self.rest = rest
         self.head = model.decoder.head
         hard = HardDecode(pre)
         self.register_buffer("scale", hard.scale.clone()[:, None, None])
