@@ -23,6 +23,14 @@ from gmcf.runtime.search import ALREADY, FOUND, INVALID, NOT_FOUND, Engine, Sear
 
 #: Queries per call of the fused graph: B * steps candidate rows stay in cache.
 SEARCH_CHUNK = 4096
+#: Model-space entries per chunk of queries for wide inputs (images): 256 queries of 784 pixels.
+WIDE_CHUNK_ENTRIES = 256 * 784
+
+
+def search_chunk(width: int) -> int:
+    """Queries per call of the fused graph: SEARCH_CHUNK for tabular rows, fewer for images, whose
+    convolutional decoder would otherwise hold B * steps feature maps at once."""
+    return max(16, min(SEARCH_CHUNK, WIDE_CHUNK_ENTRIES // max(width, 1)))
 DEFAULT_BATCH_SIZE = 65536
 
 
@@ -140,8 +148,9 @@ class Explainer:
         walks = [SearchResult.empty(len(x), pre.width) for _ in targets]
         if self.constraints and ok.size:
             ok, reason = self._set_aside_unmeetable(x, reason, ok, walks)
-        for start in range(0, ok.size, SEARCH_CHUNK):
-            rows = ok[start: start + SEARCH_CHUNK]
+        chunk = search_chunk(pre.width)
+        for start in range(0, ok.size, chunk):
+            rows = ok[start: start + chunk]
             bounds = self.constraints.bounds(pre, x[rows]) if self.constraints else None
             for res, target in zip(walks, targets, strict=True):
                 tgt = None if target is None else np.broadcast_to(target, (rows.size, target.size)).copy()
@@ -186,8 +195,9 @@ class Explainer:
     def _recon(self, res: SearchResult) -> np.ndarray:
         recon = np.full(len(res.status), np.nan, np.float32)
         hit = np.nonzero(res.status == FOUND)[0]
-        for start in range(0, hit.size, SEARCH_CHUNK):
-            rows = hit[start: start + SEARCH_CHUNK]
+        chunk = search_chunk(res.cf.shape[1])
+        for start in range(0, hit.size, chunk):
+            rows = hit[start: start + chunk]
             recon[rows] = self.engine.reconstruction_error(res.cf[rows])
         return recon
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from gmcf.runtime.schema import Feature, Preprocessor
+from gmcf.runtime.schema import IMAGE, Feature, ImagePreprocessor, Preprocessor, image_type
 from gmcf.runtime.search import FOUND, NOT_FOUND, SEARCH_KINDS, STATUSES, SearchResult
 
 _STATUS_DICT = pa.array(list(STATUSES), pa.string())
@@ -30,10 +30,14 @@ RESULT_COLUMNS: tuple[tuple[str, pa.DataType, str], ...] = (
 
 
 def query_type(f: Feature) -> pa.DataType:
+    if f.kind == IMAGE:
+        return image_type(f)
     return pa.string() if not f.is_numeric else pa.float64()
 
 
 def cf_type(f: Feature) -> pa.DataType:
+    if f.kind == IMAGE:
+        return image_type(f)
     if f.kind == "integer":
         return pa.int64()
     if f.kind == "continuous":
@@ -77,6 +81,11 @@ def changed_features(pre: Preprocessor, x: np.ndarray, cf: np.ndarray) -> np.nda
     return np.asarray(count, dtype=np.int32)
 
 
+def image_cf_column(arr: pa.FixedSizeListArray, found: np.ndarray) -> pa.FixedSizeListArray:
+    """A decoded image column with the rows that have no counterfactual set to null."""
+    return pa.FixedSizeListArray.from_arrays(arr.values, arr.type.list_size, mask=pa.array(~found))
+
+
 def build_batch(
     schema: pa.Schema,
     pre: Preprocessor,
@@ -101,13 +110,18 @@ def build_batch(
         col = batch.column(f.name)
         if isinstance(col, pa.ChunkedArray):
             col = col.combine_chunks()
+        if isinstance(pre, ImagePreprocessor):
+            cols.append(pre.echo(col))
+            continue
         if pa.types.is_dictionary(col.type):
             col = col.cast(col.type.value_type)
         cols.append(col.cast(query_type(f), safe=False))
     inv = pre.inverse(res.cf)
     for f in pre.features:
         arr = inv[f.name]
-        if isinstance(arr, pa.DictionaryArray):
+        if isinstance(arr, pa.FixedSizeListArray):
+            cols.append(image_cf_column(arr, found))
+        elif isinstance(arr, pa.DictionaryArray):
             idx = arr.indices.to_numpy(zero_copy_only=False)
             cols.append(pa.DictionaryArray.from_arrays(_masked(idx, found, pa.int32()), arr.dictionary))
         else:
