@@ -245,3 +245,32 @@ def test_image_graphs_match_torch() -> None:
         # alpha = 0 decodes the query's own (z, z_u): the reconstruction
         np.testing.assert_allclose(rows_onnx.reshape(6, 3, -1)[:, 0], dec, atol=1e-5)
     assert front.min() >= 0.0 and front.max() <= 1.0
+
+
+# -- report ------------------------------------------------------------------------------------------
+def test_table1_metrics_on_the_held_out_ones() -> None:
+    from gmcf.trainer.image_report import table1_markdown, table1_metrics
+
+    m = table1_metrics(MNIST)
+    assert m["queries"] == 1135 and m["found"] <= m["rejected_by_f"] <= 1135
+    assert m["validity_pct"] >= 89.5  # the paper's figure
+    assert 0.0 < m["reconstruction"]["mean"] < 0.05
+    assert m["proximity_l2"]["mean"] <= m["sparsity_l1"]["mean"]  # L2 <= L1 for every row
+    assert m["time_per_query_s"] > 0
+    assert "| paper, Our Method |" in table1_markdown(m)
+
+
+def test_plot_writes_the_three_figures(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    code, _stdout, stderr = invoke("plot", str(MNIST), "--out", str(tmp_path))
+    assert code == 0, stderr
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["figure2.png", "figure3.png", "figure4.png"]
+    for name in names:
+        data = (tmp_path / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+
+
+def test_plot_refuses_a_tabular_bundle(adult_bundle: Path, tmp_path: Path) -> None:
+    code, _stdout, stderr = invoke("plot", str(adult_bundle), "--out", str(tmp_path / "figs"))
+    assert code != 0 and "tabular" in stderr and len(stderr.strip().splitlines()) == 1
