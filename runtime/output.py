@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from gmcf.runtime.schema import IMAGE, Feature, ImagePreprocessor, Preprocessor, image_type
+from gmcf.runtime.schema import (
+    IMAGE,
+    Feature,
+    ImagePreprocessor,
+    Preprocessor,
+    fixed_size_lists,
+    image_type,
+)
 from gmcf.runtime.search import FOUND, NOT_FOUND, SEARCH_KINDS, STATUSES, SearchResult
 
 _STATUS_DICT = pa.array(list(STATUSES), pa.string())
@@ -83,7 +90,7 @@ def changed_features(pre: Preprocessor, x: np.ndarray, cf: np.ndarray) -> np.nda
 
 def image_cf_column(arr: pa.FixedSizeListArray, found: np.ndarray) -> pa.FixedSizeListArray:
     """A decoded image column with the rows that have no counterfactual set to null."""
-    return pa.FixedSizeListArray.from_arrays(arr.values, arr.type.list_size, mask=pa.array(~found))
+    return fixed_size_lists(arr.flatten(), arr.type.list_size, found)
 
 
 def build_batch(

@@ -368,10 +368,19 @@ def image_type(f: Feature) -> pa.DataType:
 
 def image_column(values: np.ndarray, keep: np.ndarray | None = None) -> pa.FixedSizeListArray:
     """Rows of ``values`` [n, size] as a fixed-size list column; rows where ``keep`` is False null."""
-    size = values.shape[1]
     flat = pa.array(np.ascontiguousarray(values, dtype=np.float32).reshape(-1))
-    mask = None if keep is None else pa.array(~np.asarray(keep, dtype=bool))
-    return pa.FixedSizeListArray.from_arrays(flat, size, mask=mask)
+    return fixed_size_lists(flat, values.shape[1], keep)
+
+
+def fixed_size_lists(flat: pa.Array, size: int, keep: np.ndarray | None = None) -> pa.FixedSizeListArray:
+    """``flat`` cut into lists of ``size`` values; rows where ``keep`` is False are null.
+    (Built from buffers: ``FixedSizeListArray.from_arrays`` takes no mask in older pyarrow.)"""
+    if keep is None or np.all(keep):
+        return pa.FixedSizeListArray.from_arrays(flat, size)
+    validity = pa.array(np.asarray(keep, dtype=bool)).buffers()[1]
+    out = pa.Array.from_buffers(pa.list_(flat.type, size), len(flat) // size, [validity], children=[flat])
+    assert isinstance(out, pa.FixedSizeListArray)
+    return out
 
 
 @dataclass
