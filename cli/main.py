@@ -182,7 +182,7 @@ def train(
     """Train the classifier (unless given) and the explainer; export an ONNX bundle."""
     try:
         from gmcf.trainer.fit import TrainConfig
-        from gmcf.trainer.images import DATASET_SETTINGS
+        from gmcf.trainer.images import default_settings
         from gmcf.trainer.pipeline import Callbacks, train_bundle
     except ImportError as exc:
         if exc.name in ("torch", "onnx"):
@@ -204,7 +204,7 @@ def train(
             assert dataset is not None
             ds = load_dataset(dataset)
         overrides = {k: v for k, v in {"epochs": epochs, "lambda_adv": lambda_adv, "lambda_lkd": lambda_lkd}.items() if v is not None}
-        settings = {**DATASET_SETTINGS.get(ds.name, {}), **overrides}
+        settings = {**default_settings(ds.schema), **overrides}
         cfg = TrainConfig(seed=seed, threads=threads, **settings)  # type: ignore[arg-type]
         dest = output or EXPORTED / ds.name
         command = shlex.join(["gmcf-batch", *sys.argv[1:]]) if sys.argv[0].endswith("gmcf-batch") else None

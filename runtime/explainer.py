@@ -23,6 +23,7 @@ from gmcf.runtime.search import ALREADY, FOUND, INVALID, NOT_FOUND, Engine, Sear
 
 #: Queries per call of the fused graph: B * steps candidate rows stay in cache.
 SEARCH_CHUNK = 4096
+DEFAULT_BATCH_SIZE = 65536
 #: Model-space entries per chunk of queries for wide inputs (images): 256 queries of 784 pixels.
 WIDE_CHUNK_ENTRIES = 256 * 784
 
@@ -31,7 +32,6 @@ def search_chunk(width: int) -> int:
     """Queries per call of the fused graph: SEARCH_CHUNK for tabular rows, fewer for images, whose
     convolutional decoder would otherwise hold B * steps feature maps at once."""
     return max(16, min(SEARCH_CHUNK, WIDE_CHUNK_ENTRIES // max(width, 1)))
-DEFAULT_BATCH_SIZE = 65536
 
 
 @dataclass

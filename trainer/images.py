@@ -16,6 +16,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from gmcf.runtime.schema import IMAGE, DataSchema
+
 #: The paper's MNIST settings (section 4.2) over the Adult defaults of ``TrainConfig``.
 MNIST_SETTINGS: dict[str, object] = {
     "epochs": 20,
@@ -38,8 +40,11 @@ MNIST_SETTINGS: dict[str, object] = {
     "select_after": 10,
 }
 
-#: Settings of a shipped dataset that differ from ``TrainConfig``'s defaults.
-DATASET_SETTINGS: dict[str, dict[str, object]] = {"mnist-1-to-7": MNIST_SETTINGS}
+
+
+def default_settings(schema: DataSchema) -> dict[str, object]:
+    """Settings that differ from ``TrainConfig``'s (tabular) defaults: MNIST's for any image schema."""
+    return dict(MNIST_SETTINGS) if any(f.kind == IMAGE for f in schema.features) else {}
 
 
 def _conv_out(n: int, kernel: int, stride: int = 2, padding: int = 1) -> int:
