@@ -154,5 +154,8 @@ def loss_rec(
 ) -> torch.Tensor:
     """Eq. 8: squared error per row, summed over the input vector (one-hots included), or with
     ``reduction="mean"`` averaged over it (images: the mean squared error over pixels)."""
+    if reduction == "bce":
+        err = F.binary_cross_entropy(xr.clamp(1e-6, 1 - 1e-6), x, reduction="none")
+        return weighted_mean(err.mean(-1), w)
     err = (x - xr) ** 2
     return weighted_mean(err.mean(-1) if reduction == "mean" else err.sum(-1), w)
