@@ -45,7 +45,8 @@ class TrainConfig:
     adversary_steps: int = 1
     rec_reduction: str = "sum"
     """``sum``: L_rec sums the squared error over the input vector (tabular); ``mean``: averages
-    it (images, where a sum over 784 pixels would drown the adversarial and likelihood terms)."""
+    it (images, where a sum over 784 pixels would drown the adversarial and likelihood terms);
+    ``bce``: mean binary cross-entropy over the entries (images in [0, 1])."""
     lambda_mmd: float = 0.0
     """Weight of an MMD penalty between z_u of the two classes (0 = the paper's model)."""
     classifier_epochs: int = 40
