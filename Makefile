@@ -4,14 +4,14 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench bundles clean
+.PHONY: demo test lint bench bundles figures clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# The CPU build of torch first, so that the trainer extra does not pull a CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[trainer,dev]'
+	$(BIN)/pip install -q -e '.[trainer,dev,plot]'
 	touch $@
 
 demo: $(BIN)/.installed
@@ -31,6 +31,10 @@ bench: $(BIN)/.installed
 bundles: $(BIN)/.installed
 	$(BIN)/gmcf-batch train adult --force
 	$(BIN)/gmcf-batch train lending-club --force
+	$(BIN)/gmcf-batch train mnist-1-to-7 --force
+
+figures: $(BIN)/.installed
+	$(BIN)/gmcf-batch plot mnist-1-to-7 --out docs/figures
 
 clean:
 	rm -rf $(VENV) queries.parquet queries.explained.parquet

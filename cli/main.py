@@ -171,14 +171,14 @@ def _report_lines(r: dict[str, Any]) -> str:
 
 @app.command()
 def train(
-    dataset: Annotated[str | None, typer.Argument(help="Shipped dataset: adult or lending-club.")] = None,
+    dataset: Annotated[str | None, typer.Argument(help="Shipped dataset: adult, lending-club or mnist-1-to-7.")] = None,
     data: Annotated[Path | None, typer.Option(help="Your own CSV or Parquet file (with --schema).")] = None,
     schema: Annotated[Path | None, typer.Option(help="JSON or TOML feature schema for --data.")] = None,
     output: Annotated[Path | None, typer.Option("-o", "--output", help="Bundle folder [default: exported/DATASET].")] = None,
     classifier: Annotated[Path | None, typer.Option(help="ONNX classifier to explain [default: train the paper's MLP].")] = None,
-    epochs: Annotated[int | None, typer.Option(help="Epochs of Algorithm 1 [paper: 100].")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs of Algorithm 1 [paper: 100; MNIST 20].")] = None,
     lambda_adv: Annotated[float | None, typer.Option(help="Weight of the adversarial loss [paper: 0.05].")] = None,
-    lambda_lkd: Annotated[float | None, typer.Option(help="Weight of the likelihood loss [paper: 0.5].")] = None,
+    lambda_lkd: Annotated[float | None, typer.Option(help="Weight of the likelihood loss [paper: 0.5; MNIST 0.1].")] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     threads: Annotated[int, typer.Option(help="torch threads.")] = 1,
     force: Annotated[bool, typer.Option(help="Replace OUTPUT if it exists.")] = False,
@@ -186,6 +186,7 @@ def train(
     """Train the classifier (unless given) and the explainer; export an ONNX bundle."""
     try:
         from gmcf.trainer.fit import TrainConfig
+        from gmcf.trainer.images import default_settings
         from gmcf.trainer.pipeline import Callbacks, train_bundle
     except ImportError as exc:
         if exc.name in ("torch", "onnx"):
@@ -207,7 +208,8 @@ def train(
             assert dataset is not None
             ds = load_dataset(dataset)
         overrides = {k: v for k, v in {"epochs": epochs, "lambda_adv": lambda_adv, "lambda_lkd": lambda_lkd}.items() if v is not None}
-        cfg = TrainConfig(seed=seed, threads=threads, **overrides)  # type: ignore[arg-type]
+        settings = {**default_settings(ds.schema), **overrides}
+        cfg = TrainConfig(seed=seed, threads=threads, **settings)  # type: ignore[arg-type]
         dest = output or EXPORTED / ds.name
         command = shlex.join(["gmcf-batch", *sys.argv[1:]]) if sys.argv[0].endswith("gmcf-batch") else None
         with _progress() as bar:
@@ -232,16 +234,19 @@ def train(
 @app.command()
 def sample(
     output: Annotated[Path, typer.Argument(help="Parquet file to write.")] = Path("queries.parquet"),
-    dataset: Annotated[str, typer.Option(help="adult or lending-club.")] = "adult",
+    dataset: Annotated[str, typer.Option(help="adult, lending-club or mnist-1-to-7.")] = "adult",
     rows: Annotated[int, typer.Option(help="How many rows (taken from the shipped data).")] = 1000,
     seed: Annotated[int, typer.Option(help="Random seed of the draw.")] = 0,
 ) -> None:
-    """Write real rows of a shipped dataset as a query file to try `explain` on."""
+    """Write real rows of a shipped dataset as a query file to try `explain` on.
+
+    For mnist-1-to-7 the rows are 1s of MNIST's official test set, which the shipped bundle never
+    saw in training (1,135 images; more rows than that are drawn with replacement)."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from gmcf.datasets import load_dataset
+    from gmcf.datasets import heldout_base_rows, load_dataset
 
     try:
         ds = load_dataset(dataset)
@@ -249,11 +254,41 @@ def sample(
         fail(str(exc))
     if rows < 1:
         fail(f"rows must be at least 1, got {rows}")
-    idx = np.sort(np.random.default_rng(seed).choice(ds.table.num_rows, size=min(rows, ds.table.num_rows), replace=False))
+    rng = np.random.default_rng(seed)
+    if ds.test_mask is not None:
+        pool = heldout_base_rows(ds)
+        idx = np.sort(rng.choice(pool, size=rows, replace=rows > pool.size))
+    else:
+        idx = np.sort(rng.choice(ds.table.num_rows, size=min(rows, ds.table.num_rows), replace=False))
     table = ds.table.take(pa.array(idx))
     table = table.drop_columns([ds.schema.label]).append_column("id", pa.array(idx, pa.int64()))
+    if ds.test_mask is not None:  # images: in the documented query form, float32 in [0, 1]
+        from gmcf.runtime.schema import ImagePreprocessor
+
+        pre = ImagePreprocessor.fit_image(table, ds.schema.features)
+        name = pre.image.name
+        table = table.set_column(table.schema.get_field_index(name), name, pre.echo(table.column(name)))
     pq.write_table(table, output)
     out.print(f"wrote {table.num_rows:,} {dataset} rows to {output}", highlight=False, markup=False, soft_wrap=True)
+
+
+@app.command()
+def plot(
+    bundle: Annotated[str, typer.Argument(help="Image bundle: a shipped name (mnist-1-to-7) or a folder.")] = "mnist-1-to-7",
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for the PNG files.")] = Path("docs/figures"),
+    seed: Annotated[int, typer.Option(help="Random seed of the held-out queries shown.")] = 0,
+) -> None:
+    """Draw the paper's MNIST figures for an image bundle: queries and counterfactuals (figure2),
+    interpolation paths with f's scores (figure3), PCA of the latent z (figure4). Needs matplotlib."""
+    from gmcf.trainer.image_report import plot_figures
+
+    path = Path(bundle) if Path(bundle).is_dir() else EXPORTED / bundle
+    try:
+        written = plot_figures(path, out_dir, seed=seed)
+    except GmcfError as exc:
+        fail(str(exc))
+    for p in written:
+        out.print(f"wrote {p}", highlight=False, markup=False, soft_wrap=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

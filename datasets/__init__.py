@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 
 from gmcf.runtime.errors import InputError
@@ -40,14 +41,31 @@ LENDING_CLUB_SCHEMA = DataSchema.from_dict(
 )
 
 
+MNIST_SCHEMA = DataSchema.from_dict(
+    {
+        "features": [{"name": "pixels", "kind": "image", "shape": [28, 28]}],
+        # The paper's base class is the digit 1, its target class the digit 7.
+        "label": "digit",
+        "positive_class": "7",
+    }
+)
+
+
 @dataclass(frozen=True)
 class Dataset:
     name: str
     table: pa.Table
     schema: DataSchema
+    test_mask: np.ndarray | None = None
+    """True for the rows of the data set's own held-out split (MNIST's official test set);
+    None where the trainer draws a seeded random split."""
 
 
-DATASETS = {"adult": ("adult.csv.gz", ADULT_SCHEMA), "lending-club": ("lendingclub_loan_data.csv.gz", LENDING_CLUB_SCHEMA)}
+DATASETS = {
+    "adult": ("adult.csv.gz", ADULT_SCHEMA),
+    "lending-club": ("lendingclub_loan_data.csv.gz", LENDING_CLUB_SCHEMA),
+    "mnist-1-to-7": ("mnist_1_7.npz", MNIST_SCHEMA),
+}
 
 
 def _read_csv(path: Path | str) -> pa.Table:
@@ -56,11 +74,28 @@ def _read_csv(path: Path | str) -> pa.Table:
     return pacsv.read_csv(path)
 
 
+def load_mnist_1_7() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every MNIST 1 and 7: (images uint8 [15170, 28, 28], digit uint8 [15170], is_test bool)."""
+    with resources.as_file(resources.files(__package__).joinpath("mnist_1_7.npz")) as p, \
+            np.load(p, allow_pickle=False) as d:
+        return d["images"], d["labels"], d["split"] == "test"
+
+
+def _mnist_table() -> tuple[pa.Table, np.ndarray]:
+    images, digits, is_test = load_mnist_1_7()
+    size = images[0].size
+    pixels = pa.FixedSizeListArray.from_arrays(pa.array(images.reshape(-1)), size)
+    return pa.table({"pixels": pixels, "digit": pa.array(digits.astype(np.int64))}), is_test
+
+
 def load_dataset(name: str) -> Dataset:
-    """Load a shipped dataset by name: ``adult`` or ``lending-club``."""
+    """Load a shipped dataset by name: ``adult``, ``lending-club`` or ``mnist-1-to-7``."""
     if name not in DATASETS:
         raise InputError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
     fname, schema = DATASETS[name]
+    if fname.endswith(".npz"):
+        table, is_test = _mnist_table()
+        return Dataset(name, table, schema, is_test)
     with resources.as_file(resources.files(__package__).joinpath(fname)) as p:
         table = _read_csv(p)
     cols = [f.name for f in schema.features] + [schema.label]
@@ -85,3 +120,15 @@ def load_table(path: Path, schema: DataSchema) -> Dataset:
     if missing:
         raise InputError(f"{path}: schema names column(s) the file lacks: {', '.join(map(repr, missing))}")
     return Dataset(path.stem, table.select(needed), schema)
+
+
+def heldout_base_rows(ds: Dataset) -> np.ndarray:
+    """Row numbers of the held-out rows of the base class (the label is not the positive
+    class); for MNIST, the 1,135 test-set 1s. Raises if the dataset has no held-out split."""
+    import pyarrow.compute as pc
+
+    if ds.test_mask is None:
+        raise InputError(f"dataset {ds.name} has no held-out split of its own")
+    label = pc.cast(ds.table.column(ds.schema.label), pa.string())
+    base = np.asarray(pc.not_equal(label, ds.schema.positive_class).to_numpy(zero_copy_only=False), dtype=bool)
+    return np.nonzero(ds.test_mask & base)[0]

@@ -54,6 +54,12 @@ def strings(values: Sequence[str | None] | np.ndarray) -> pa.Array:
     )
 
 
+def boolean(mask: np.ndarray) -> pa.Array:
+    """A boolean array (no nulls) from a numpy mask."""
+    mask = np.asarray(mask, dtype=bool)
+    return pa.Array.from_buffers(pa.bool_(), len(mask), [None, pa.py_buffer(np.packbits(mask, bitorder="little"))])
+
+
 _INT32 = pa.int32()
 
 

@@ -185,6 +185,8 @@ class Constraints:
     def validate(self, pre: Preprocessor) -> None:
         """Raise ConstraintError on the first constraint that does not fit the features."""
         feats = {f.name: f for f in pre.features}
+        if self.items and any(f.kind == "image" for f in pre.features):
+            raise ConstraintError("constraints are not supported for image bundles")
         for name, c in self.items.items():
             f = feats.get(name)
             if f is None:

@@ -27,6 +27,14 @@ SEARCH_CHUNK = 2048
 DEFAULT_BATCH_SIZE = 65536
 #: Distance, in standard deviations of the target class's Gaussian, of the extra walks' targets.
 TARGET_SPREAD = 3.0
+#: Model-space entries per chunk of queries for wide inputs (images): 256 queries of 784 pixels.
+WIDE_CHUNK_ENTRIES = 256 * 784
+
+
+def search_chunk(width: int) -> int:
+    """Queries per call of the fused graph: SEARCH_CHUNK for tabular rows, fewer for images, whose
+    convolutional decoder would otherwise hold B * steps feature maps at once."""
+    return max(16, min(SEARCH_CHUNK, WIDE_CHUNK_ENTRIES // max(width, 1)))
 
 
 @dataclass
@@ -154,8 +162,9 @@ class Explainer:
         walks = [SearchResult.empty(len(x), pre.width) for _ in targets]
         if self.constraints and ok.size:
             ok, reason = self._set_aside_unmeetable(x, reason, ok, walks)
-        for start in range(0, ok.size, SEARCH_CHUNK):
-            rows = ok[start: start + SEARCH_CHUNK]
+        chunk = search_chunk(pre.width)
+        for start in range(0, ok.size, chunk):
+            rows = ok[start: start + chunk]
             xr = x[rows]
             bounds = self.constraints.bounds(pre, xr) if self.constraints else None
             score = self.engine.score(xr) if len(targets) > 1 else None
@@ -199,8 +208,9 @@ class Explainer:
     def _recon(self, res: SearchResult) -> np.ndarray:
         recon = np.full(len(res.status), np.nan, np.float32)
         hit = np.nonzero(res.status == FOUND)[0]
-        for start in range(0, hit.size, SEARCH_CHUNK):
-            rows = hit[start: start + SEARCH_CHUNK]
+        chunk = search_chunk(res.cf.shape[1])
+        for start in range(0, hit.size, chunk):
+            rows = hit[start: start + chunk]
             recon[rows] = self.engine.reconstruction_error(res.cf[rows])
         return recon
 

@@ -6,7 +6,14 @@ import numpy as np
 import pyarrow as pa
 
 from gmcf.runtime.arrow import dictionary, numeric, strings
-from gmcf.runtime.schema import Feature, Preprocessor
+from gmcf.runtime.schema import (
+    IMAGE,
+    Feature,
+    ImagePreprocessor,
+    Preprocessor,
+    image_column,
+    image_type,
+)
 from gmcf.runtime.search import FOUND, NOT_FOUND, SEARCH_KINDS, STATUSES, SearchResult
 
 _STATUS_DICT = strings(STATUSES)
@@ -31,10 +38,14 @@ RESULT_COLUMNS: tuple[tuple[str, pa.DataType, str], ...] = (
 
 
 def query_type(f: Feature) -> pa.DataType:
+    if f.kind == IMAGE:
+        return image_type(f)
     return pa.string() if not f.is_numeric else pa.float64()
 
 
 def cf_type(f: Feature) -> pa.DataType:
+    if f.kind == IMAGE:
+        return image_type(f)
     if f.kind == "integer":
         return pa.int64()
     if f.kind == "continuous":
@@ -115,6 +126,9 @@ def query_columns(pre: Preprocessor, batch: pa.RecordBatch | pa.Table, id_column
         col = batch.column(f.name)
         if isinstance(col, pa.ChunkedArray):
             col = col.combine_chunks()
+        if isinstance(pre, ImagePreprocessor):
+            cols.append(pre.echo(col))
+            continue
         if pa.types.is_dictionary(col.type):
             col = col.cast(col.type.value_type)
         cols.append(col.cast(query_type(f), safe=False))
@@ -136,7 +150,9 @@ def result_columns(
     cols: list[pa.Array] = []
     inv = pre.inverse_values(res.cf)
     for f in pre.features:
-        if f.is_numeric:
+        if f.kind == IMAGE:
+            cols.append(image_column(inv[f.name], found))
+        elif f.is_numeric:
             cols.append(_masked(inv[f.name], found, cf_type(f)))
         else:
             cols.append(dictionary(inv[f.name], pre.category_values(f.name), pa.int32(), found))

@@ -4,6 +4,10 @@ The model's input vector is laid out as every numeric feature (min-max scaled to
 training split), in schema order, followed by one one-hot block per categorical feature, in schema
 order. The same object fits the scaling (trainer), applies it to query batches and inverts it
 (runtime), so both sides agree exactly.
+
+An image schema has exactly one feature of kind ``image`` (e.g. ``pixels``, shape 28x28): one
+Parquet column holding each image as a list of pixel values, which ``ImagePreprocessor`` turns
+into the model's input vector (one entry per pixel, scale 0..1).
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ import pyarrow.compute as pc
 from gmcf.runtime import arrow
 from gmcf.runtime.errors import InputError, SchemaError
 
-KINDS = ("continuous", "integer", "categorical")
+KINDS = ("continuous", "integer", "categorical", "image")
+IMAGE = "image"
 
 
 @dataclass(frozen=True)
@@ -33,13 +38,22 @@ class Feature:
     lo: float | None = None
     hi: float | None = None
     categories: tuple[str, ...] = ()
+    shape: tuple[int, ...] = ()
+    """Image features only: the image's shape, e.g. (28, 28)."""
 
     @property
     def is_numeric(self) -> bool:
         return self.kind != "categorical"
 
+    @property
+    def size(self) -> int:
+        """Entries of the model's input vector this feature takes (pixels for an image)."""
+        return int(np.prod(self.shape)) if self.kind == IMAGE else 1
+
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "kind": self.kind}
+        if self.kind == IMAGE:
+            out["shape"] = list(self.shape)
         if self.is_numeric:
             out["lo"], out["hi"] = self.lo, self.hi
         else:
@@ -53,12 +67,36 @@ class Feature:
             raise SchemaError(
                 f"feature {d.get('name')!r}: kind must be one of {', '.join(KINDS)}, got {kind!r}"
             )
+        if kind == IMAGE:
+            return _image_feature(d)
         return cls(
             name=str(d["name"]),
             kind=str(kind),
             lo=None if d.get("lo") is None else float(d["lo"]),
             hi=None if d.get("hi") is None else float(d["hi"]),
             categories=tuple(str(c) for c in d.get("categories", ())),
+        )
+
+
+def _image_feature(d: Mapping[str, Any]) -> Feature:
+    """An image feature from its declaration: a shape of positive sizes; the scale is 0..1."""
+    shape = d.get("shape")
+    if (not isinstance(shape, list | tuple) or not shape
+            or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape)):
+        raise SchemaError(
+            f"image feature {d.get('name')!r}: needs a shape of positive integers, e.g. [28, 28]; got {shape!r}"
+        )
+    lo, hi = float(d.get("lo", 0.0)), float(d.get("hi", 1.0))
+    if (lo, hi) != (0.0, 1.0):
+        raise SchemaError(f"image feature {d.get('name')!r}: the pixel scale is 0..1, got {lo:g}..{hi:g}")
+    return Feature(str(d["name"]), IMAGE, 0.0, 1.0, shape=tuple(shape))
+
+
+def _check_image_schema(feats: Sequence[Feature]) -> None:
+    if any(f.kind == IMAGE for f in feats) and len(feats) > 1:
+        raise SchemaError(
+            "schema: an image feature must be the only feature (images and tabular columns "
+            "cannot be mixed in one schema)"
         )
 
 
@@ -88,6 +126,11 @@ class DataSchema:
                 raise SchemaError(
                     f"schema: unknown feature kind(s) {sorted(unknown)}; expected {', '.join(KINDS)}"
                 )
+            if raw.get(IMAGE):
+                raise SchemaError(
+                    "schema: declare an image feature in list form with its shape, e.g. "
+                    '"features": [{"name": "pixels", "kind": "image", "shape": [28, 28]}]'
+                )
             for kind in KINDS:
                 feats += [Feature(name=str(n), kind=kind) for n in raw.get(kind, [])]
         else:
@@ -100,6 +143,7 @@ class DataSchema:
             raise SchemaError(f"schema: duplicate feature names {dup}")
         if d["label"] in names:
             raise SchemaError(f"schema: label {d['label']!r} is also declared as a feature")
+        _check_image_schema(feats)
         return cls(tuple(feats), str(d["label"]), str(d["positive_class"]))
 
     @classmethod
@@ -202,6 +246,8 @@ class Preprocessor:
     # -- fit ----------------------------------------------------------------------------------
     @classmethod
     def fit(cls, table: pa.Table, features: Sequence[Feature]) -> Preprocessor:
+        if any(f.kind == IMAGE for f in features):
+            return ImagePreprocessor.fit_image(table, features)
         fitted: list[Feature] = []
         for f in features:
             if f.name not in table.column_names:
@@ -230,11 +276,18 @@ class Preprocessor:
         missing = [n for n in self.names if n not in schema.names]
         if missing:
             shown = ", ".join(repr(m) for m in missing[:5]) + (" ..." if len(missing) > 5 else "")
+            lists = [f.name for f in schema if pa.types.is_list(f.type) or pa.types.is_fixed_size_list(f.type)]
+            hint = f" (list column {lists[0]!r} looks like images; this bundle explains tabular rows)" if lists else ""
             raise InputError(
-                f"input lacks {len(missing)} feature column(s) the bundle expects: {shown}"
+                f"input lacks {len(missing)} feature column(s) the bundle expects: {shown}{hint}"
             )
         for f in self.features:
             t = schema.field(f.name).type
+            if pa.types.is_list(t) or pa.types.is_fixed_size_list(t) or pa.types.is_large_list(t):
+                raise InputError(
+                    f"column {f.name!r}: expected a {'number' if f.is_numeric else 'string category'}, "
+                    f"got {t} (a list column: this bundle explains tabular rows, not images)"
+                )
             if pa.types.is_dictionary(t):
                 t = t.value_type
             if f.is_numeric and not (pa.types.is_integer(t) or pa.types.is_floating(t)
@@ -331,7 +384,137 @@ class Preprocessor:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Preprocessor:
-        return cls(
-            tuple(Feature.from_dict(f) for f in d["features"]),
-            range_margin=float(d.get("range_margin", 0.5)),
-        )
+        feats = tuple(Feature.from_dict(f) for f in d["features"])
+        _check_image_schema(feats)
+        kind = ImagePreprocessor if feats and feats[0].kind == IMAGE else cls
+        return kind(feats, range_margin=float(d.get("range_margin", 0.5)))
+
+
+#: Arrow type of an image column in the output (query echo and ``cf_<name>``): float32 in [0, 1].
+def image_type(f: Feature) -> pa.DataType:
+    return pa.list_(pa.float32(), f.size)
+
+
+def image_column(values: np.ndarray, keep: np.ndarray | None = None) -> pa.FixedSizeListArray:
+    """Rows of ``values`` [n, size] as a fixed-size list column; rows where ``keep`` is False null."""
+    flat = arrow.numeric(np.ascontiguousarray(values, dtype=np.float32).reshape(-1), pa.float32())
+    return fixed_size_lists(flat, values.shape[1], keep)
+
+
+def fixed_size_lists(flat: pa.Array, size: int, keep: np.ndarray | None = None) -> pa.FixedSizeListArray:
+    """``flat`` cut into lists of ``size`` values; rows where ``keep`` is False are null.
+    (Built from buffers: ``FixedSizeListArray.from_arrays`` takes no mask in older pyarrow.)"""
+    if keep is None or np.all(keep):
+        return pa.FixedSizeListArray.from_arrays(flat, size)
+    validity = pa.py_buffer(np.packbits(np.asarray(keep, dtype=bool), bitorder="little"))
+    out = pa.Array.from_buffers(pa.list_(flat.type, size), len(flat) // size, [validity], children=[flat])
+    assert isinstance(out, pa.FixedSizeListArray)
+    return out
+
+
+@dataclass
+class ImagePreprocessor(Preprocessor):
+    """One image feature: a list column of pixels <-> the model's input vector (one entry per
+    pixel, scale 0..1).
+
+    Accepted input columns: ``fixed_size_list`` or ``list`` of float values in [0, 1], or of
+    integer values in 0..255 (8-bit pixels, divided by 255). A column of any other type, or a
+    fixed-size list of another length, is refused as a whole; a row of the wrong length, a
+    missing image or pixel, or values outside the scale make that row invalid.
+    """
+
+    @property
+    def image(self) -> Feature:
+        return self.features[0]
+
+    @property
+    def n_numeric(self) -> int:
+        return self.image.size
+
+    def integer_mask(self) -> np.ndarray:
+        return np.zeros(self.image.size, dtype=bool)
+
+    def lo_hi(self) -> tuple[np.ndarray, np.ndarray]:
+        return np.zeros(self.image.size), np.ones(self.image.size)
+
+    @classmethod
+    def fit_image(cls, table: pa.Table, features: Sequence[Feature]) -> ImagePreprocessor:
+        _check_image_schema(features)
+        pre = cls(tuple(features))
+        pre.check_columns(table.schema)
+        return pre
+
+    def _describe(self) -> str:
+        f = self.image
+        return f"{f.size} pixels ({'x'.join(map(str, f.shape))}), fixed_size_list<float32>[{f.size}] in [0, 1] or 8-bit integers 0..255"
+
+    def check_columns(self, schema: pa.Schema) -> None:
+        f = self.image
+        if f.name not in schema.names:
+            shown = ", ".join(repr(n) for n in schema.names[:5]) + (" ..." if len(schema.names) > 5 else "")
+            raise InputError(
+                f"input lacks the image column {f.name!r} ({self._describe()}) that this image "
+                f"bundle expects; input columns: {shown}"
+            )
+        t = schema.field(f.name).type
+        if not (pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)):
+            raise InputError(f"column {f.name!r}: expected a list of {self._describe()}; got {t}")
+        if pa.types.is_fixed_size_list(t) and t.list_size != f.size:
+            raise InputError(
+                f"column {f.name!r}: fixed-size lists of {t.list_size} values, but the bundle expects {f.size}"
+            )
+        v = t.value_type
+        if not (pa.types.is_floating(v) or pa.types.is_integer(v)):
+            raise InputError(f"column {f.name!r}: pixel values must be numbers, got {v}")
+
+    def pixels(self, col: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Read an image column: (values float32 [n, size] scaled to 0..1, readable [n], reason [n]).
+
+        ``readable`` is False for rows with no values (missing image, wrong length); ``reason``
+        names the first problem of every unusable row (None for a usable one)."""
+        f = self.image
+        if isinstance(col, pa.ChunkedArray):
+            col = col.combine_chunks()
+        n, size = len(col), f.size
+        scale = 255.0 if pa.types.is_integer(col.type.value_type) else 1.0
+        reason = np.full(n, None, dtype=object)
+        values = np.zeros((n, size), dtype=np.float32)
+        present = arrow.valid_mask(col)
+        if pa.types.is_fixed_size_list(col.type):
+            length = np.where(present, size, -1)
+        else:
+            length = arrow.values(pc.list_value_length(col), pa.int64(), -1)
+        reason[~present] = f"{f.name}: missing image"
+        wrong = present & (length != size)
+        for i in np.nonzero(wrong)[0]:
+            reason[i] = f"{f.name}: {int(length[i])} pixel values, expected {size}"
+        readable = present & ~wrong
+        if readable.any():
+            rows = col.filter(arrow.boolean(readable))
+            flat = arrow.values(rows.flatten(), pa.float32(), np.nan)
+            values[readable] = flat.reshape(-1, size) / np.float32(scale)
+            sub = values[readable]
+            nan = np.isnan(sub).any(axis=1)
+            out = ~nan & ((sub < 0.0) | (sub > 1.0)).any(axis=1)
+            idx = np.nonzero(readable)[0]
+            reason[idx[nan]] = f"{f.name}: missing or non-finite pixel value"
+            hi = "255 (8-bit integers)" if scale == 255.0 else "1"
+            reason[idx[out]] = f"{f.name}: pixel values outside the scale 0..{hi}"
+        return values, readable, reason
+
+    def transform(self, table: pa.Table | pa.RecordBatch) -> tuple[np.ndarray, np.ndarray]:
+        values, _, reason = self.pixels(table.column(self.image.name))
+        values[~usable_rows(reason)] = 0.0
+        return values, reason
+
+    def echo(self, col: pa.ChunkedArray | pa.Array) -> pa.FixedSizeListArray:
+        """The query column as it goes back to the user: float32 in 0..1, null if unreadable."""
+        values, readable, _ = self.pixels(col)
+        return image_column(values, readable)
+
+    def inverse_values(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Hard decoding of an image is clipping to [0, 1] (pixels are continuous: no rounding)."""
+        return {self.image.name: np.clip(x, 0.0, 1.0).astype(np.float32)}
+
+    def inverse(self, x: np.ndarray) -> dict[str, pa.Array]:
+        return {self.image.name: image_column(self.inverse_values(x)[self.image.name])}

@@ -43,6 +43,10 @@ class TrainConfig:
     adversary's output to 1/2, which cannot be met by anti-correlating z_u with the label."""
     adversary_lr: float = 1e-3
     adversary_steps: int = 1
+    rec_reduction: str = "sum"
+    """``sum``: L_rec sums the squared error over the input vector (tabular); ``mean``: averages
+    it (images, where a sum over 784 pixels would drown the adversarial and likelihood terms);
+    ``bce``: mean binary cross-entropy over the entries (images in [0, 1])."""
     lambda_mmd: float = 0.0
     """Weight of an MMD penalty between z_u of the two classes (0 = the paper's model)."""
     classifier_epochs: int = 40
@@ -165,7 +169,7 @@ def alternating_step(
     x, y, w = batch_b
     z, zu = model.encoder(x), model.encoder_u(x)
     xr = model.decoder(torch.cat([z, zu], dim=1))
-    l_rec = loss_rec(model, x, xr, w)
+    l_rec = loss_rec(model, x, xr, w, cfg.rec_reduction)
     l_lkd_b = loss_lkd(model, z, y, w)
     l_adv_b = loss_adv(model, zu, y, w)
     if cfg.adversarial_objective == "confusion":
@@ -237,13 +241,17 @@ def fit_gmcf(
     cfg: TrainConfig,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
     validation: tuple[np.ndarray, np.ndarray] | None = None,
+    networks: Callable[[], tuple[torch.nn.Module, torch.nn.Module, torch.nn.Module]] | None = None,
 ) -> tuple[GMCF, History]:
     """Algorithm 1 on (x, y_hat): the classifier's labels, not the ground truth.
 
     With ``validation`` rows (x, y_hat) and ``cfg.select_every`` > 0, the weights are checked
     every ``select_every`` epochs from ``select_after`` on, and the checkpoint whose z_u leaks
     least about y_hat (with the GM posterior agreeing with f on at least 90% of the rows) is kept:
-    the adversarial game does not converge, and z_u's leakage swings from epoch to epoch."""
+    the adversarial game does not converge, and z_u's leakage swings from epoch to epoch.
+
+    ``networks`` builds (encoder, encoder_u, decoder) after seeding, in place of the tabular
+    MLPs (see ``GMCF``)."""
     seed_everything(cfg.seed)
     xt = torch.from_numpy(x)
     yt = torch.from_numpy(y_hat.astype(np.float32))
@@ -251,6 +259,7 @@ def fit_gmcf(
     model = GMCF(
         x.shape[1], n_numeric, cat_sizes, cfg.latent_dim, cfg.latent_u_dim, cfg.encoder_hidden,
         cfg.decoder_hidden, cfg.adversary_hidden, cfg.var_floor, (1 - prior, prior),
+        None if networks is None else networks(),
     )
     opts = make_optimizers(model, cfg)
     w_all = class_weights(yt)

@@ -76,11 +76,19 @@ class GMCF(nn.Module):
         adversary_hidden: Sequence[int] = (16, 16),
         var_floor: float = 0.05,
         class_prior: Sequence[float] = (0.5, 0.5),
+        networks: tuple[nn.Module, nn.Module, nn.Module] | None = None,
     ) -> None:
+        """``networks``: (encoder, encoder_u, decoder) to use instead of the tabular MLPs, e.g.
+        ``gmcf.trainer.images.image_networks``; the decoder keeps ``TabularDecoder``'s contract
+        (``body`` starting with ``nn.Linear``, then ``raw``)."""
         super().__init__()
-        self.encoder = mlp([width, *encoder_hidden, latent_dim])
-        self.encoder_u = mlp([width, *encoder_hidden, latent_u_dim])
-        self.decoder = TabularDecoder(latent_dim + latent_u_dim, decoder_hidden, n_numeric, cat_sizes)
+        if networks is None:
+            networks = (
+                mlp([width, *encoder_hidden, latent_dim]),
+                mlp([width, *encoder_hidden, latent_u_dim]),
+                TabularDecoder(latent_dim + latent_u_dim, decoder_hidden, n_numeric, cat_sizes),
+            )
+        self.encoder, self.encoder_u, self.decoder = networks
         self.adversary = mlp([latent_u_dim, *adversary_hidden, 1])
         # Two classes: means start apart on the first axis so the posterior is defined from step 0.
         mu = torch.zeros(2, latent_dim)
@@ -141,6 +149,13 @@ def loss_adv(model: GMCF, zu: torch.Tensor, y: torch.Tensor, w: torch.Tensor | N
     return weighted_mean(bce, w)
 
 
-def loss_rec(model: GMCF, x: torch.Tensor, xr: torch.Tensor, w: torch.Tensor | None = None) -> torch.Tensor:
-    """Eq. 8: squared error per row, summed over the input vector (one-hots included)."""
-    return weighted_mean(((x - xr) ** 2).sum(-1), w)
+def loss_rec(
+    model: GMCF, x: torch.Tensor, xr: torch.Tensor, w: torch.Tensor | None = None, reduction: str = "sum"
+) -> torch.Tensor:
+    """Eq. 8: squared error per row, summed over the input vector (one-hots included), or with
+    ``reduction="mean"`` averaged over it (images: the mean squared error over pixels)."""
+    if reduction == "bce":
+        err = F.binary_cross_entropy(xr.clamp(1e-6, 1 - 1e-6), x, reduction="none")
+        return weighted_mean(err.mean(-1), w)
+    err = (x - xr) ** 2
+    return weighted_mean(err.mean(-1) if reduction == "mean" else err.sum(-1), w)

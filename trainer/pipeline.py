@@ -31,6 +31,7 @@ from gmcf.runtime.bundle import (
     sha256_file,
 )
 from gmcf.runtime.errors import InputError
+from gmcf.runtime.schema import ImagePreprocessor, Preprocessor
 from gmcf.trainer.export import adapt_classifier, export_classifier, export_graphs, save
 from gmcf.trainer.fit import (
     TrainConfig,
@@ -102,6 +103,18 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def networks_for(
+    pre: Preprocessor, cfg: TrainConfig
+) -> Callable[[], tuple[torch.nn.Module, torch.nn.Module, torch.nn.Module]] | None:
+    """Convolutional networks for an image schema; None (the tabular MLPs) otherwise."""
+    if not isinstance(pre, ImagePreprocessor):
+        return None
+    from gmcf.trainer.images import image_networks
+
+    shape = pre.image.shape
+    return lambda: image_networks(shape, cfg.latent_dim, cfg.latent_u_dim)
+
+
 def train_bundle(
     ds: Dataset,
     out: Path,
@@ -159,7 +172,8 @@ def train_bundle(
         val_idx, fit_idx = np.sort(perm[:n_val]), np.sort(perm[n_val:])
         validation = (p.x_train[val_idx], y_hat[val_idx])
     model, hist = fit_gmcf(
-        p.x_train[fit_idx], y_hat[fit_idx], p.pre.n_numeric, p.pre.cat_sizes, cfg, on_epoch, validation
+        p.x_train[fit_idx], y_hat[fit_idx], p.pre.n_numeric, p.pre.cat_sizes, cfg, on_epoch, validation,
+        networks_for(p.pre, cfg),
     )
     cb.stage("report", 1)
     report = build_report(model, p, f_train, f_test, hist.losses, cfg, time.time() - t0)

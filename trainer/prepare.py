@@ -46,15 +46,18 @@ def labels(ds: Dataset) -> np.ndarray:
 
 
 def prepare(ds: Dataset, test_size: float, seed: int) -> Prepared:
-    """Split rows 80/20 (seeded), fit min-max and one-hot on the training part, encode both."""
+    """Split rows 80/20 (seeded) unless the dataset has its own held-out split (MNIST's test
+    set), fit min-max and one-hot on the training part, encode both."""
     n = ds.table.num_rows
     if n < 10:
         raise InputError(f"training data has {n} row(s); at least 10 are needed")
     y = labels(ds)
-    rng = np.random.default_rng(seed)
-    perm = rng.permutation(n)
-    n_test = max(1, round(n * test_size))
-    test_rows, train_rows = np.sort(perm[:n_test]), np.sort(perm[n_test:])
+    if ds.test_mask is not None:
+        test_rows, train_rows = np.nonzero(ds.test_mask)[0], np.nonzero(~ds.test_mask)[0]
+    else:
+        perm = np.random.default_rng(seed).permutation(n)
+        n_test = max(1, round(n * test_size))
+        test_rows, train_rows = np.sort(perm[:n_test]), np.sort(perm[n_test:])
     train_tab = ds.table.take(pa.array(train_rows))
     pre = Preprocessor.fit(train_tab, ds.schema.features)
     x_all, reason = pre.transform(ds.table)
