@@ -31,6 +31,13 @@ TARGET_SPREAD = 3.0
 WIDE_CHUNK_ENTRIES = 256 * 784
 
 
+def default_batch_size(width: int) -> int:
+    """Rows per batch when none is given: 65,536 tabular rows; for wide inputs (images) about
+    two million model-space entries per batch (2,674 images of 784 pixels), so that memory stays
+    bounded and a file of a few thousand images still spreads over the workers."""
+    return max(1024, min(DEFAULT_BATCH_SIZE, (1 << 21) // max(width, 1)))
+
+
 def search_chunk(width: int) -> int:
     """Queries per call of the fused graph: SEARCH_CHUNK for tabular rows, fewer for images, whose
     convolutional decoder would otherwise hold B * steps feature maps at once."""
@@ -233,17 +240,19 @@ class Explainer:
         self,
         src: str | Path,
         dst: str | Path,
-        batch_size: int = DEFAULT_BATCH_SIZE,
+        batch_size: int | None = None,
         id_column: str | None = None,
         progress: Callable[[int, int], None] | None = None,
     ) -> Summary:
-        """Stream ``src`` through the search into ``dst``, ``batch_size`` rows at a time.
+        """Stream ``src`` through the search into ``dst``, ``batch_size`` rows at a time
+        (default: ``default_batch_size`` of the bundle's input width).
 
         Memory is bounded by the batch size, not the file. The output is written to a temporary
         file beside ``dst`` and renamed into place when complete. ``progress(done, total)`` is
         called after each batch.
         """
         src, dst = Path(src), Path(dst)
+        batch_size = default_batch_size(self.bundle.preprocessor.width) if batch_size is None else batch_size
         pf, total, schema, columns = self._open_input(src, batch_size, id_column)
         summary = Summary(output=dst)
         t0 = time.perf_counter()

@@ -24,7 +24,13 @@ import pyarrow.parquet as pq
 
 from gmcf.runtime.arrow import numeric
 from gmcf.runtime.errors import InputError
-from gmcf.runtime.explainer import Explainer, Summary, atomic_parquet_writer, read_batches
+from gmcf.runtime.explainer import (
+    Explainer,
+    Summary,
+    atomic_parquet_writer,
+    default_batch_size,
+    read_batches,
+)
 from gmcf.runtime.output import assemble, query_columns
 
 _worker: Explainer | None = None
@@ -64,7 +70,7 @@ def explain_parquet_parallel(
     src: str | Path,
     dst: str | Path,
     workers: int,
-    batch_size: int = 65536,
+    batch_size: int | None = None,
     id_column: str | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> Summary:
@@ -72,6 +78,7 @@ def explain_parquet_parallel(
     src, dst = Path(src), Path(dst)
     if workers < 1:
         raise InputError(f"workers must be at least 1, got {workers}")
+    batch_size = default_batch_size(ex.bundle.preprocessor.width) if batch_size is None else batch_size
     pf, total, schema, columns = ex._open_input(src, batch_size, id_column)
     features = ex.bundle.preprocessor.names
     settings: dict[str, object] = ex.settings.to_dict()

@@ -200,3 +200,11 @@ def test_default_bundle_is_the_shipped_adult_bundle(adult_bundle: Path, monkeypa
     assert default_bundle().resolve() == adult_bundle.resolve()
     monkeypatch.setenv("GMCF_BUNDLE", "/somewhere/else")
     assert default_bundle() == Path("/somewhere/else")
+
+
+def test_default_batch_size_tabular_and_images() -> None:
+    from gmcf.runtime.explainer import DEFAULT_BATCH_SIZE, default_batch_size
+
+    assert default_batch_size(21) == DEFAULT_BATCH_SIZE == 65536
+    assert default_batch_size(784) == (1 << 21) // 784  # 2,674 images of 784 pixels
+    assert default_batch_size(10**7) == 1024
