@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
+from gmcf.runtime.metrics import changed_features, proximity_l2, sparsity_l1
 from gmcf.runtime.schema import Feature, Preprocessor
 from gmcf.runtime.search import FOUND, NOT_FOUND, SEARCH_KINDS, STATUSES, SearchResult
 
@@ -62,21 +63,6 @@ def _masked(values: np.ndarray, keep: np.ndarray, typ: pa.DataType) -> pa.Array:
     return pa.array(values, type=typ, mask=~keep)
 
 
-def changed_features(pre: Preprocessor, x: np.ndarray, cf: np.ndarray) -> np.ndarray:
-    """Number of features (not vector entries) whose value differs."""
-    n_num = pre.n_numeric
-    lo, hi = pre.lo_hi()
-    span = np.where(hi > lo, hi - lo, 1.0)
-    raw_diff = np.abs(cf[:, :n_num] - x[:, :n_num]) * span
-    count = (raw_diff > 1e-6 * np.maximum(span, 1.0)).sum(axis=1)
-    offset = n_num
-    for k in pre.cat_sizes:
-        blk = slice(offset, offset + k)
-        count += np.argmax(cf[:, blk], axis=1) != np.argmax(x[:, blk], axis=1)
-        offset += k
-    return np.asarray(count, dtype=np.int32)
-
-
 def build_batch(
     schema: pa.Schema,
     pre: Preprocessor,
@@ -120,7 +106,6 @@ def build_batch(
     if over.any():
         reasons[over] = [f"crossed the threshold only with score {s:.3f} >= threshold + tol ({tol_upper:.3f})" for s in res.overshoot[over]]
     reasons[never] = "the path never crossed the threshold" + (" within the constraints" if constrained else "")
-    diff = res.cf - x
     valid = res.status != 3
     cols += [
         pa.DictionaryArray.from_arrays(pa.array(res.status, pa.int8()), _STATUS_DICT),
@@ -130,8 +115,8 @@ def build_batch(
         _masked(res.alpha, found, pa.float32()),
         pa.DictionaryArray.from_arrays(_masked(res.kind, found, pa.int8()), _KIND_DICT),
         pa.array(res.evaluations, pa.int32()),
-        _masked(np.sqrt((diff**2).sum(axis=1)), found, pa.float32()),
-        _masked(np.abs(diff).sum(axis=1), found, pa.float32()),
+        _masked(proximity_l2(x, res.cf), found, pa.float32()),
+        _masked(sparsity_l1(x, res.cf), found, pa.float32()),
         _masked(changed_features(pre, x, res.cf), found, pa.int32()),
         _masked(recon, found, pa.float32()),
     ]
