@@ -232,6 +232,8 @@ def evaluate(
     methods: Annotated[str, typer.Option(help="Comma list of: gmcf, gdl, dice-random, dice-genetic, cfrl, prototype.")] = "gmcf,gdl",
     max_queries: Annotated[int, typer.Option(help="Queries per repetition for every method but GMCF (same rows for each).")] = 200,
     single_queries: Annotated[int, typer.Option(help="Queries per repetition timed one at a time.")] = 200,
+    slow_queries: Annotated[int, typer.Option(help="Queries per repetition for the slow peer (prototype).")] = 20,
+    cfrl_steps: Annotated[int, typer.Option(help="Training steps of alibi's CounterfactualRL [alibi: 100,000].")] = 2000,
     seed: Annotated[int, typer.Option(help="Seed of the first repetition (repetition r uses seed + r).")] = 0,
     epochs: Annotated[int | None, typer.Option(help="Epochs of Algorithm 1 [paper: 100].")] = None,
     rows: Annotated[int | None, typer.Option(help="Use a seeded sample of this many rows (quick runs).")] = None,
@@ -265,9 +267,16 @@ def evaluate(
         check_methods(wanted)
         train = TrainConfig(threads=threads) if epochs is None else TrainConfig(threads=threads, epochs=epochs)
         cfg = EvalConfig(reps=reps, methods=wanted, seed=seed, max_queries=max_queries,
-                         single_queries=single_queries, rows=rows, train=train)
-        result = run(ds, cfg, work_dir=work_dir, log=log, command=shlex.join(["gmcf-batch", "evaluate", *sys.argv[2:]])
-                     if sys.argv[0].endswith("gmcf-batch") else "")
+                         single_queries=single_queries, slow_queries=slow_queries, cfrl_steps=cfrl_steps,
+                         rows=rows, train=train)
+        command = shlex.join(["gmcf-batch", *sys.argv[1:]]) if sys.argv[0].endswith("gmcf-batch") else ""
+
+        def save(partial: Any) -> None:
+            if output is not None:
+                write_results(partial, output)
+                log(f"results so far written to {output.with_suffix('.md')}")
+
+        result = run(ds, cfg, work_dir=work_dir, log=log, command=command, on_rep=save)
     except GmcfError as exc:
         fail(str(exc))
     missing = {r.error for r in result.runs if not r.ok and r.error and "bench/peers/setup.sh" in r.error}

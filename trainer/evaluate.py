@@ -47,6 +47,8 @@ from gmcf.trainer.pipeline import Callbacks, Trained, train_models, write_bundle
 #: Methods measured in this process, and the peers run in the optional peers environment.
 OWN_METHODS = ("gmcf", "gdl")
 PEER_METHODS = ("dice-random", "dice-genetic", "cfrl", "prototype")
+#: Peers that take seconds per query: they attempt only ``slow_queries`` of the capped queries.
+SLOW_METHODS = ("prototype",)
 METHODS = OWN_METHODS + PEER_METHODS
 ROOT = Path(__file__).resolve().parent.parent
 PEERS_SCRIPT = ROOT / "bench" / "peers" / "run_peers.py"
@@ -92,6 +94,10 @@ class EvalConfig:
     also reported on the same capped queries)."""
     single_queries: int = 200
     """Queries timed one at a time (the paper's setting) per repetition and method."""
+    slow_queries: int = 20
+    """Queries per repetition for the slow peers (``SLOW_METHODS``), a subset of the capped ones."""
+    cfrl_steps: int = 2000
+    """Training steps of alibi's CounterfactualRL (alibi's default: 100,000)."""
     rows: int | None = None
     """Use a seeded sample of this many rows of the dataset (quick runs and tests)."""
     train: TrainConfig = TrainConfig()  # noqa: RUF009 - frozen dataclass
@@ -233,7 +239,7 @@ def render_markdown(ev: Evaluation) -> str:
         q = row["queries"]
         qtext = f"{int(np.mean(q)):,}" if q else "–"
         if row["capped"]:
-            qtext += f" (capped at {cfg.max_queries})"
+            qtext += f" (capped at {cfg.slow_queries if name in SLOW_METHODS else cfg.max_queries})"
         reps = f"{row['reps_ok']}/{row['reps_ok'] + row['reps_failed']}"
         lines.append(f"| {name} | {reps} | {qtext} | " + " | ".join(_fmt(row[k], k) for k, _ in METRICS) + " |")
     paper = PAPER.get(ev.dataset)
@@ -261,6 +267,7 @@ class Rep:
     x: np.ndarray  # the same rows in model space
     capped: np.ndarray  # indices into queries: the capped subset, in order
     timed: np.ndarray  # indices into queries: the rows timed one at a time
+    slow: np.ndarray  # indices into queries: the rows the slow peers attempt
     judge: Autoencoder
     folder: Path
 
@@ -362,10 +369,11 @@ def run_peers(rep: Rep, cfg: EvalConfig, methods: list[str], ds: Dataset, log: C
     pq.write_table(train, folder / "train.parquet")
     pq.write_table(rep.queries.take(pa.array(rep.capped)), folder / "queries.parquet")
     timed_pos = np.searchsorted(rep.capped, rep.timed[np.isin(rep.timed, rep.capped)])
-    np.save(folder / "timed.npy", timed_pos)
+    np.save(folder / "slow.npy", np.searchsorted(rep.capped, rep.slow))
     s = rep.explainer.settings
     cmd = [str(python), str(PEERS_SCRIPT), "--bundle", str(rep.explainer.bundle.path), "--work", str(folder),
-           "--methods", ",".join(methods), "--threshold", str(s.threshold), "--seed", str(cfg.seed + rep.index)]
+           "--methods", ",".join(methods), "--threshold", str(s.threshold), "--seed", str(cfg.seed + rep.index),
+           "--slow", str(folder / "slow.npy"), "--cfrl-steps", str(cfg.cfrl_steps)]
     log(f"rep {rep.index + 1}: peers {', '.join(methods)} on {rep.capped.size} queries")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=cfg.peers_timeout, env=env, check=False)
@@ -376,12 +384,15 @@ def run_peers(rep: Rep, cfg: EvalConfig, methods: list[str], ds: Dataset, log: C
             r.ok, r.error = False, err.read_text().strip().splitlines()[-1]
         elif res.exists():
             with np.load(res) as d:
-                cf, seconds = d["cf"], d["seconds"]
-                returned = ~np.isnan(cf).any(axis=1)
-                _score_rows(rep, r, rep.capped, np.nan_to_num(cf), returned)
-                r.metrics["time_batched"] = float(d["batched_seconds"]) / max(len(cf), 1)
-                r.metrics["time_single"] = float(np.mean(seconds[timed_pos])) if timed_pos.size else float(np.mean(seconds))
-                r.query_sd["time_single"] = float(np.std(seconds))
+                cf, seconds, batched = d["cf"], d["seconds"], float(d["batched_seconds"])
+            tried = ~np.isnan(seconds)
+            returned = ~np.isnan(cf).any(axis=1)
+            r.capped = int(tried.sum()) < rep.queries.num_rows
+            _score_rows(rep, r, rep.capped[tried], np.nan_to_num(cf[tried]), returned[tried])
+            r.metrics["time_batched"] = batched / max(int(tried.sum()), 1)
+            timed = np.intersect1d(timed_pos, np.nonzero(tried)[0])
+            r.metrics["time_single"] = float(np.mean(seconds[timed if timed.size else tried]))
+            r.query_sd["time_single"] = float(np.std(seconds[tried]))
         else:
             tail = (proc.stderr or proc.stdout or "").strip().splitlines()
             r.ok, r.error = False, f"peer runner exited {proc.returncode}: {tail[-1] if tail else 'no output'}"
@@ -409,8 +420,10 @@ def evaluate(
     work_dir: Path | None = None,
     log: Callable[[str], None] = lambda text: None,
     command: str = "",
+    on_rep: Callable[[Evaluation], None] | None = None,
 ) -> Evaluation:
-    """Run the protocol; failures of a repetition or a method are recorded, never raised."""
+    """Run the protocol; failures of a repetition or a method are recorded, never raised.
+    ``on_rep`` sees the evaluation so far after every repetition (to save partial results)."""
     check_methods(cfg.methods)
     if cfg.reps < 1:
         raise InputError(f"reps must be at least 1, got {cfg.reps}")
@@ -475,6 +488,9 @@ def evaluate(
                 ev.runs += runs
             info["seconds"] = round(time.perf_counter() - t_rep, 1)
             ev.reps.append(info)
+            if on_rep is not None:
+                ev.seconds = time.perf_counter() - t_start
+                on_rep(ev)
     finally:
         if own:
             shutil.rmtree(root, ignore_errors=True)
@@ -523,8 +539,9 @@ def _prepare_rep(ds: Dataset, cfg: EvalConfig, r: int, folder: Path, log: Callab
     order = np.random.default_rng(seed + 2000).permutation(rejected.size)
     capped = np.sort(order[: cfg.max_queries])
     timed = np.sort(order[: min(cfg.single_queries, cfg.max_queries)])
+    slow = np.sort(order[: min(cfg.slow_queries, cfg.max_queries)])
     log(f"rep {r + 1}: {p.x_test.shape[0]:,} held-out rows, f rejects {rejected.size:,}")
-    return Rep(r, trained, ex, queries, p.x_test[rejected], capped, timed, judge, folder)
+    return Rep(r, trained, ex, queries, p.x_test[rejected], capped, timed, slow, judge, folder)
 
 
 def write_results(ev: Evaluation, path: Path) -> tuple[Path, Path]:
