@@ -240,11 +240,13 @@ def evaluate(
     output: Annotated[Path | None, typer.Option("-o", "--output", help="Write results as PATH.json and PATH.md.")] = None,
     work_dir: Annotated[Path | None, typer.Option(help="Keep each repetition's bundle and peer files here [default: a temporary folder].")] = None,
     threads: Annotated[int, typer.Option(help="torch threads.")] = 1,
+    peers_python: Annotated[Path | None, typer.Option(help="Python of the peers environment [default: .venv-peers/bin/python].")] = None,
 ) -> None:
     """Reproduce the paper's evaluation: train on 80%, explain the held-out rows f rejects, and
     report mean ± SD over repetitions for GMCF, GDL and the peers."""
     import shlex
     import time
+    from dataclasses import replace
 
     try:
         from gmcf.trainer.evaluate import EvalConfig, check_methods, write_results
@@ -269,6 +271,8 @@ def evaluate(
         cfg = EvalConfig(reps=reps, methods=wanted, seed=seed, max_queries=max_queries,
                          single_queries=single_queries, slow_queries=slow_queries, cfrl_steps=cfrl_steps,
                          rows=rows, train=train)
+        if peers_python is not None:
+            cfg = replace(cfg, peers_python=peers_python)
         command = shlex.join(["gmcf-batch", *sys.argv[1:]]) if sys.argv[0].endswith("gmcf-batch") else ""
 
         def save(partial: Any) -> None:
