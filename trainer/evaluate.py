@@ -189,6 +189,17 @@ class Evaluation:
         return render_markdown(self)
 
 
+def load_evaluation(path: Path) -> Evaluation:
+    """An evaluation back from its JSON file (to render it again)."""
+    d = json.loads(Path(path).read_text())
+    c = d["config"]
+    scalars = {k: c[k] for k in ("reps", "seed", "max_queries", "single_queries", "slow_queries", "cfrl_steps", "rows")
+               if k in c}
+    cfg = EvalConfig(methods=tuple(c["methods"]), **scalars)
+    runs = [MethodRun(**r) for r in d["runs"]]
+    return Evaluation(d["dataset"], cfg, runs, d["reps"], d["seconds"], d.get("command", ""))
+
+
 def mean_sd(values: np.ndarray) -> list[float] | None:
     """[mean, SD] (sample SD, 0 for one value), or None without values."""
     if values.size == 0:
@@ -222,6 +233,8 @@ def _fmt(v: list[float] | None, key: str) -> str:
         return f"{v[0]:.2g}±{v[1]:.1g}" if v[0] < 0.01 else f"{v[0]:.3f}±{v[1]:.3f}"
     if key == "sparsity_l0":
         return f"{v[0]:.2f}±{v[1]:.2f}"
+    if key.startswith("recon"):
+        return f"{v[0]:.4f}±{v[1]:.4f}"
     return f"{v[0]:.3f}±{v[1]:.3f}"
 
 
