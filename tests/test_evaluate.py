@@ -177,3 +177,19 @@ def test_cli_reports_other_rows_when_peers_are_missing(tmp_path: Path) -> None:
     assert "| gmcf | 1/1 |" in stdout and "| dice-genetic | 0/1 |" in stdout
     assert out.with_suffix(".json").exists() and out.with_suffix(".md").exists()
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_results_load_back_and_runs_split_by_seed_merge(small_run: ev_mod.Evaluation, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    js, md = ev_mod.write_results(small_run, tmp_path / "a")
+    back = ev_mod.load_evaluation(js)
+    assert back.to_markdown() == md.read_text()
+    later = ev_mod.Evaluation(back.dataset, replace(back.config, seed=back.config.seed + 2), back.runs,
+                              [{**r, "seed": r["seed"] + 2} for r in back.reps], back.seconds, back.command)
+    merged = ev_mod.merge_evaluations([back, later])
+    assert merged.config.reps == 4 and [r["rep"] for r in merged.reps] == [0, 1, 2, 3]
+    s, m = back.summary()["gmcf"], merged.summary()["gmcf"]
+    assert m["reps_ok"] == 4 and m["validity"][0] == pytest.approx(s["validity"][0])
+    with pytest.raises(ev_mod.InputError, match="share seeds"):
+        ev_mod.merge_evaluations([back, back])

@@ -200,6 +200,30 @@ def load_evaluation(path: Path) -> Evaluation:
     return Evaluation(d["dataset"], cfg, runs, d["reps"], d["seconds"], d.get("command", ""))
 
 
+def merge_evaluations(parts: list[Evaluation]) -> Evaluation:
+    """Repetitions of one protocol run by several processes (``--seed`` ranges that do not
+    overlap, the same settings otherwise) as one evaluation; repetition r is seed base + r."""
+    first = parts[0]
+    base = min(e.config.seed for e in parts)
+    for e in parts[1:]:
+        if e.dataset != first.dataset or replace(e.config, seed=0, reps=0) != replace(first.config, seed=0, reps=0):
+            raise InputError("only runs of the same dataset and settings (but --seed, --reps) can be merged")
+    runs: list[MethodRun] = []
+    reps: list[dict[str, Any]] = []
+    for e in parts:
+        off = e.config.seed - base
+        runs += [replace(r, rep=r.rep + off) for r in e.runs]
+        reps += [{**info, "rep": info["rep"] + off} for info in e.reps]
+    seeds = [info["seed"] for info in reps]
+    if len(set(seeds)) != len(seeds):
+        raise InputError(f"the runs share seeds: {sorted(seeds)}")
+    runs.sort(key=lambda run: (_order(run.method), run.rep))
+    reps.sort(key=lambda info: info["rep"])
+    cfg = replace(first.config, seed=base, reps=len(reps))
+    return Evaluation(first.dataset, cfg, runs, reps, sum(e.seconds for e in parts),
+                      " ; ".join(e.command for e in parts))
+
+
 def mean_sd(values: np.ndarray) -> list[float] | None:
     """[mean, SD] (sample SD, 0 for one value), or None without values."""
     if values.size == 0:
@@ -398,6 +422,8 @@ def run_peers(rep: Rep, cfg: EvalConfig, methods: list[str], ds: Dataset, log: C
         elif res.exists():
             with np.load(res) as d:
                 cf, seconds, batched = d["cf"], d["seconds"], float(d["batched_seconds"])
+                if "setup_seconds" in d:
+                    r.metrics["setup_seconds"] = float(d["setup_seconds"])
             tried = ~np.isnan(seconds)
             returned = ~np.isnan(cf).any(axis=1)
             r.capped = int(tried.sum()) < rep.queries.num_rows
