@@ -232,6 +232,73 @@ def train(
 
 
 @app.command()
+def evaluate(
+    dataset: Annotated[str, typer.Argument(help="Shipped dataset: adult or lending-club.")],
+    reps: Annotated[int, typer.Option(help="Repetitions, each a fresh random 80/20 split [paper: 5].")] = 5,
+    methods: Annotated[str, typer.Option(help="Comma list of: gmcf, gdl, dice-random, dice-genetic, cfrl, prototype.")] = "gmcf,gdl",
+    max_queries: Annotated[int, typer.Option(help="Queries per repetition for every method but GMCF (same rows for each).")] = 200,
+    single_queries: Annotated[int, typer.Option(help="Queries per repetition timed one at a time.")] = 200,
+    slow_queries: Annotated[int, typer.Option(help="Queries per repetition for the slow peer (prototype).")] = 20,
+    cfrl_steps: Annotated[int, typer.Option(help="Training steps of alibi's CounterfactualRL [alibi: 100,000].")] = 2000,
+    seed: Annotated[int, typer.Option(help="Seed of the first repetition (repetition r uses seed + r).")] = 0,
+    epochs: Annotated[int | None, typer.Option(help="Epochs of Algorithm 1 [paper: 100].")] = None,
+    rows: Annotated[int | None, typer.Option(help="Use a seeded sample of this many rows (quick runs).")] = None,
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Write results as PATH.json and PATH.md.")] = None,
+    work_dir: Annotated[Path | None, typer.Option(help="Keep each repetition's bundle and peer files here [default: a temporary folder].")] = None,
+    threads: Annotated[int, typer.Option(help="torch threads.")] = 1,
+    peers_python: Annotated[Path | None, typer.Option(help="Python of the peers environment [default: .venv-peers/bin/python].")] = None,
+) -> None:
+    """Reproduce the paper's evaluation: train on 80%, explain the held-out rows f rejects, and
+    report mean ± SD over repetitions for GMCF, GDL and the peers."""
+    import shlex
+    import time
+    from dataclasses import replace
+
+    try:
+        from gmcf.trainer.evaluate import EvalConfig, check_methods, write_results
+        from gmcf.trainer.evaluate import evaluate as run
+        from gmcf.trainer.fit import TrainConfig
+    except ImportError as exc:
+        if exc.name in ("torch", "onnx"):
+            fail(f"evaluate needs {exc.name}: pip install 'gmcf-batch[trainer]'")
+        raise
+    from gmcf.datasets import load_dataset
+
+    t0 = time.time()
+
+    def log(text: str) -> None:
+        err.print(f"[{time.time() - t0:7.0f} s] {text}", highlight=False, markup=False, soft_wrap=True)
+
+    try:
+        ds = load_dataset(dataset)
+        wanted = tuple(m.strip() for m in methods.split(",") if m.strip())
+        check_methods(wanted)
+        train = TrainConfig(threads=threads) if epochs is None else TrainConfig(threads=threads, epochs=epochs)
+        cfg = EvalConfig(reps=reps, methods=wanted, seed=seed, max_queries=max_queries,
+                         single_queries=single_queries, slow_queries=slow_queries, cfrl_steps=cfrl_steps,
+                         rows=rows, train=train)
+        if peers_python is not None:
+            cfg = replace(cfg, peers_python=peers_python)
+        command = shlex.join(["gmcf-batch", *sys.argv[1:]]) if sys.argv[0].endswith("gmcf-batch") else ""
+
+        def save(partial: Any) -> None:
+            if output is not None:
+                write_results(partial, output)
+                log(f"results so far written to {output.with_suffix('.md')}")
+
+        result = run(ds, cfg, work_dir=work_dir, log=log, command=command, on_rep=save)
+    except GmcfError as exc:
+        fail(str(exc))
+    missing = {r.error for r in result.runs if not r.ok and r.error and "bench/peers/setup.sh" in r.error}
+    for text in sorted(missing):
+        err.print(f"note: {text}", highlight=False, markup=False, soft_wrap=True)
+    out.print(result.to_markdown(), highlight=False, markup=False, soft_wrap=True)
+    if output is not None:
+        js, md = write_results(result, output)
+        out.print(f"wrote {js} and {md}", highlight=False, markup=False, soft_wrap=True)
+
+
+@app.command()
 def sample(
     output: Annotated[Path, typer.Argument(help="Parquet file to write.")] = Path("queries.parquet"),
     dataset: Annotated[str, typer.Option(help="adult, lending-club or mnist-1-to-7.")] = "adult",

@@ -6,6 +6,7 @@ import numpy as np
 import pyarrow as pa
 
 from gmcf.runtime.arrow import dictionary, numeric, strings
+from gmcf.runtime.metrics import changed_features, proximity_l2, sparsity_l1
 from gmcf.runtime.schema import (
     IMAGE,
     Feature,
@@ -72,21 +73,6 @@ def output_schema(pre: Preprocessor, id_field: pa.Field | None = None, ranked: b
 
 def _masked(values: np.ndarray, keep: np.ndarray, typ: pa.DataType) -> pa.Array:
     return numeric(values, typ, keep)
-
-
-def changed_features(pre: Preprocessor, x: np.ndarray, cf: np.ndarray) -> np.ndarray:
-    """Number of features (not vector entries) whose value differs."""
-    n_num = pre.n_numeric
-    lo, hi = pre.lo_hi()
-    span = np.where(hi > lo, hi - lo, 1.0)
-    raw_diff = np.abs(cf[:, :n_num] - x[:, :n_num]) * span
-    count = (raw_diff > 1e-6 * np.maximum(span, 1.0)).sum(axis=1)
-    offset = n_num
-    for k in pre.cat_sizes:
-        blk = slice(offset, offset + k)
-        count += np.argmax(cf[:, blk], axis=1) != np.argmax(x[:, blk], axis=1)
-        offset += k
-    return np.asarray(count, dtype=np.int32)
 
 
 def option_diversity(pre: Preprocessor, query: np.ndarray, cf: np.ndarray) -> tuple[float, float, int]:
@@ -164,7 +150,6 @@ def result_columns(
     if over.any():
         reasons[over] = [f"crossed the threshold only with score {s:.3f} >= threshold + tol ({tol_upper:.3f})" for s in res.overshoot[over]]
     reasons[never] = "the path never crossed the threshold" + (" within the constraints" if constrained else "")
-    diff = res.cf - x
     valid = res.status != 3
     cols += [
         dictionary(res.status, _STATUS_DICT, pa.int8()),
@@ -174,8 +159,8 @@ def result_columns(
         _masked(res.alpha, found, pa.float32()),
         dictionary(res.kind, _KIND_DICT, pa.int8(), found),
         numeric(res.evaluations, pa.int32()),
-        _masked(np.sqrt((diff**2).sum(axis=1)), found, pa.float32()),
-        _masked(np.abs(diff).sum(axis=1), found, pa.float32()),
+        _masked(proximity_l2(x, res.cf), found, pa.float32()),
+        _masked(sparsity_l1(x, res.cf), found, pa.float32()),
         _masked(changed_features(pre, x, res.cf), found, pa.int32()),
         _masked(recon, found, pa.float32()),
     ]

@@ -115,31 +115,36 @@ def networks_for(
     return lambda: image_networks(shape, cfg.latent_dim, cfg.latent_u_dim)
 
 
-def train_bundle(
-    ds: Dataset,
-    out: Path,
-    cfg: TrainConfig = TrainConfig(),  # noqa: B008 - frozen dataclass
-    classifier: Path | None = None,
-    force: bool = False,
-    command: str | None = None,
-    callbacks: Callbacks | None = None,
-) -> TrainResult:
-    """Train f (unless given) and the explainer on ``ds``; write the bundle to ``out``.
+@dataclass
+class Trained:
+    """Everything one training run produced, before it is written as a bundle."""
 
-    The bundle is written to a temporary folder beside ``out`` and renamed into place, so an
-    interrupted run leaves nothing half-written.
-    """
+    prepared: Prepared
+    classifier_onnx: onnx.ModelProto
+    classifier: torch.nn.Module | None
+    """The torch classifier when the trainer trained it (None for a user's ONNX classifier)."""
+    model: GMCF
+    y_hat_train: np.ndarray
+    report: dict[str, Any]
+
+
+def load_classifier(classifier: Path) -> onnx.ModelProto:
+    if not classifier.exists():
+        raise InputError(f"classifier {classifier} does not exist")
+    try:
+        return onnx.load(str(classifier))
+    except Exception as exc:
+        raise InputError(f"classifier {classifier}: not an ONNX model ({type(exc).__name__})") from exc
+
+
+def train_models(
+    ds: Dataset,
+    cfg: TrainConfig = TrainConfig(),  # noqa: B008 - frozen dataclass
+    clf_model: onnx.ModelProto | None = None,
+    callbacks: Callbacks | None = None,
+) -> Trained:
+    """Split ``ds`` (seeded), train f (unless given) and the explainer on the training part."""
     cb = callbacks or Callbacks()
-    if out.exists() and not force:
-        raise InputError(f"output folder {out} exists; pass --force to replace it")
-    clf_model = None
-    if classifier is not None:
-        if not classifier.exists():
-            raise InputError(f"classifier {classifier} does not exist")
-        try:
-            clf_model = onnx.load(str(classifier))
-        except Exception as exc:
-            raise InputError(f"classifier {classifier}: not an ONNX model ({type(exc).__name__})") from exc
     torch.set_num_threads(cfg.threads)
     t0 = time.time()
     p = prepare(ds, cfg.test_size, cfg.seed)
@@ -183,11 +188,18 @@ def train_bundle(
         "checks": [{k: round(v, 4) for k, v in c.items()} for c in hist.checks],
     }
     cb.advance("report")
+    return Trained(p, clf_onnx, clf, model, y_hat, report)
 
+
+def write_bundle(
+    trained: Trained, ds: Dataset, out: Path, cfg: TrainConfig, user_classifier: bool, command: str | None
+) -> TrainResult:
+    """Export ``trained`` to the bundle folder ``out`` (written beside it, then renamed)."""
+    p, model, report = trained.prepared, trained.model, trained.report
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        graphs = export_graphs(model, p.pre, clf_onnx, clf)
+        graphs = export_graphs(model, p.pre, trained.classifier_onnx, trained.classifier)
         files = save(graphs, tmp)
         (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
         manifest = {
@@ -208,7 +220,7 @@ def train_bundle(
             "opset": OPSET,
             "search": SearchDefaults().to_dict(),
             "train_config": cfg.to_dict(),
-            "classifier": "user" if classifier is not None else "reference-mlp",
+            "classifier": "user" if user_classifier else "reference-mlp",
             "graphs": {name: files[name] for name in GRAPHS},
             "files": {},
         }
@@ -224,3 +236,24 @@ def train_bundle(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return TrainResult(out, report, manifest)
+
+
+def train_bundle(
+    ds: Dataset,
+    out: Path,
+    cfg: TrainConfig = TrainConfig(),  # noqa: B008 - frozen dataclass
+    classifier: Path | None = None,
+    force: bool = False,
+    command: str | None = None,
+    callbacks: Callbacks | None = None,
+) -> TrainResult:
+    """Train f (unless given) and the explainer on ``ds``; write the bundle to ``out``.
+
+    The bundle is written to a temporary folder beside ``out`` and renamed into place, so an
+    interrupted run leaves nothing half-written.
+    """
+    if out.exists() and not force:
+        raise InputError(f"output folder {out} exists; pass --force to replace it")
+    clf_model = None if classifier is None else load_classifier(classifier)
+    trained = train_models(ds, cfg, clf_model, callbacks)
+    return write_bundle(trained, ds, out, cfg, classifier is not None, command)

@@ -22,6 +22,8 @@ class Prepared:
     y_test: np.ndarray
     test_rows: np.ndarray
     """Row numbers of the held-out split in the original table."""
+    train_rows: np.ndarray | None = None
+    """Row numbers of the (usable) training rows in the original table."""
 
 
 def labels(ds: Dataset) -> np.ndarray:
@@ -68,4 +70,6 @@ def prepare(ds: Dataset, test_size: float, seed: int) -> Prepared:
         raise InputError("no usable training rows: every row has a missing or invalid value")
     train_rows = train_rows[~bad[train_rows]]
     test_rows = test_rows[~bad[test_rows]]
-    return Prepared(pre, x_all[train_rows], y[train_rows], x_all[test_rows], y[test_rows], test_rows)
+    return Prepared(
+        pre, x_all[train_rows], y[train_rows], x_all[test_rows], y[test_rows], test_rows, train_rows
+    )

@@ -1,0 +1,53 @@
+"""Quality measures of counterfactuals (paper appendix .1), per row, in the model's input space.
+
+The input space is the one the networks see: numeric features min-max scaled to [0, 1] over the
+training split, one one-hot block per categorical feature. ``x`` are the queries and ``cf`` their
+counterfactuals, both [n, width] and hard (one-hot blocks, integers on their grid).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from gmcf.runtime.schema import Preprocessor
+
+
+def proximity_l2(x: np.ndarray, cf: np.ndarray) -> np.ndarray:
+    """L2 norm of the change vector."""
+    return np.asarray(np.sqrt(((cf - x) ** 2).sum(axis=1)))
+
+
+def sparsity_l1(x: np.ndarray, cf: np.ndarray) -> np.ndarray:
+    """The paper's sparsity: L1 norm of the change vector."""
+    return np.asarray(np.abs(cf - x).sum(axis=1))
+
+
+def changed_features(pre: Preprocessor, x: np.ndarray, cf: np.ndarray) -> np.ndarray:
+    """L0: the number of features (not vector entries) whose value differs."""
+    n_num = pre.n_numeric
+    lo, hi = pre.lo_hi()
+    span = np.where(hi > lo, hi - lo, 1.0)
+    raw_diff = np.abs(cf[:, :n_num] - x[:, :n_num]) * span
+    count = (raw_diff > 1e-6 * np.maximum(span, 1.0)).sum(axis=1)
+    offset = n_num
+    for k in pre.cat_sizes:
+        blk = slice(offset, offset + k)
+        count += np.argmax(cf[:, blk], axis=1) != np.argmax(x[:, blk], axis=1)
+        offset += k
+    return np.asarray(count, dtype=np.int32)
+
+
+def reconstruction_mse(x: np.ndarray, x_rec: np.ndarray) -> np.ndarray:
+    """An autoencoder's loss on a row: squared error averaged over the entries of the vector."""
+    return np.asarray(((x_rec - x) ** 2).mean(axis=1))
+
+
+def harden(pre: Preprocessor, x_soft: np.ndarray) -> np.ndarray:
+    """The row a user receives for a soft decoding: numeric values clipped to the training range
+    and integers rounded, each categorical block arg-maxed (through the preprocessing's own
+    inverse and transform, so it matches what the runtime returns)."""
+    import pyarrow as pa
+
+    clipped = np.clip(np.asarray(x_soft, dtype=np.float32), 0.0, 1.0)
+    hard, _ = pre.transform(pa.table(pre.inverse(clipped)))
+    return np.asarray(hard, dtype=np.float32)

@@ -1,0 +1,596 @@
+"""The paper's evaluation protocol (appendix .5) on one dataset, with GDL and the peers.
+
+Per repetition: a fresh seeded 80/20 split; the classifier f and the explainer trained on the
+80% (``train_models``) and exported as a bundle; the judge autoencoder and GDL's VAE trained on
+the same 80%; the held-out rows f rejects are the queries. GMCF explains them with the torch-free
+runtime at its default settings; GDL and the peers (in their own environment, see
+bench/peers/) get the same queries, capped at ``max_queries`` per repetition. Every returned
+row is scored by the exported ONNX f, and every method is measured by the same functions
+(``gmcf.runtime.metrics``) in the model's input space.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from gmcf.datasets import Dataset
+from gmcf.runtime.errors import InputError
+from gmcf.runtime.explainer import Explainer
+from gmcf.runtime.metrics import changed_features, proximity_l2, sparsity_l1
+from gmcf.trainer.baselines import (
+    AEConfig,
+    Autoencoder,
+    GDLConfig,
+    autoencoder_error,
+    gdl_search,
+    train_autoencoder,
+)
+from gmcf.trainer.fit import TrainConfig
+from gmcf.trainer.pipeline import Callbacks, Trained, train_models, write_bundle
+
+#: Methods measured in this process, and the peers run in the optional peers environment.
+OWN_METHODS = ("gmcf", "gdl")
+PEER_METHODS = ("dice-random", "dice-genetic", "cfrl", "prototype")
+#: Peers that take seconds per query: they attempt only ``slow_queries`` of the capped queries.
+SLOW_METHODS = ("prototype",)
+METHODS = OWN_METHODS + PEER_METHODS
+ROOT = Path(__file__).resolve().parent.parent
+PEERS_SCRIPT = ROOT / "bench" / "peers" / "run_peers.py"
+PEERS_PYTHON = ROOT / ".venv-peers" / "bin" / "python"
+PEERS_MISSING = "peers environment not installed ({python}); install it with: bash bench/peers/setup.sh"
+
+#: The paper's Tables 2 and 3: time (s), reconstruction, sparsity, validity (%), proximity.
+PAPER: dict[str, dict[str, tuple[str, str, str, str, str]]] = {
+    "adult": {
+        "Our Method": ("0.008±0.002", "0.012±0.005", "0.343±0.127", "90.3", "0.193±0.045"),
+        "GDL": ("1.568±0.224", "0.520±0.135", "0.090±0.002", "84.2", "2.170±0.835"),
+        "Prototype": ("7.345±0.784", "4.463±0.563", "0.014±0.005", "75.3", "1.075±0.235"),
+        "RL": ("1.804±0.112", "5.453±0.673", "0.012±0.008", "65.3", "0.875±0.132"),
+    },
+    "lending-club": {
+        "Our Method": ("0.007±0.001", "0.132±0.081", "1.713±0.627", "92.1", "3.532±0.258"),
+        "GDL": ("3.569±0.087", "0.142±0.046", "1.731±0.068", "76.3", "1.652±0.668"),
+        "Prototype": ("3.137±0.915", "0.546±0.235", "1.016±0.035", "75.7", "1.975±1.045"),
+        "RL": ("0.035±0.042", "0.673±0.124", "1.017±0.076", "67.5", "1.034±0.127"),
+    },
+}
+
+#: Per-repetition figures of a method, in the order of the tables.
+METRICS = (
+    ("time_single", "time/query, one at a time (s)"),
+    ("time_batched", "time/query, batched (s)"),
+    ("recon_explainer", "reconstruction, explainer AE"),
+    ("recon_judge", "reconstruction, judge AE"),
+    ("sparsity_l1", "sparsity L1"),
+    ("sparsity_l0", "L0"),
+    ("validity", "validity (%)"),
+    ("proximity_l2", "proximity L2"),
+)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    reps: int = 5
+    methods: tuple[str, ...] = ("gmcf", "gdl")
+    seed: int = 0
+    max_queries: int = 200
+    """Queries per repetition for every method but GMCF (which explains all rejected rows and is
+    also reported on the same capped queries)."""
+    single_queries: int = 200
+    """Queries timed one at a time (the paper's setting) per repetition and method."""
+    slow_queries: int = 20
+    """Queries per repetition for the slow peers (``SLOW_METHODS``), a subset of the capped ones."""
+    cfrl_steps: int = 2000
+    """Training steps of alibi's CounterfactualRL (alibi's default: 100,000)."""
+    rows: int | None = None
+    """Use a seeded sample of this many rows of the dataset (quick runs and tests)."""
+    train: TrainConfig = TrainConfig()  # noqa: RUF009 - frozen dataclass
+    judge: AEConfig = AEConfig()  # noqa: RUF009
+    vae: AEConfig = AEConfig(beta=0.1)  # noqa: RUF009
+    gdl: GDLConfig = GDLConfig()  # noqa: RUF009
+    peers_python: Path = PEERS_PYTHON
+    peers_timeout: float = 3600.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["peers_python"] = str(self.peers_python)
+        return d
+
+
+def check_methods(methods: tuple[str, ...]) -> None:
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise InputError(f"unknown method(s) {', '.join(map(repr, unknown))}; choose from: {', '.join(METHODS)}")
+    if not methods:
+        raise InputError(f"no method given; choose from: {', '.join(METHODS)}")
+
+
+@dataclass
+class MethodRun:
+    """One method in one repetition: its figures, or why it failed."""
+
+    method: str
+    rep: int
+    ok: bool = True
+    error: str | None = None
+    queries: int = 0
+    valid: int = 0
+    capped: bool = False
+    metrics: dict[str, float] = field(default_factory=dict)
+    query_sd: dict[str, float] = field(default_factory=dict)
+    """Standard deviation over the queries of the repetition, per metric."""
+    seconds: float = 0.0
+
+
+@dataclass
+class Evaluation:
+    dataset: str
+    config: EvalConfig
+    runs: list[MethodRun] = field(default_factory=list)
+    reps: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+    command: str = ""
+
+    def summary(self) -> dict[str, dict[str, Any]]:
+        """Per method: mean and SD over the repetitions that succeeded, and the failures."""
+        out: dict[str, dict[str, Any]] = {}
+        for name in self.method_rows():
+            runs = [r for r in self.runs if r.method == name]
+            ok = [r for r in runs if r.ok]
+            row: dict[str, Any] = {
+                "reps_ok": len(ok), "reps_failed": len(runs) - len(ok),
+                "errors": [f"rep {r.rep}: {r.error}" for r in runs if not r.ok],
+                "queries": [r.queries for r in ok], "capped": any(r.capped for r in ok),
+            }
+            for key, _ in METRICS:
+                vals = np.array([r.metrics[key] for r in ok if key in r.metrics], dtype=float)
+                vals = vals[np.isfinite(vals)]
+                row[key] = mean_sd(vals)
+            out[name] = row
+        return out
+
+    def method_rows(self) -> list[str]:
+        seen: list[str] = []
+        for r in self.runs:
+            if r.method not in seen:
+                seen.append(r.method)
+        return seen
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "dataset": self.dataset,
+            "command": self.command,
+            "config": self.config.to_dict(),
+            "machine": machine(),
+            "seconds": round(self.seconds, 1),
+            "summary": self.summary(),
+            "reps": self.reps,
+            "runs": [asdict(r) for r in self.runs],
+            "paper": PAPER.get(self.dataset, {}),
+        }
+
+    def to_markdown(self) -> str:
+        return render_markdown(self)
+
+
+def load_evaluation(path: Path) -> Evaluation:
+    """An evaluation back from its JSON file (to render it again)."""
+    d = json.loads(Path(path).read_text())
+    c = d["config"]
+    scalars = {k: c[k] for k in ("reps", "seed", "max_queries", "single_queries", "slow_queries", "cfrl_steps", "rows")
+               if k in c}
+    cfg = EvalConfig(methods=tuple(c["methods"]), **scalars)
+    runs = [MethodRun(**r) for r in d["runs"]]
+    return Evaluation(d["dataset"], cfg, runs, d["reps"], d["seconds"], d.get("command", ""))
+
+
+def merge_evaluations(parts: list[Evaluation]) -> Evaluation:
+    """Repetitions of one protocol run by several processes (``--seed`` ranges that do not
+    overlap, the same settings otherwise) as one evaluation; repetition r is seed base + r."""
+    first = parts[0]
+    base = min(e.config.seed for e in parts)
+    for e in parts[1:]:
+        if e.dataset != first.dataset or replace(e.config, seed=0, reps=0) != replace(first.config, seed=0, reps=0):
+            raise InputError("only runs of the same dataset and settings (but --seed, --reps) can be merged")
+    runs: list[MethodRun] = []
+    reps: list[dict[str, Any]] = []
+    for e in parts:
+        off = e.config.seed - base
+        runs += [replace(r, rep=r.rep + off) for r in e.runs]
+        reps += [{**info, "rep": info["rep"] + off} for info in e.reps]
+    seeds = [info["seed"] for info in reps]
+    if len(set(seeds)) != len(seeds):
+        raise InputError(f"the runs share seeds: {sorted(seeds)}")
+    runs.sort(key=lambda run: (_order(run.method), run.rep))
+    reps.sort(key=lambda info: info["rep"])
+    cfg = replace(first.config, seed=base, reps=len(reps))
+    return Evaluation(first.dataset, cfg, runs, reps, sum(e.seconds for e in parts),
+                      " ; ".join(e.command for e in parts))
+
+
+def mean_sd(values: np.ndarray) -> list[float] | None:
+    """[mean, SD] (sample SD, 0 for one value), or None without values."""
+    if values.size == 0:
+        return None
+    sd = float(values.std(ddof=1)) if values.size > 1 else 0.0
+    return [float(values.mean()), sd]
+
+
+def machine() -> dict[str, Any]:
+    info: dict[str, Any] = {"python": platform.python_version(), "cpus": os.cpu_count(),
+                            "torch": torch.__version__, "platform": platform.platform()}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import onnxruntime
+
+    info["onnxruntime"] = onnxruntime.__version__
+    return info
+
+
+def _fmt(v: list[float] | None, key: str) -> str:
+    if v is None:
+        return "–"
+    if key == "validity":
+        return f"{v[0]:.1f}±{v[1]:.1f}"
+    if key.startswith("time"):
+        return f"{v[0]:.2g}±{v[1]:.1g}" if v[0] < 0.01 else f"{v[0]:.3f}±{v[1]:.3f}"
+    if key == "sparsity_l0":
+        return f"{v[0]:.2f}±{v[1]:.2f}"
+    if key.startswith("recon"):
+        return f"{v[0]:.4f}±{v[1]:.4f}"
+    return f"{v[0]:.3f}±{v[1]:.3f}"
+
+
+def render_markdown(ev: Evaluation) -> str:
+    cfg = ev.config
+    s = ev.summary()
+    head = "| method | reps | queries/rep | " + " | ".join(label for _, label in METRICS) + " |"
+    lines = [
+        f"### {ev.dataset}: {cfg.reps} repetition(s), mean ± SD over repetitions",
+        "",
+        head,
+        "|" + "---|" * 3 + "---:|" * len(METRICS),
+    ]
+    for name, row in s.items():
+        q = row["queries"]
+        qtext = f"{int(np.mean(q)):,}" if q else "–"
+        if row["capped"]:
+            qtext += f" (capped at {cfg.slow_queries if name in SLOW_METHODS else cfg.max_queries})"
+        reps = f"{row['reps_ok']}/{row['reps_ok'] + row['reps_failed']}"
+        lines.append(f"| {name} | {reps} | {qtext} | " + " | ".join(_fmt(row[k], k) for k, _ in METRICS) + " |")
+    paper = PAPER.get(ev.dataset)
+    if paper:
+        lines += ["", "The paper's table (time, reconstruction, sparsity, validity %, proximity):", "",
+                  "| method | time (s) | reconstruction | sparsity | validity (%) | proximity |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        lines += [f"| {m} | " + " | ".join(v) + " |" for m, v in paper.items()]
+    failed = [f"- {name}, {e}" for name, row in s.items() for e in row["errors"]]
+    if failed:
+        lines += ["", "Failed:", "", *failed]
+    lines += ["", f"Wall time {ev.seconds / 60:.1f} min. Command: `{ev.command}`"]
+    return "\n".join(lines) + "\n"
+
+
+# -- one repetition --------------------------------------------------------------------------------
+@dataclass
+class Rep:
+    """What one repetition shares among the methods."""
+
+    index: int
+    trained: Trained
+    explainer: Explainer
+    queries: pa.Table  # raw held-out rows that f rejects, label dropped
+    x: np.ndarray  # the same rows in model space
+    capped: np.ndarray  # indices into queries: the capped subset, in order
+    timed: np.ndarray  # indices into queries: the rows timed one at a time
+    slow: np.ndarray  # indices into queries: the rows the slow peers attempt
+    judge: Autoencoder
+    folder: Path
+
+
+def _score_rows(rep: Rep, run: MethodRun, rows: np.ndarray, cf: np.ndarray, returned: np.ndarray) -> None:
+    """Fill ``run`` from counterfactuals ``cf`` of the queries ``rows`` (NaN-free where
+    ``returned``). A counterfactual counts as valid when the ONNX f scores it at >= T."""
+    ex = rep.explainer
+    t = ex.settings.threshold
+    x = rep.x[rows]
+    valid = returned.copy()
+    if returned.any():
+        valid[returned] = ex.engine.score(np.ascontiguousarray(cf[returned], dtype=np.float32)) >= t
+    run.queries, run.valid = int(rows.size), int(valid.sum())
+    run.metrics["validity"] = 100.0 * valid.mean() if rows.size else float("nan")
+    if valid.any():
+        xv, cv = x[valid], np.ascontiguousarray(cf[valid], dtype=np.float32)
+        per_row = {
+            "proximity_l2": proximity_l2(xv, cv),
+            "sparsity_l1": sparsity_l1(xv, cv),
+            "sparsity_l0": changed_features(ex.bundle.preprocessor, xv, cv).astype(float),
+            "recon_explainer": ex.engine.reconstruction_error(cv).astype(float),
+            "recon_judge": autoencoder_error(rep.judge, cv),
+        }
+        for key, vals in per_row.items():
+            run.metrics[key] = float(np.mean(vals))
+            run.query_sd[key] = float(np.std(vals))
+
+
+def _cf_rows(out: pa.Table, ex: Explainer) -> tuple[np.ndarray, np.ndarray]:
+    """Model-space counterfactuals of an explanation table, and which rows have one."""
+    pre = ex.bundle.preprocessor
+    found = np.asarray(out.column("status").to_numpy(zero_copy_only=False) == "found")
+    cf, _ = pre.transform(pa.table({f.name: out.column(f"cf_{f.name}") for f in pre.features}))
+    return cf, found
+
+
+def run_gmcf(rep: Rep, capped_only: bool) -> MethodRun:
+    ex = rep.explainer
+    n = rep.queries.num_rows
+    name = "gmcf (same queries)" if capped_only else "gmcf"
+    run = MethodRun(name, rep.index)
+    t0 = time.perf_counter()
+    out = ex.explain(rep.queries)
+    batched = (time.perf_counter() - t0) / max(n, 1)
+    cf, found = _cf_rows(out, ex)
+    rows = rep.capped if capped_only else np.arange(n)
+    run.capped = capped_only and rep.capped.size < n
+    _score_rows(rep, run, rows, cf[rows], found[rows])
+    times = []
+    for i in rep.timed:
+        one = rep.queries.slice(int(i), 1)
+        t0 = time.perf_counter()
+        ex.explain(one)
+        times.append(time.perf_counter() - t0)
+    run.metrics["time_single"] = float(np.mean(times)) if times else float("nan")
+    run.query_sd["time_single"] = float(np.std(times)) if times else float("nan")
+    run.metrics["time_batched"] = batched
+    return run
+
+
+def run_gdl(rep: Rep, cfg: EvalConfig, vae: Autoencoder) -> MethodRun:
+    run = MethodRun("gdl", rep.index, capped=rep.capped.size < rep.queries.num_rows)
+    clf = rep.trained.classifier
+    if clf is None:
+        raise InputError("GDL needs the torch classifier the trainer trained (not a user's ONNX classifier)")
+    pre = rep.explainer.bundle.preprocessor
+    s = rep.explainer.settings
+    x = rep.x[rep.capped]
+    t0 = time.perf_counter()
+    res = gdl_search(vae, clf, pre, x, s.threshold, s.tol, cfg.gdl)
+    run.metrics["time_batched"] = (time.perf_counter() - t0) / max(len(x), 1)
+    _score_rows(rep, run, rep.capped, res.cf, res.found)
+    times = []
+    for i in rep.timed:
+        t0 = time.perf_counter()
+        gdl_search(vae, clf, pre, rep.x[i: i + 1], s.threshold, s.tol, cfg.gdl)
+        times.append(time.perf_counter() - t0)
+    run.metrics["time_single"] = float(np.mean(times)) if times else float("nan")
+    run.query_sd["time_single"] = float(np.std(times)) if times else float("nan")
+    run.metrics["gdl_steps"] = float(res.steps.mean()) if res.steps.size else float("nan")
+    return run
+
+
+def run_peers(rep: Rep, cfg: EvalConfig, methods: list[str], ds: Dataset, log: Callable[[str], None]) -> list[MethodRun]:
+    """Measure the peers in their own environment, as a subprocess, on the capped queries."""
+    runs = [MethodRun(m, rep.index, capped=rep.capped.size < rep.queries.num_rows) for m in methods]
+    python = Path(cfg.peers_python)
+    if not python.exists():
+        for r in runs:
+            r.ok, r.error = False, PEERS_MISSING.format(python=python)
+        return runs
+    folder = rep.folder / "peers"
+    folder.mkdir(parents=True, exist_ok=True)
+    p = rep.trained.prepared
+    pre = p.pre
+    train = ds.table.take(pa.array(p.train_rows)).select(pre.names)
+    train = train.append_column("y_hat", pa.array(rep.trained.y_hat_train))
+    pq.write_table(train, folder / "train.parquet")
+    pq.write_table(rep.queries.take(pa.array(rep.capped)), folder / "queries.parquet")
+    timed_pos = np.searchsorted(rep.capped, rep.timed[np.isin(rep.timed, rep.capped)])
+    np.save(folder / "slow.npy", np.searchsorted(rep.capped, rep.slow))
+    s = rep.explainer.settings
+    cmd = [str(python), str(PEERS_SCRIPT), "--bundle", str(rep.explainer.bundle.path), "--work", str(folder),
+           "--methods", ",".join(methods), "--threshold", str(s.threshold), "--seed", str(cfg.seed + rep.index),
+           "--slow", str(folder / "slow.npy"), "--cfrl-steps", str(cfg.cfrl_steps)]
+    log(f"rep {rep.index + 1}: peers {', '.join(methods)} on {rep.capped.size} queries")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=cfg.peers_timeout, env=env, check=False)
+    for r in runs:
+        res = folder / f"{r.method}.npz"
+        err = folder / f"{r.method}.error"
+        if err.exists():
+            r.ok, r.error = False, err.read_text().strip().splitlines()[-1]
+        elif res.exists():
+            with np.load(res) as d:
+                cf, seconds, batched = d["cf"], d["seconds"], float(d["batched_seconds"])
+                if "setup_seconds" in d:
+                    r.metrics["setup_seconds"] = float(d["setup_seconds"])
+            tried = ~np.isnan(seconds)
+            returned = ~np.isnan(cf).any(axis=1)
+            r.capped = int(tried.sum()) < rep.queries.num_rows
+            _score_rows(rep, r, rep.capped[tried], np.nan_to_num(cf[tried]), returned[tried])
+            r.metrics["time_batched"] = batched / max(int(tried.sum()), 1)
+            timed = np.intersect1d(timed_pos, np.nonzero(tried)[0])
+            r.metrics["time_single"] = float(np.mean(seconds[timed if timed.size else tried]))
+            r.query_sd["time_single"] = float(np.std(seconds[tried]))
+        else:
+            tail = (proc.stderr or proc.stdout or "").strip().splitlines()
+            r.ok, r.error = False, f"peer runner exited {proc.returncode}: {tail[-1] if tail else 'no output'}"
+    return runs
+
+
+def _log_training(log: Callable[[str], None], rep: int) -> Callbacks:
+    state = {"stage": "", "done": 0, "total": 0}
+
+    def stage(name: str, total: int) -> None:
+        state.update(stage=name, done=0, total=total)
+
+    def advance(text: str) -> None:
+        state["done"] += 1
+        done, total = state["done"], state["total"]
+        if state["stage"] == "explainer" and (done % 10 == 0 or done == total):
+            log(f"rep {rep + 1}: explainer epoch {done}/{total} ({text})")
+
+    return Callbacks(stage, advance)
+
+
+def evaluate(
+    ds: Dataset,
+    cfg: EvalConfig = EvalConfig(),
+    work_dir: Path | None = None,
+    log: Callable[[str], None] = lambda text: None,
+    command: str = "",
+    on_rep: Callable[[Evaluation], None] | None = None,
+) -> Evaluation:
+    """Run the protocol; failures of a repetition or a method are recorded, never raised.
+    ``on_rep`` sees the evaluation so far after every repetition (to save partial results)."""
+    check_methods(cfg.methods)
+    if cfg.reps < 1:
+        raise InputError(f"reps must be at least 1, got {cfg.reps}")
+    if cfg.max_queries < 1:
+        raise InputError(f"max-queries must be at least 1, got {cfg.max_queries}")
+    if cfg.rows is not None:
+        if cfg.rows < 10:
+            raise InputError(f"rows must be at least 10, got {cfg.rows}")
+        idx = np.sort(np.random.default_rng(cfg.seed).permutation(ds.table.num_rows)[: cfg.rows])
+        ds = Dataset(ds.name, ds.table.take(pa.array(idx)), ds.schema)
+    torch.set_num_threads(cfg.train.threads)
+    ev = Evaluation(ds.name, cfg, command=command)
+    t_start = time.perf_counter()
+    own = work_dir is None
+    root = Path(tempfile.mkdtemp(prefix="gmcf-eval-")) if work_dir is None else work_dir
+    root.mkdir(parents=True, exist_ok=True)
+    methods = list(dict.fromkeys(cfg.methods))
+    try:
+        for r in range(cfg.reps):
+            t_rep = time.perf_counter()
+            try:
+                rep = _prepare_rep(ds, cfg, r, root / f"rep{r}", log)
+            except Exception as exc:
+                log(f"rep {r + 1}: FAILED: {_one_line(exc)}")
+                rows = [*methods, "gmcf (same queries)"] if "gmcf" in methods else methods
+                ev.runs += [MethodRun(m, r, ok=False, error=_one_line(exc)) for m in rows]
+                ev.reps.append({"rep": r, "seed": cfg.seed + r, "failed": _one_line(exc),
+                                "traceback": traceback.format_exc(limit=5)})
+                continue
+            info = {"rep": r, "seed": cfg.seed + r, "train_rows": len(rep.trained.prepared.x_train),
+                    "test_rows": len(rep.trained.prepared.x_test), "rejected": rep.queries.num_rows,
+                    "capped": int(rep.capped.size), "timed": int(rep.timed.size),
+                    "classifier": rep.trained.report["classifier"],
+                    "explainer_reconstruction_mse_test": rep.trained.report["reconstruction_mse"],
+                    "judge_reconstruction_mse_test": float(np.mean(autoencoder_error(rep.judge, rep.trained.prepared.x_test))),
+                    "z_u_probe": rep.trained.report["z_u_probe"]}
+            peers = [m for m in methods if m in PEER_METHODS]
+            for m in [m for m in methods if m in OWN_METHODS]:
+                t0 = time.perf_counter()
+                try:
+                    if m == "gmcf":
+                        runs = [run_gmcf(rep, False), run_gmcf(rep, True)]
+                    else:
+                        vae = train_autoencoder(rep.trained.prepared.x_train, rep.trained.prepared.pre,
+                                                cfg.vae, cfg.seed + r + 500, variational=True)
+                        runs = [run_gdl(rep, cfg, vae)]
+                except Exception as exc:
+                    runs = [MethodRun(m, r, ok=False, error=_one_line(exc))]
+                for run in runs:
+                    run.seconds = time.perf_counter() - t0
+                    log(f"rep {r + 1}: {_run_line(run)}")
+                ev.runs += runs
+            if peers:
+                t0 = time.perf_counter()
+                try:
+                    runs = run_peers(rep, cfg, peers, ds, log)
+                except Exception as exc:
+                    runs = [MethodRun(m, r, ok=False, error=_one_line(exc)) for m in peers]
+                for run in runs:
+                    run.seconds = time.perf_counter() - t0
+                    log(f"rep {r + 1}: {_run_line(run)}")
+                ev.runs += runs
+            info["seconds"] = round(time.perf_counter() - t_rep, 1)
+            ev.reps.append(info)
+            if on_rep is not None:
+                ev.seconds = time.perf_counter() - t_start
+                on_rep(ev)
+    finally:
+        if own:
+            shutil.rmtree(root, ignore_errors=True)
+    ev.runs.sort(key=lambda run: (_order(run.method), run.rep))
+    ev.seconds = time.perf_counter() - t_start
+    return ev
+
+
+def _order(method: str) -> int:
+    names = ["gmcf", "gmcf (same queries)", *METHODS[1:]]
+    return names.index(method) if method in names else len(names)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def _run_line(run: MethodRun) -> str:
+    if not run.ok:
+        return f"{run.method} FAILED: {run.error}"
+    m = run.metrics
+    return (f"{run.method}: {run.queries} queries, validity {m.get('validity', float('nan')):.1f}%, "
+            f"proximity {m.get('proximity_l2', float('nan')):.3f}, {m.get('time_single', float('nan')):.4f} s/query "
+            f"({run.seconds:.0f} s)")
+
+
+def _prepare_rep(ds: Dataset, cfg: EvalConfig, r: int, folder: Path, log: Callable[[str], None]) -> Rep:
+    seed = cfg.seed + r
+    tcfg = replace(cfg.train, seed=seed)
+    log(f"rep {r + 1}/{cfg.reps}: training f and the explainer (seed {seed}, {tcfg.epochs} epochs)")
+    t0 = time.perf_counter()
+    trained = train_models(ds, tcfg, callbacks=_log_training(log, r))
+    bundle = write_bundle(trained, ds, folder / "bundle", tcfg, False, f"gmcf-batch evaluate (rep {r}, seed {seed})")
+    log(f"rep {r + 1}: trained in {time.perf_counter() - t0:.0f} s; training the judge autoencoder")
+    judge = train_autoencoder(trained.prepared.x_train, trained.prepared.pre, cfg.judge, seed + 1000)
+    ex = Explainer.from_bundle(bundle.path)
+    p = trained.prepared
+    score = ex.engine.score(p.x_test)
+    rejected = np.nonzero(score < ex.settings.threshold)[0]
+    if rejected.size == 0:
+        raise InputError("f rejects no held-out row: nothing to explain")
+    label = ds.schema.label
+    held = ds.table.take(pa.array(p.test_rows[rejected]))
+    queries = held.drop_columns([label]) if label in held.column_names else held
+    order = np.random.default_rng(seed + 2000).permutation(rejected.size)
+    capped = np.sort(order[: cfg.max_queries])
+    timed = np.sort(order[: min(cfg.single_queries, cfg.max_queries)])
+    slow = np.sort(order[: min(cfg.slow_queries, cfg.max_queries)])
+    log(f"rep {r + 1}: {p.x_test.shape[0]:,} held-out rows, f rejects {rejected.size:,}")
+    return Rep(r, trained, ex, queries, p.x_test[rejected], capped, timed, slow, judge, folder)
+
+
+def write_results(ev: Evaluation, path: Path) -> tuple[Path, Path]:
+    """``path`` as JSON and the same stem as Markdown, each written to a temporary file and
+    renamed."""
+    js, md = path.with_suffix(".json"), path.with_suffix(".md")
+    for dst, text in ((js, json.dumps(ev.to_json(), indent=2) + "\n"), (md, ev.to_markdown())):
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, dst)
+    return js, md
+
