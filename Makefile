@@ -4,7 +4,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench bundles clean
+.PHONY: demo test lint bench bundles peers clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ bench: $(BIN)/.installed
 bundles: $(BIN)/.installed
 	$(BIN)/gmcf-batch train adult --force
 	$(BIN)/gmcf-batch train lending-club --force
+
+# Optional environment of the peer methods of `gmcf-batch evaluate` (DiCE, alibi): .venv-peers
+peers:
+	bash bench/peers/setup.sh
 
 clean:
 	rm -rf $(VENV) queries.parquet queries.explained.parquet

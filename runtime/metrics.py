@@ -50,4 +50,4 @@ def harden(pre: Preprocessor, x_soft: np.ndarray) -> np.ndarray:
 
     clipped = np.clip(np.asarray(x_soft, dtype=np.float32), 0.0, 1.0)
     hard, _ = pre.transform(pa.table(pre.inverse(clipped)))
-    return hard
+    return np.asarray(hard, dtype=np.float32)
