@@ -4,7 +4,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench bundles figures clean
+.PHONY: demo test lint bench bundles figures peers clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ bundles: $(BIN)/.installed
 
 figures: $(BIN)/.installed
 	$(BIN)/gmcf-batch plot mnist-1-to-7 --out docs/figures
+
+# Optional environment of the peer methods of `gmcf-batch evaluate` (DiCE, alibi): .venv-peers
+peers:
+	bash bench/peers/setup.sh
 
 clean:
 	rm -rf $(VENV) queries.parquet queries.explained.parquet

@@ -5,7 +5,7 @@
 #     bash bench/peers/setup.sh
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
-VENV="$ROOT/.venv-peers"
+VENV="${PEERS_VENV:-$ROOT/.venv-peers}"
 PYTHON="${PYTHON:-python3}"
 cd "$ROOT"
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
