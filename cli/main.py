@@ -273,7 +273,13 @@ def evaluate(
         ds = load_dataset(dataset)
         wanted = tuple(m.strip() for m in methods.split(",") if m.strip())
         check_methods(wanted)
-        train = TrainConfig(threads=threads) if epochs is None else TrainConfig(threads=threads, epochs=epochs)
+        from gmcf.trainer.images import default_settings
+
+        # The dataset's own training settings (images: the paper's MNIST settings), as `train` uses.
+        settings: dict[str, Any] = {**default_settings(ds.schema), "threads": threads}
+        if epochs is not None:
+            settings["epochs"] = epochs
+        train = TrainConfig(**settings)
         cfg = EvalConfig(reps=reps, methods=wanted, seed=seed, max_queries=max_queries,
                          single_queries=single_queries, slow_queries=slow_queries, cfrl_steps=cfrl_steps,
                          rows=rows, train=train)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -193,3 +194,17 @@ def test_results_load_back_and_runs_split_by_seed_merge(small_run: ev_mod.Evalua
     assert m["reps_ok"] == 4 and m["validity"][0] == pytest.approx(s["validity"][0])
     with pytest.raises(ev_mod.InputError, match="share seeds"):
         ev_mod.merge_evaluations([back, back])
+
+
+def test_cli_evaluates_mnist_with_its_image_settings(tmp_path: Path) -> None:
+    """MNIST runs through the same protocol with the convolutional networks and the paper's MNIST
+    settings (one short epoch here), next to the paper's Table 1."""
+    out = tmp_path / "mnist"
+    code, stdout, stderr = invoke(
+        "evaluate", "mnist-1-to-7", "--epochs", "1", "--reps", "1", "--methods", "gmcf",
+        "--single-queries", "3", "-o", str(out),
+    )
+    assert code == 0, stderr
+    saved = json.loads(out.with_suffix(".json").read_text())
+    assert saved["config"]["train"]["latent_dim"] == 15 and saved["config"]["train"]["latent_u_dim"] == 25
+    assert "| gmcf | 1/1 |" in stdout and "89.5" in stdout  # the paper's Table 1 row
