@@ -13,12 +13,13 @@ Graphs (every one takes float32 and is batch-dynamic):
   feature's category index (as float32); ``Preprocessor.expand_code`` makes model-space rows.
 - ``search_bounded.onnx`` the same with lower [B, F], upper [B, F]: per-row bounds on the
   returned rows (constraints), applied before f scores them.
+- ``reconstruct.onnx``  x [N, F] -> error [N]: mean squared error of the autoencoder on x.
 
-The search graphs are laid out as [features, B*S] inside (long rows for the small matrix
+The search graphs are laid out as [features, S*B] inside (long rows for the small matrix
 products), keep only the compact code of each candidate, and take the arg-max of a categorical
 block as the first maximum, built from element-wise maxima: about 1.6x faster in onnxruntime than
-the row layout of ``SearchFront``, which stays as the readable reference the tests compare with.
-- ``reconstruct.onnx``  x [N, F] -> error [N]: mean squared error of the autoencoder on x.
+the row layout of ``SearchFront``, which stays as the readable reference the tests compare with
+and as the layout for networks the columns cannot run (convolutions).
 """
 
 from __future__ import annotations
@@ -211,7 +212,8 @@ def transposable_classifier(clf: nn.Module | None) -> nn.Sequential | None:
 
 
 class ColumnSearch(nn.Module):
-    """The exported search graph: Algorithm 2 on columns [features, B*S], candidate b*S + s.
+    """The exported search graph: Algorithm 2 on columns [features, S*B] (alpha-major inside;
+    the outputs are in the contract's order, candidate b*S + s).
 
     Same arithmetic as ``SearchFront`` (folded first decoder layer, the same ``HardDecode`` grid
     and bounds), then f. Returns (code [B*S, C], score [B*S]); with no column-ready classifier,
@@ -224,8 +226,7 @@ class ColumnSearch(nn.Module):
         self.register_buffer("w_z", w_z)
         self.register_buffer("w_u", w_u)
         self.register_buffer("b", b[:, None])
-        self.rest = rest
-        self.head = model.decoder.head
+        self.layers = nn.Sequential(*rest, model.decoder.head)  # after the folded first layer
         hard = HardDecode(pre)
         self.register_buffer("scale", hard.scale.clone()[:, None, None])
         self.register_buffer("inv_scale", hard.inv_scale.clone()[:, None, None])
@@ -247,7 +248,7 @@ class ColumnSearch(nn.Module):
         p = self.w_z @ z + self.w_u @ zu + self.b  # [H, B]
         q = self.w_z @ (target.t() - z)
         h = p[:, None, :] + q[:, None, :] * alphas.t()[None]  # [H, S, B]
-        out = _chain_t(nn.Sequential(*self.rest, self.head), h.reshape(h.shape[0], s * b))
+        out = _chain_t(self.layers, h.reshape(h.shape[0], s * b))
         lo_t = None if lower is None else lower.t()[:, None, :]  # [F, 1, B]
         up_t = None if upper is None else upper.t()[:, None, :]
         cont = torch.sigmoid(out[: self.n]).reshape(self.n, s, b)
