@@ -350,6 +350,8 @@ def plot(
     bundle: Annotated[str, typer.Argument(help="Image bundle: a shipped name (mnist-1-to-7) or a folder.")] = "mnist-1-to-7",
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for the PNG files.")] = Path("docs/figures"),
     seed: Annotated[int, typer.Option(help="Random seed of the held-out queries shown.")] = 0,
+    threshold: Annotated[float | None, typer.Option(help="Decision threshold T [default: the bundle's].")] = None,
+    tol: Annotated[float | None, typer.Option(help="A counterfactual's score must lie in [T, T + tol).")] = None,
 ) -> None:
     """Draw the paper's MNIST figures for an image bundle: queries and counterfactuals (figure2),
     interpolation paths with f's scores (figure3), PCA of the latent z (figure4). Needs matplotlib."""
@@ -357,7 +359,8 @@ def plot(
 
     path = Path(bundle) if Path(bundle).is_dir() else EXPORTED / bundle
     try:
-        written = plot_figures(path, out_dir, seed=seed)
+        settings = {k: v for k, v in (("threshold", threshold), ("tol", tol)) if v is not None}
+        written = plot_figures(path, out_dir, seed=seed, **settings)
     except GmcfError as exc:
         fail(str(exc))
     for p in written:

@@ -251,8 +251,8 @@ def test_image_graphs_match_torch() -> None:
 def test_table1_metrics_on_the_held_out_ones() -> None:
     from gmcf.trainer.image_report import table1_markdown, table1_metrics
 
-    m = table1_metrics(MNIST)
-    assert m["queries"] == 1135 and m["found"] <= m["rejected_by_f"] <= 1135
+    m = table1_metrics(MNIST, threshold=0.5, tol=0.5)
+    assert m["queries"] == 1135 and m["threshold"] == 0.5 and m["found"] <= m["rejected_by_f"] <= 1135
     assert m["validity_pct"] >= 89.5  # the paper's figure
     assert 0.0 < m["reconstruction"]["mean"] < 0.05
     assert m["proximity_l2"]["mean"] <= m["sparsity_l1"]["mean"]  # L2 <= L1 for every row

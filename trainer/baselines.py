@@ -1,6 +1,7 @@
 """What the evaluation measures GMCF against, trained on the same 80% split: the judge
-autoencoder (an in-distribution yardstick trained apart from the explainer) and GDL, gradient
-descent in the latent space of a VAE (paper appendix .4, Algorithm 3)."""
+autoencoder (an in-distribution yardstick trained apart from the explainer), the image judge (a
+CNN that says whether a counterfactual reads as the target digit) and GDL, gradient descent in
+the latent space of a VAE (paper appendix .4, Algorithm 3)."""
 
 from __future__ import annotations
 
@@ -84,6 +85,56 @@ def autoencoder_error(model: Autoencoder, x: np.ndarray) -> np.ndarray:
     with torch.no_grad():
         rec = model(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).numpy()
     return reconstruction_mse(x, rec)
+
+
+class ImageJudge(nn.Module):
+    """A small CNN that reads the class of an image: an observer of the counterfactuals that is not
+    f (an MLP, Table 4) and was trained on the ground truth, not on f's labels. Two 5x5
+    convolutions with max pooling, then 64 hidden units."""
+
+    def __init__(self, shape: tuple[int, int]) -> None:
+        super().__init__()
+        h, w = shape
+        self.shape = shape
+        self.net = nn.Sequential(
+            nn.Unflatten(1, (1, h, w)),
+            nn.Conv2d(1, 16, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(), nn.Linear(32 * (h // 4) * (w // 4), 64), nn.ReLU(), nn.Linear(64, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).squeeze(-1)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """P(target class) for flat images ``x`` [N, H*W] in [0, 1]."""
+        with torch.no_grad():
+            logits = self(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32).reshape(len(x), -1)))
+        return torch.sigmoid(logits).numpy()
+
+
+def train_image_judge(
+    x: np.ndarray, y: np.ndarray, shape: tuple[int, int], seed: int = 0, epochs: int = 4, shift: int = 2
+) -> ImageJudge:
+    """Fit ``ImageJudge`` on flat images ``x`` in [0, 1] and their true labels ``y`` (0/1), each
+    batch shifted by up to ``shift`` pixels so that the judge reads a digit wherever it sits."""
+    seed_everything(seed)
+    judge = ImageJudge(shape)
+    opt = torch.optim.Adam(judge.parameters(), lr=1e-3)
+    h, w = shape
+    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).reshape(len(x), h, w)
+    yt = torch.from_numpy(np.asarray(y, dtype=np.float32))
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        for idx in _batches(len(xt), 128, gen):
+            dy, dx = (int(v) for v in torch.randint(-shift, shift + 1, (2,), generator=gen))
+            xb = torch.roll(xt[idx], (dy, dx), (1, 2)).reshape(len(idx), h * w)
+            loss = nn.functional.binary_cross_entropy_with_logits(judge(xb), yt[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    judge.eval()
+    return judge
 
 
 @dataclass(frozen=True)

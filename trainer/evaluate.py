@@ -112,6 +112,9 @@ class EvalConfig:
     gdl: GDLConfig = GDLConfig()  # noqa: RUF009
     peers_python: Path = PEERS_PYTHON
     peers_timeout: float = 3600.0
+    threshold: float = 0.5
+    """The paper's T (the decision boundary) for every method, whatever the bundle's default."""
+    tol: float = 0.5
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -572,7 +575,7 @@ def _prepare_rep(ds: Dataset, cfg: EvalConfig, r: int, folder: Path, log: Callab
     bundle = write_bundle(trained, ds, folder / "bundle", tcfg, False, f"gmcf-batch evaluate (rep {r}, seed {seed})")
     log(f"rep {r + 1}: trained in {time.perf_counter() - t0:.0f} s; training the judge autoencoder")
     judge = train_autoencoder(trained.prepared.x_train, trained.prepared.pre, cfg.judge, seed + 1000)
-    ex = Explainer.from_bundle(bundle.path)
+    ex = Explainer.from_bundle(bundle.path, threshold=cfg.threshold, tol=cfg.tol)
     p = trained.prepared
     score = ex.engine.score(p.x_test)
     rejected = np.nonzero(score < ex.settings.threshold)[0]

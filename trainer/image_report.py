@@ -8,6 +8,8 @@ and Figures 2-4. Needs no torch: everything runs through the bundle's ONNX graph
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,10 @@ from gmcf.runtime.errors import GmcfError, InputError
 from gmcf.runtime.explainer import Explainer
 from gmcf.runtime.schema import ImagePreprocessor
 from gmcf.runtime.search import _session
+from gmcf.trainer.morphology import style_agreement
+
+#: The decision boundary: the paper's T.
+BOUNDARY = 0.5
 
 #: The paper's Table 1 (MNIST, mean ± SD over 5 repetitions) for "Our Method".
 PAPER_TABLE1: dict[str, tuple[float, float | None]] = {
@@ -81,6 +87,8 @@ def table1_metrics(bundle: str | Path, **settings: Any) -> dict[str, Any]:
         "validity_pct": 100.0 * float(found.sum()) / max(int(searched.sum()), 1),
         "time_per_query_s": seconds / len(status),
         "rows_per_s": len(status) / seconds,
+        "threshold": ex.settings.threshold,
+        "tol": ex.settings.tol,
         "proximity_l2": _mean_sd(col("proximity_l2")),
         "sparsity_l1": _mean_sd(col("sparsity_l1")),
         "sparsity_l0": _mean_sd(col("sparsity_l0")),
@@ -88,6 +96,72 @@ def table1_metrics(bundle: str | Path, **settings: Any) -> dict[str, Any]:
         "cf_score": _mean_sd(col("cf_score")),
         "classifier": ex.bundle.report.get("classifier", {}),
     }
+
+
+def style_metrics(
+    bundle: str | Path, judge: Callable[[np.ndarray], np.ndarray] | None = None, **settings: Any
+) -> dict[str, Any]:
+    """Do the counterfactuals read as the target digit and keep the query's style? On the bundle's
+    held-out base-class images, with ``settings`` over its search defaults:
+
+    validity as in ``table1_metrics``; ``judge_target_pct``: share of the counterfactuals that
+    ``judge`` (flat images -> P(target), e.g. ``ImageJudge.predict``) reads as the target class;
+    slant and thickness of the stem (``gmcf.trainer.morphology``) of counterfactual against query:
+    Pearson r and mean absolute difference. The same for the end of the path (a = 1: mu_1 decoded
+    with the query's z_u), which shows what z_u keeps of the style."""
+    ex, ds = image_explainer(bundle, **settings)
+    pre = ex.bundle.preprocessor
+    assert isinstance(pre, ImagePreprocessor)
+    queries, _ = heldout_base(ds)
+    out = ex.explain(queries)
+    x, _ = pre.transform(queries)
+    status = np.asarray(out.column("status").cast(pa.string()).to_pylist())
+    found = status == "found"
+    searched = found | (status == "not_found")
+    cf = np.asarray(out.column(f"cf_{pre.image.name}").combine_chunks().values.to_numpy(zero_copy_only=False))
+    cf = cf.reshape(len(status), -1)[found]
+    xq = x[found]
+    ends, _ = ex.engine.candidates(xq, np.ones((len(xq), 1), dtype=np.float32))
+    shape = pre.image.shape
+    m: dict[str, Any] = {
+        "bundle": str(bundle),
+        "threshold": ex.settings.threshold,
+        "tol": ex.settings.tol,
+        "rejected_by_f": int(searched.sum()),
+        "found": int(found.sum()),
+        "validity_pct": 100.0 * float(found.sum()) / max(int(searched.sum()), 1),
+        "proximity_l2": float(np.mean(out.column("proximity_l2").to_numpy(zero_copy_only=False)[found])),
+        "cf": style_agreement(xq, cf, shape),
+        "path_end": style_agreement(xq, ends[:, 0], shape),
+    }
+    if judge is not None:
+        for key, images in (("cf", cf), ("path_end", ends[:, 0])):
+            p = judge(images)
+            m[key]["judge_target_pct"] = 100.0 * float((p > 0.5).mean())
+            m[key]["judge_mean"] = float(p.mean())
+    return m
+
+
+def style_markdown(rows: list[dict[str, Any]]) -> str:
+    """One line per ``style_metrics`` result, and one for the end of the path (a = 1)."""
+    lines = [
+        "| counterfactual | validity (%) | read as 7 by the CNN judge (%) | slant r | slant diff (deg) "
+        "| thickness r | thickness diff (px) | proximity L2 |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for m in rows:
+        c = m["cf"]
+        lines.append(
+            f"| first image with T <= f < T + tol, T = {m['threshold']:g}, tol = {m['tol']:g} | {m['validity_pct']:.1f} | "
+            f"{c.get('judge_target_pct', float('nan')):.1f} | {c['slant_r']:.3f} | {c['slant_mad']:.1f} | "
+            f"{c['thickness_r']:.3f} | {c['thickness_mad']:.2f} | {m['proximity_l2']:.2f} |"
+        )
+    e = rows[-1]["path_end"]
+    lines.append(
+        f"| end of the path (a = 1: mu_1 with the query's z_u) | | {e.get('judge_target_pct', float('nan')):.1f} | "
+        f"{e['slant_r']:.3f} | {e['slant_mad']:.1f} | {e['thickness_r']:.3f} | {e['thickness_mad']:.2f} | |"
+    )
+    return "\n".join(lines)
 
 
 def table1_markdown(m: dict[str, Any]) -> str:
@@ -99,7 +173,7 @@ def table1_markdown(m: dict[str, Any]) -> str:
     return "\n".join([
         "| method | time (s) | reconstruction | sparsity L1 | sparsity L0 (pixels) | validity (%) | proximity L2 |",
         "|---|---:|---:|---:|---:|---:|---:|",
-        f"| gmcf-batch ({m['rejected_by_f']:,} test-set 1s rejected by f) | {m['time_per_query_s']:.5f} | "
+        f"| gmcf-batch, T = {m['threshold']:g} ({m['rejected_by_f']:,} test-set 1s rejected by f) | {m['time_per_query_s']:.5f} | "
         f"{cell('reconstruction')} | {cell('sparsity_l1')} | {m['sparsity_l0']['mean']:.0f} ± {m['sparsity_l0']['sd']:.0f} | "
         f"{m['validity_pct']:.1f} | {cell('proximity_l2')} |",
         "| paper, Our Method | 0.007 ± 0.001 | 0.012 ± 0.003 | 2.119 ± 0.857 | - | 89.5 | 0.193 ± 0.075 |",
@@ -126,12 +200,15 @@ def _show(ax: Any, img: np.ndarray, shape: tuple[int, ...], title: str = "", col
         ax.set_title(title, fontsize=8, color=color)
 
 
-def plot_figures(bundle: str | Path, out: str | Path, n_queries: int = 10, n_paths: int = 4, seed: int = 0) -> list[Path]:
+def plot_figures(
+    bundle: str | Path, out: str | Path, n_queries: int = 10, n_paths: int = 4, seed: int = 0, **settings: Any
+) -> list[Path]:
     """Write figure2.png (queries above their counterfactuals), figure3.png (interpolation paths
     with f's score under each step) and figure4.png (PCA of the latent z by class) to ``out``,
-    for held-out images of the bundle's dataset. Returns the files written."""
+    for held-out images of the bundle's dataset. ``settings`` override the bundle's search defaults
+    (``threshold``, ``tol``, ...). Returns the files written."""
     plt = _pyplot()
-    ex, ds = image_explainer(bundle)
+    ex, ds = image_explainer(bundle, **settings)
     pre = ex.bundle.preprocessor
     assert isinstance(pre, ImagePreprocessor)
     shape = pre.image.shape
@@ -149,15 +226,32 @@ def plot_figures(bundle: str | Path, out: str | Path, n_queries: int = 10, n_pat
     cf_score = res.column("cf_score").to_numpy(zero_copy_only=False)
     written = []
 
-    # Figure 2: queries (top) above their counterfactuals (bottom).
+    # Figure 2: queries (top) above their counterfactuals; below them, when the search asks f for
+    # more than the decision boundary, the counterfactuals at the boundary (T = 0.5, the paper's).
     show = hit[:n_queries]
-    fig, axes = plt.subplots(2, len(show), figsize=(1.1 * len(show), 3.0), squeeze=False)
+    st = ex.settings
+    rows_shown = [(cf, cf_score, f"T = {st.threshold:g}")]
+    if st.threshold != BOUNDARY:
+        boundary = Explainer(ex.bundle, replace(st, threshold=BOUNDARY, tol=1.0 - BOUNDARY)).explain(
+            queries.take(pa.array(pick[show])))
+        b_cf = np.stack([np.zeros(x.shape[1]) if v is None else np.asarray(v, dtype=np.float64)
+                         for v in boundary.column(f"cf_{pre.image.name}").to_pylist()])
+        b_score = np.nan_to_num(np.asarray(boundary.column("cf_score").to_pylist(), dtype=np.float64))
+        full_cf, full_score = np.zeros_like(cf), np.zeros_like(cf_score)
+        full_cf[show], full_score[show] = b_cf, b_score
+        rows_shown.append((full_cf, full_score, f"T = {BOUNDARY:g}"))
+    n_rows = 1 + len(rows_shown)
+    fig, axes = plt.subplots(n_rows, len(show), figsize=(1.1 * len(show), 0.4 + 1.3 * n_rows), squeeze=False)
     for j, i in enumerate(show):
         _show(axes[0, j], x[i], shape, f"f={score[i]:.2f}")
-        _show(axes[1, j], cf[i], shape, f"f={cf_score[i]:.2f}")
+        for r, (imgs, sc_, _) in enumerate(rows_shown, start=1):
+            _show(axes[r, j], imgs[i], shape, f"f={sc_[i]:.2f}")
     axes[0, 0].set_ylabel("query", fontsize=8)
-    axes[1, 0].set_ylabel("counterfactual", fontsize=8)
-    fig.suptitle("Held-out 1s (top) and their counterfactuals (bottom); f = P(7)", fontsize=9)
+    for r, (_, _, label) in enumerate(rows_shown, start=1):
+        axes[r, 0].set_ylabel(f"cf, {label}", fontsize=8)
+    title = f"Held-out 1s (top); their counterfactuals, the first image on the path with f = P(7) >= T: T = {st.threshold:g}"
+    title += f", then T = {BOUNDARY:g} (the decision boundary)" if len(rows_shown) > 1 else ""
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout(h_pad=1.2)
     written.append(out / "figure2.png")
     fig.savefig(written[-1], dpi=110)
@@ -168,16 +262,16 @@ def plot_figures(bundle: str | Path, out: str | Path, n_queries: int = 10, n_pat
     alphas = np.linspace(0.0, 1.0, 9, dtype=np.float32)
     rows, sc = ex.engine.candidates(x[paths], np.broadcast_to(alphas, (paths.size, alphas.size)).copy())
     threshold = ex.settings.threshold
-    fig, axes = plt.subplots(len(paths), alphas.size + 2, figsize=(1.0 * (alphas.size + 2), 1.25 * len(paths)), squeeze=False)
+    marks = [(threshold, "red")] + ([(BOUNDARY, "darkorange")] if threshold != BOUNDARY else [])
+    fig, axes = plt.subplots(len(paths), alphas.size + 2, figsize=(1.05 * (alphas.size + 2), 1.25 * len(paths)), squeeze=False)
     for r, i in enumerate(paths):
-        _show(axes[r, 0], x[i], shape, f"query {score[i]:.2f}")
-        crossed = False
-        for s, a in enumerate(alphas):
-            first = not crossed and sc[r, s] >= threshold
-            crossed = crossed or first
-            _show(axes[r, s + 1], rows[r, s], shape, f"a={a:.2f}: {sc[r, s]:.2f}", "red" if first else "black")
-        _show(axes[r, -1], cf[i], shape, f"cf a={res.column('alpha')[int(i)].as_py():.2f}: {cf_score[i]:.2f}", "red")
-    fig.suptitle("Interpolation toward mu_1 with the query's z_u; f's score under each step (red: first >= threshold)", fontsize=9)
+        _show(axes[r, 0], x[i], shape, f"query {score[i]:.3f}")
+        firsts = {int(np.argmax(sc[r] >= t)): colour for t, colour in reversed(marks) if (sc[r] >= t).any()}
+        for k, a in enumerate(alphas):
+            _show(axes[r, k + 1], rows[r, k], shape, f"a={a:.2f}: {sc[r, k]:.3f}", firsts.get(k, "black"))
+        _show(axes[r, -1], cf[i], shape, f"cf a={res.column('alpha')[int(i)].as_py():.2f}: {cf_score[i]:.3f}", "red")
+    legend = f"red: first >= T = {threshold:g}" + (f"; orange: first >= {BOUNDARY:g}" if len(marks) > 1 else "")
+    fig.suptitle(f"Interpolation toward mu_1 with the query's z_u; f's score under each step ({legend})", fontsize=9)
     fig.tight_layout()
     written.append(out / "figure3.png")
     fig.savefig(written[-1], dpi=110)
@@ -213,4 +307,7 @@ def plot_figures(bundle: str | Path, out: str | Path, n_queries: int = 10, n_pat
     return written
 
 
-__all__ = ["PAPER_TABLE1", "heldout_base", "plot_figures", "table1_markdown", "table1_metrics"]
+__all__ = [
+    "PAPER_TABLE1", "heldout_base", "plot_figures", "style_markdown", "style_metrics", "table1_markdown",
+    "table1_metrics",
+]

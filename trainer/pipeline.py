@@ -40,6 +40,7 @@ from gmcf.trainer.fit import (
     probe_leakage,
     train_classifier,
 )
+from gmcf.trainer.images import default_search
 from gmcf.trainer.model import GMCF
 from gmcf.trainer.prepare import Prepared, prepare
 
@@ -218,7 +219,7 @@ def write_bundle(
                 "var": model.var.detach().numpy().astype(float).round(7).tolist(),
             },
             "opset": OPSET,
-            "search": SearchDefaults().to_dict(),
+            "search": SearchDefaults(**default_search(ds.schema)).to_dict(),
             "train_config": cfg.to_dict(),
             "classifier": "user" if user_classifier else "reference-mlp",
             "graphs": {name: files[name] for name in GRAPHS},
