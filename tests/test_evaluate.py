@@ -208,3 +208,9 @@ def test_cli_evaluates_mnist_with_its_image_settings(tmp_path: Path) -> None:
     saved = json.loads(out.with_suffix(".json").read_text())
     assert saved["config"]["train"]["latent_dim"] == 15 and saved["config"]["train"]["latent_u_dim"] == 25
     assert "| gmcf | 1/1 |" in stdout and "89.5" in stdout  # the paper's Table 1 row
+    # images add whether the counterfactuals read as 7s and keep the query's style
+    assert "read as the target by a CNN (%)" in stdout and "slant r" in stdout
+    run = next(r for r in saved["runs"] if r["method"] == "gmcf")
+    assert 0.0 <= run["metrics"]["read_as_target"] <= 100.0
+    assert -1.0 <= run["metrics"]["slant_r"] <= 1.0 and -1.0 <= run["metrics"]["thickness_r"] <= 1.0
+    assert saved["config"]["threshold"] == 0.5  # the paper's T, not the image bundle's 0.99

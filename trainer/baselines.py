@@ -5,6 +5,7 @@ the latent space of a VAE (paper appendix .4, Algorithm 3)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -92,10 +93,10 @@ class ImageJudge(nn.Module):
     f (an MLP, Table 4) and was trained on the ground truth, not on f's labels. Two 5x5
     convolutions with max pooling, then 64 hidden units."""
 
-    def __init__(self, shape: tuple[int, int]) -> None:
+    def __init__(self, shape: Sequence[int]) -> None:
         super().__init__()
         h, w = shape
-        self.shape = shape
+        self.shape = tuple(shape)
         self.net = nn.Sequential(
             nn.Unflatten(1, (1, h, w)),
             nn.Conv2d(1, 16, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
@@ -114,7 +115,7 @@ class ImageJudge(nn.Module):
 
 
 def train_image_judge(
-    x: np.ndarray, y: np.ndarray, shape: tuple[int, int], seed: int = 0, epochs: int = 4, shift: int = 2
+    x: np.ndarray, y: np.ndarray, shape: Sequence[int], seed: int = 0, epochs: int = 4, shift: int = 2
 ) -> ImageJudge:
     """Fit ``ImageJudge`` on flat images ``x`` in [0, 1] and their true labels ``y`` (0/1), each
     batch shifted by up to ``shift`` pixels so that the judge reads a digit wherever it sits."""

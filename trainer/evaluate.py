@@ -33,15 +33,19 @@ from gmcf.datasets import Dataset
 from gmcf.runtime.errors import InputError
 from gmcf.runtime.explainer import Explainer
 from gmcf.runtime.metrics import changed_features, proximity_l2, sparsity_l1
+from gmcf.runtime.schema import ImagePreprocessor
 from gmcf.trainer.baselines import (
     AEConfig,
     Autoencoder,
     GDLConfig,
+    ImageJudge,
     autoencoder_error,
     gdl_search,
     train_autoencoder,
+    train_image_judge,
 )
 from gmcf.trainer.fit import TrainConfig
+from gmcf.trainer.morphology import style_agreement
 from gmcf.trainer.pipeline import Callbacks, Trained, train_models, write_bundle
 
 #: Methods measured in this process, and the peers run in the optional peers environment.
@@ -87,6 +91,15 @@ METRICS = (
     ("sparsity_l0", "L0"),
     ("validity", "validity (%)"),
     ("proximity_l2", "proximity L2"),
+)
+
+#: Image datasets only: does the counterfactual read as the target class to a CNN trained on the
+#: true labels (``ImageJudge``), and does it keep the query's stem slant and thickness
+#: (``gmcf.trainer.morphology``; Pearson r over the repetition's valid counterfactuals)?
+IMAGE_METRICS = (
+    ("read_as_target", "read as the target by a CNN (%)"),
+    ("slant_r", "slant r"),
+    ("thickness_r", "thickness r"),
 )
 
 
@@ -167,12 +180,17 @@ class Evaluation:
                 "errors": [f"rep {r.rep}: {r.error}" for r in runs if not r.ok],
                 "queries": [r.queries for r in ok], "capped": any(r.capped for r in ok),
             }
-            for key, _ in METRICS:
+            for key, _ in self.metric_names():
                 vals = np.array([r.metrics[key] for r in ok if key in r.metrics], dtype=float)
                 vals = vals[np.isfinite(vals)]
                 row[key] = mean_sd(vals)
             out[name] = row
         return out
+
+    def metric_names(self) -> tuple[tuple[str, str], ...]:
+        """``METRICS``, and ``IMAGE_METRICS`` when a run measured them (image datasets)."""
+        images = any("read_as_target" in r.metrics for r in self.runs)
+        return METRICS + IMAGE_METRICS if images else METRICS
 
     def method_rows(self) -> list[str]:
         seen: list[str] = []
@@ -202,7 +220,8 @@ def load_evaluation(path: Path) -> Evaluation:
     """An evaluation back from its JSON file (to render it again)."""
     d = json.loads(Path(path).read_text())
     c = d["config"]
-    scalars = {k: c[k] for k in ("reps", "seed", "max_queries", "single_queries", "slow_queries", "cfrl_steps", "rows")
+    scalars = {k: c[k] for k in ("reps", "seed", "max_queries", "single_queries", "slow_queries", "cfrl_steps", "rows",
+                                 "threshold", "tol")
                if k in c}
     cfg = EvalConfig(methods=tuple(c["methods"]), **scalars)
     runs = [MethodRun(**r) for r in d["runs"]]
@@ -260,7 +279,7 @@ def machine() -> dict[str, Any]:
 def _fmt(v: list[float] | None, key: str) -> str:
     if v is None:
         return "–"
-    if key == "validity":
+    if key in ("validity", "read_as_target"):
         return f"{v[0]:.1f}±{v[1]:.1f}"
     if key.startswith("time"):
         return f"{v[0]:.2g}±{v[1]:.1g}" if v[0] < 0.01 else f"{v[0]:.3f}±{v[1]:.3f}"
@@ -274,12 +293,13 @@ def _fmt(v: list[float] | None, key: str) -> str:
 def render_markdown(ev: Evaluation) -> str:
     cfg = ev.config
     s = ev.summary()
-    head = "| method | reps | queries/rep | " + " | ".join(label for _, label in METRICS) + " |"
+    metrics = ev.metric_names()
+    head = "| method | reps | queries/rep | " + " | ".join(label for _, label in metrics) + " |"
     lines = [
         f"### {ev.dataset}: {cfg.reps} repetition(s), mean ± SD over repetitions",
         "",
         head,
-        "|" + "---|" * 3 + "---:|" * len(METRICS),
+        "|" + "---|" * 3 + "---:|" * len(metrics),
     ]
     for name, row in s.items():
         q = row["queries"]
@@ -287,7 +307,7 @@ def render_markdown(ev: Evaluation) -> str:
         if row["capped"]:
             qtext += f" (capped at {cfg.slow_queries if name in SLOW_METHODS else cfg.max_queries})"
         reps = f"{row['reps_ok']}/{row['reps_ok'] + row['reps_failed']}"
-        lines.append(f"| {name} | {reps} | {qtext} | " + " | ".join(_fmt(row[k], k) for k, _ in METRICS) + " |")
+        lines.append(f"| {name} | {reps} | {qtext} | " + " | ".join(_fmt(row[k], k) for k, _ in metrics) + " |")
     paper = PAPER.get(ev.dataset)
     if paper:
         lines += ["", "The paper's table (time, reconstruction, sparsity, validity %, proximity):", "",
@@ -316,6 +336,7 @@ class Rep:
     slow: np.ndarray  # indices into queries: the rows the slow peers attempt
     judge: Autoencoder
     folder: Path
+    image_judge: ImageJudge | None = None
 
 
 def _score_rows(rep: Rep, run: MethodRun, rows: np.ndarray, cf: np.ndarray, returned: np.ndarray) -> None:
@@ -341,6 +362,11 @@ def _score_rows(rep: Rep, run: MethodRun, rows: np.ndarray, cf: np.ndarray, retu
         for key, vals in per_row.items():
             run.metrics[key] = float(np.mean(vals))
             run.query_sd[key] = float(np.std(vals))
+        pre = ex.bundle.preprocessor
+        if rep.image_judge is not None and isinstance(pre, ImagePreprocessor):
+            run.metrics["read_as_target"] = 100.0 * float((rep.image_judge.predict(cv) > 0.5).mean())
+            style = style_agreement(xv, cv, pre.image.shape)
+            run.metrics["slant_r"], run.metrics["thickness_r"] = style["slant_r"], style["thickness_r"]
 
 
 def _cf_rows(out: pa.Table, ex: Explainer) -> tuple[np.ndarray, np.ndarray]:
@@ -589,7 +615,11 @@ def _prepare_rep(ds: Dataset, cfg: EvalConfig, r: int, folder: Path, log: Callab
     timed = np.sort(order[: min(cfg.single_queries, cfg.max_queries)])
     slow = np.sort(order[: min(cfg.slow_queries, cfg.max_queries)])
     log(f"rep {r + 1}: {p.x_test.shape[0]:,} held-out rows, f rejects {rejected.size:,}")
-    return Rep(r, trained, ex, queries, p.x_test[rejected], capped, timed, slow, judge, folder)
+    image_judge = None
+    if isinstance(p.pre, ImagePreprocessor):
+        log(f"rep {r + 1}: training the CNN judge on the true labels")
+        image_judge = train_image_judge(p.x_train, p.y_train, p.pre.image.shape, seed + 3000)
+    return Rep(r, trained, ex, queries, p.x_test[rejected], capped, timed, slow, judge, folder, image_judge)
 
 
 def write_results(ev: Evaluation, path: Path) -> tuple[Path, Path]:
