@@ -3,8 +3,8 @@ stroke thickness? On the held-out test-set 1s, for several thresholds T.
 
     python scripts/mnist_style.py exported/mnist-1-to-7 [--thresholds 0.5:0.5,0.9:0.1,0.99:0.01] [--json]
 
-"Reads as a 7" is the verdict of a small CNN (``gmcf.trainer.baselines.ImageJudge``) trained on
-MNIST's training 1s and 7s with their true labels: an observer that is not f. Slant and thickness
+"Reads as a 7" is the verdict of small CNNs (``gmcf.trainer.baselines.ImageJudge``, one per seed)
+trained on MNIST's training 1s and 7s with their true labels: observers that are not f. Slant and thickness
 are those of the stem (``gmcf.trainer.morphology``). Needs torch (the trainer extra) for the judge.
 """
 
@@ -26,22 +26,26 @@ def main() -> None:
     ap.add_argument("bundle", nargs="?", default="exported/mnist-1-to-7")
     ap.add_argument("--thresholds", default="0.5:0.5,0.9:0.1,0.99:0.01,0.999:0.001",
                     help="comma-separated T:tol pairs")
+    ap.add_argument("--judges", type=int, default=3, help="CNN judges, trained with seeds 0..N-1")
     ap.add_argument("--json", action="store_true", help="also print every figure as JSON")
     args = ap.parse_args()
     images, digits, is_test = load_mnist_1_7()
     flat = images.reshape(len(images), -1).astype(np.float32) / 255.0
-    t0 = time.perf_counter()
-    judge = train_image_judge(flat[~is_test], (digits[~is_test] == 7).astype(np.int64), images.shape[1:])
-    acc = float(((judge.predict(flat[is_test]) > 0.5) == (digits[is_test] == 7)).mean())
-    print(f"CNN judge: trained in {time.perf_counter() - t0:.0f} s, test accuracy {100 * acc:.2f}% "
-          f"({int(is_test.sum()):,} test-set 1s and 7s)")
+    judges, accuracy = [], []
+    for seed in range(args.judges):
+        t0 = time.perf_counter()
+        judge = train_image_judge(flat[~is_test], (digits[~is_test] == 7).astype(np.int64), images.shape[1:], seed)
+        accuracy.append(float(((judge.predict(flat[is_test]) > 0.5) == (digits[is_test] == 7)).mean()))
+        judges.append(judge.predict)
+        print(f"CNN judge {seed}: trained in {time.perf_counter() - t0:.0f} s, test accuracy "
+              f"{100 * accuracy[-1]:.2f}% ({int(is_test.sum()):,} test-set 1s and 7s)")
     rows = []
     for pair in args.thresholds.split(","):
         t, tol = (float(v) for v in pair.split(":"))
-        rows.append(style_metrics(args.bundle, judge.predict, threshold=t, tol=tol))
+        rows.append(style_metrics(args.bundle, judges, threshold=t, tol=tol))
     print(style_markdown(rows))
     if args.json:
-        print(json.dumps({"judge_test_accuracy": acc, "rows": rows}, indent=2))
+        print(json.dumps({"judge_test_accuracy": accuracy, "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

@@ -87,8 +87,8 @@ def test_counterfactuals_keep_the_query_style_and_read_as_sevens_to_an_independe
     judge = train_image_judge(flat[~is_test], (digits[~is_test] == 7).astype(np.int64), (28, 28), epochs=1)
     accuracy = ((judge.predict(flat[is_test]) > 0.5) == (digits[is_test] == 7)).mean()
     assert accuracy > 0.99
-    default = style_metrics(MNIST, judge.predict)
-    boundary = style_metrics(MNIST, judge.predict, threshold=0.5, tol=0.5)
+    default = style_metrics(MNIST, [judge.predict])
+    boundary = style_metrics(MNIST, [judge.predict], threshold=0.5, tol=0.5)
     assert default["validity_pct"] >= 89.5 and boundary["validity_pct"] >= 89.5
     # at the bundle's defaults most counterfactuals read as 7s; at the boundary few do
     assert default["cf"]["judge_target_pct"] >= 75.0

@@ -8,7 +8,7 @@ and Figures 2-4. Needs no torch: everything runs through the bundle's ONNX graph
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -98,14 +98,16 @@ def table1_metrics(bundle: str | Path, **settings: Any) -> dict[str, Any]:
     }
 
 
-def style_metrics(
-    bundle: str | Path, judge: Callable[[np.ndarray], np.ndarray] | None = None, **settings: Any
-) -> dict[str, Any]:
+Judge = Callable[[np.ndarray], np.ndarray]
+
+
+def style_metrics(bundle: str | Path, judges: Sequence[Judge] = (), **settings: Any) -> dict[str, Any]:
     """Do the counterfactuals read as the target digit and keep the query's style? On the bundle's
     held-out base-class images, with ``settings`` over its search defaults:
 
     validity as in ``table1_metrics``; ``judge_target_pct``: share of the counterfactuals that
-    ``judge`` (flat images -> P(target), e.g. ``ImageJudge.predict``) reads as the target class;
+    the ``judges`` (each: flat images -> P(target), e.g. ``ImageJudge.predict``) read as the
+    target class, on average over the judges (``judge_target_pct_each``: one per judge);
     slant and thickness of the stem (``gmcf.trainer.morphology``) of counterfactual against query:
     Pearson r and mean absolute difference. The same for the end of the path (a = 1: mu_1 decoded
     with the query's z_u), which shows what z_u keeps of the style."""
@@ -125,6 +127,7 @@ def style_metrics(
     shape = pre.image.shape
     m: dict[str, Any] = {
         "bundle": str(bundle),
+        "target": str(ex.bundle.manifest.get("schema", {}).get("positive_class", "the target")),
         "threshold": ex.settings.threshold,
         "tol": ex.settings.tol,
         "rejected_by_f": int(searched.sum()),
@@ -134,18 +137,27 @@ def style_metrics(
         "cf": style_agreement(xq, cf, shape),
         "path_end": style_agreement(xq, ends[:, 0], shape),
     }
-    if judge is not None:
+    if judges:
         for key, images in (("cf", cf), ("path_end", ends[:, 0])):
-            p = judge(images)
-            m[key]["judge_target_pct"] = 100.0 * float((p > 0.5).mean())
-            m[key]["judge_mean"] = float(p.mean())
+            each = [100.0 * float((judge(images) > 0.5).mean()) for judge in judges]
+            m[key]["judge_target_pct"] = float(np.mean(each))
+            m[key]["judge_target_pct_each"] = each
     return m
 
 
+def _judged(c: dict[str, Any]) -> str:
+    each = c.get("judge_target_pct_each", [])
+    if not each:
+        return ""
+    return f"{np.mean(each):.1f}" + (f" ({min(each):.1f}-{max(each):.1f})" if len(each) > 1 else "")
+
+
 def style_markdown(rows: list[dict[str, Any]]) -> str:
-    """One line per ``style_metrics`` result, and one for the end of the path (a = 1)."""
+    """One line per ``style_metrics`` result, and one for the end of the path (a = 1). With several
+    judges, the share read as the target is their mean (lowest-highest)."""
+    target = rows[0].get("target", "the target") if rows else "the target"
     lines = [
-        "| counterfactual | validity (%) | read as 7 by the CNN judge (%) | slant r | slant diff (deg) "
+        f"| counterfactual | validity (%) | read as {target} by the CNN judges (%) | slant r | slant diff (deg) "
         "| thickness r | thickness diff (px) | proximity L2 |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -153,12 +165,12 @@ def style_markdown(rows: list[dict[str, Any]]) -> str:
         c = m["cf"]
         lines.append(
             f"| first image with T <= f < T + tol, T = {m['threshold']:g}, tol = {m['tol']:g} | {m['validity_pct']:.1f} | "
-            f"{c.get('judge_target_pct', float('nan')):.1f} | {c['slant_r']:.3f} | {c['slant_mad']:.1f} | "
+            f"{_judged(c)} | {c['slant_r']:.3f} | {c['slant_mad']:.1f} | "
             f"{c['thickness_r']:.3f} | {c['thickness_mad']:.2f} | {m['proximity_l2']:.2f} |"
         )
     e = rows[-1]["path_end"]
     lines.append(
-        f"| end of the path (a = 1: mu_1 with the query's z_u) | | {e.get('judge_target_pct', float('nan')):.1f} | "
+        f"| end of the path (a = 1: mu_1 with the query's z_u) | | {_judged(e)} | "
         f"{e['slant_r']:.3f} | {e['slant_mad']:.1f} | {e['thickness_r']:.3f} | {e['thickness_mad']:.2f} | |"
     )
     return "\n".join(lines)
