@@ -7,6 +7,7 @@ and Figures 2-4. Needs no torch: everything runs through the bundle's ONNX graph
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -204,6 +205,14 @@ def _pyplot() -> Any:
     return plt
 
 
+def _score_text(v: float, threshold: float) -> str:
+    """f's score with enough decimals to tell it from ``threshold`` (rounded down, so that a
+    score below the threshold never prints as the threshold, nor one below 1 as 1)."""
+    digits = max(2, round(-math.log10(max(1.0 - threshold, 1e-9))) + 1)
+    scale = 10.0**digits
+    return f"{np.floor(float(v) * scale) / scale:.{digits}f}"
+
+
 def _show(ax: Any, img: np.ndarray, shape: tuple[int, ...], title: str = "", color: str = "black") -> None:
     ax.imshow(img.reshape(shape), cmap="gray", vmin=0.0, vmax=1.0)
     ax.set_xticks([])
@@ -255,9 +264,9 @@ def plot_figures(
     n_rows = 1 + len(rows_shown)
     fig, axes = plt.subplots(n_rows, len(show), figsize=(1.1 * len(show), 0.4 + 1.3 * n_rows), squeeze=False)
     for j, i in enumerate(show):
-        _show(axes[0, j], x[i], shape, f"f={score[i]:.2f}")
+        _show(axes[0, j], x[i], shape, f"f={_score_text(score[i], st.threshold)}")
         for r, (imgs, sc_, _) in enumerate(rows_shown, start=1):
-            _show(axes[r, j], imgs[i], shape, f"f={sc_[i]:.2f}")
+            _show(axes[r, j], imgs[i], shape, f"f={_score_text(sc_[i], st.threshold)}")
     axes[0, 0].set_ylabel("query", fontsize=8)
     for r, (_, _, label) in enumerate(rows_shown, start=1):
         axes[r, 0].set_ylabel(f"cf, {label}", fontsize=8)
@@ -277,11 +286,12 @@ def plot_figures(
     marks = [(threshold, "red")] + ([(BOUNDARY, "darkorange")] if threshold != BOUNDARY else [])
     fig, axes = plt.subplots(len(paths), alphas.size + 2, figsize=(1.05 * (alphas.size + 2), 1.25 * len(paths)), squeeze=False)
     for r, i in enumerate(paths):
-        _show(axes[r, 0], x[i], shape, f"query {score[i]:.3f}")
+        _show(axes[r, 0], x[i], shape, f"query {_score_text(score[i], threshold)}")
         firsts = {int(np.argmax(sc[r] >= t)): colour for t, colour in reversed(marks) if (sc[r] >= t).any()}
         for k, a in enumerate(alphas):
-            _show(axes[r, k + 1], rows[r, k], shape, f"a={a:.2f}: {sc[r, k]:.3f}", firsts.get(k, "black"))
-        _show(axes[r, -1], cf[i], shape, f"cf a={res.column('alpha')[int(i)].as_py():.2f}: {cf_score[i]:.3f}", "red")
+            _show(axes[r, k + 1], rows[r, k], shape, f"a={a:.2f}: {_score_text(sc[r, k], threshold)}", firsts.get(k, "black"))
+        alpha = res.column("alpha")[int(i)].as_py()
+        _show(axes[r, -1], cf[i], shape, f"cf a={alpha:.2f}: {_score_text(cf_score[i], threshold)}", "red")
     legend = f"red: first >= T = {threshold:g}" + (f"; orange: first >= {BOUNDARY:g}" if len(marks) > 1 else "")
     fig.suptitle(f"Interpolation toward mu_1 with the query's z_u; f's score under each step ({legend})", fontsize=9)
     fig.tight_layout()
