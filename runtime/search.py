@@ -47,13 +47,11 @@ class Engine:
         if threads < 1:
             raise GmcfError(f"threads must be at least 1, got {threads}")
         self.bundle = bundle
-        self.sessions = {}
-        for name in ("search", "search_bounded", "classifier", "reconstruct"):
-            sess = _session(str(bundle.graph_path(name)), threads)
-            check_graph_signature(
-                bundle, name, [i.name for i in sess.get_inputs()], [o.name for o in sess.get_outputs()]
-            )
-            self.sessions[name] = sess
+        self.threads = threads
+        self.sessions: dict[str, ort.InferenceSession] = {}
+        # search_bounded is opened on first use (only constrained searches need it).
+        for name in ("search", "classifier", "reconstruct"):
+            self._open(name)
         self.pre = bundle.preprocessor
         width, code_width = self.pre.width, self.pre.code_width
         shape = self.sessions["classifier"].get_inputs()[0].shape
@@ -64,15 +62,23 @@ class Engine:
         self.mu_1 = np.asarray(bundle.mu_1, dtype=np.float32)
         # One query, two alphas: the search graph must return one scored row per candidate.
         x0 = np.zeros((1, width), np.float32)
-        code, score = self.sessions["search_bounded"].run(None, {
+        code, score = self.sessions["search"].run(None, {
             "x": x0, "alphas": np.ones((1, 2), np.float32), "target": self.mu_1_rows(1),
-            "lower": x0, "upper": x0 + 1.0,
         })
         if code.shape != (2, code_width) or score.shape != (2,):
             raise BundleError(
                 f"bundle {bundle.path}: search graph returns code {list(code.shape)} and scores "
                 f"{list(score.shape)} for 1 query x 2 alphas, expected [2, {code_width}] and [2]"
             )
+
+    def _open(self, name: str) -> ort.InferenceSession:
+        if name not in self.sessions:
+            sess = _session(str(self.bundle.graph_path(name)), self.threads)
+            check_graph_signature(
+                self.bundle, name, [i.name for i in sess.get_inputs()], [o.name for o in sess.get_outputs()]
+            )
+            self.sessions[name] = sess
+        return self.sessions[name]
 
     def score(self, x: np.ndarray) -> np.ndarray:
         return np.asarray(self.sessions["classifier"].run(None, {"x": x})[0], dtype=np.float32)
@@ -102,7 +108,7 @@ class Engine:
             graph = "search_bounded"
             feed["lower"] = np.zeros_like(x) if lower is None else lower
             feed["upper"] = np.ones_like(x) if upper is None else upper
-        rows, score = self.sessions[graph].run(None, feed)
+        rows, score = self._open(graph).run(None, feed)
         return rows.reshape(b, s, -1), score.reshape(b, s)
 
     def mu_1_rows(self, n: int) -> np.ndarray:

@@ -26,7 +26,7 @@ def main() -> None:
     ap.add_argument("bundle", nargs="?", default="exported/mnist-1-to-7")
     ap.add_argument("--thresholds", default="0.5:0.5,0.9:0.1,0.99:0.01,0.999:0.001",
                     help="comma-separated T:tol pairs")
-    ap.add_argument("--judges", type=int, default=3, help="CNN judges, trained with seeds 0..N-1")
+    ap.add_argument("--judges", type=int, default=5, help="CNN judges, trained with seeds 0..N-1")
     ap.add_argument("--json", action="store_true", help="also print every figure as JSON")
     args = ap.parse_args()
     images, digits, is_test = load_mnist_1_7()
