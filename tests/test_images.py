@@ -274,3 +274,24 @@ def test_plot_writes_the_three_figures(tmp_path: Path) -> None:
 def test_plot_refuses_a_tabular_bundle(adult_bundle: Path, tmp_path: Path) -> None:
     code, _stdout, stderr = invoke("plot", str(adult_bundle), "--out", str(tmp_path / "figs"))
     assert code != 0 and "tabular" in stderr and len(stderr.strip().splitlines()) == 1
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    head = path.read_bytes()[16:24]
+    return int.from_bytes(head[:4], "big"), int.from_bytes(head[4:], "big")
+
+
+def test_plot_at_the_boundary_draws_one_counterfactual_row_and_checks_its_threshold(tmp_path: Path) -> None:
+    """The bundle's T = 0.99 adds a row of boundary counterfactuals to Figure 2; at T = 0.5 there
+    is nothing to compare with, so the figure is shorter. A bad threshold is a one-line error."""
+    pytest.importorskip("matplotlib")
+    code, _, stderr = invoke("plot", str(MNIST), "--out", str(tmp_path / "default"))
+    assert code == 0, stderr
+    code, _, stderr = invoke("plot", str(MNIST), "--out", str(tmp_path / "boundary"), "--threshold", "0.5", "--tol", "0.5")
+    assert code == 0, stderr
+    w_default, h_default = _png_size(tmp_path / "default" / "figure2.png")
+    w_boundary, h_boundary = _png_size(tmp_path / "boundary" / "figure2.png")
+    assert w_default == w_boundary and h_default > h_boundary
+    code, _, stderr = invoke("plot", str(MNIST), "--out", str(tmp_path / "bad"), "--threshold", "1.5")
+    assert code != 0 and "threshold" in stderr and len(stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "bad" / "figure2.png").exists()
