@@ -67,8 +67,8 @@ def explain(
     input: Annotated[Path, typer.Argument(help="Parquet file of queries, one row per applicant.")],
     output: Annotated[Path | None, typer.Option("-o", "--output", help="Output Parquet file [default: INPUT.explained.parquet].")] = None,
     bundle: Annotated[Path | None, typer.Option(help="Bundle folder [default: the shipped Adult bundle].")] = None,
-    threshold: Annotated[float | None, typer.Option(help="Decision threshold T on f's score.")] = None,
-    tol: Annotated[float | None, typer.Option(help="A counterfactual's score must lie in [T, T + tol).")] = None,
+    threshold: Annotated[float | None, typer.Option(help="Decision threshold T on f's score [default: the bundle's, see inspect].")] = None,
+    tol: Annotated[float | None, typer.Option(help="A counterfactual's score must lie in [T, T + tol) [default: the bundle's; with --threshold alone, 1 - T when the bundle accepts any score up to 1].")] = None,
     steps: Annotated[int | None, typer.Option(help="Points on the alpha grid in (0, 1].")] = None,
     refine: Annotated[bool | None, typer.Option("--refine/--no-refine", help="Bisect a crossing that overshoots T + tol.")] = None,
     extrapolate: Annotated[bool | None, typer.Option("--extrapolate/--no-extrapolate", help="Walk past mu_1 when the path never crosses T.")] = None,
@@ -351,7 +351,7 @@ def plot(
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for the PNG files.")] = Path("docs/figures"),
     seed: Annotated[int, typer.Option(help="Random seed of the held-out queries shown.")] = 0,
     threshold: Annotated[float | None, typer.Option(help="Decision threshold T [default: the bundle's].")] = None,
-    tol: Annotated[float | None, typer.Option(help="A counterfactual's score must lie in [T, T + tol).")] = None,
+    tol: Annotated[float | None, typer.Option(help="A counterfactual's score must lie in [T, T + tol) [default: the bundle's; with --threshold alone, 1 - T when the bundle accepts any score up to 1].")] = None,
 ) -> None:
     """Draw the paper's MNIST figures for an image bundle: queries and counterfactuals (figure2),
     interpolation paths with f's scores (figure3), PCA of the latent z (figure4). Needs matplotlib."""

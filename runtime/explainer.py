@@ -19,7 +19,7 @@ from gmcf.runtime.bundle import Bundle, SearchDefaults, load_bundle
 from gmcf.runtime.constraints import Constraints
 from gmcf.runtime.errors import GmcfError, InputError
 from gmcf.runtime.output import assemble, output_schema, query_columns, result_columns
-from gmcf.runtime.schema import usable_rows
+from gmcf.runtime.schema import ImagePreprocessor, usable_rows
 from gmcf.runtime.search import ALREADY, FOUND, INVALID, NOT_FOUND, Engine, SearchResult, search
 
 #: Queries per call of the fused graph: B * steps candidate rows stay in cache.
@@ -27,10 +27,13 @@ SEARCH_CHUNK = 2048
 DEFAULT_BATCH_SIZE = 65536
 #: Distance, in standard deviations of the target class's Gaussian, of the extra walks' targets.
 TARGET_SPREAD = 3.0
-#: Model-space entries per chunk of queries for wide inputs (images): 64 queries of 784 pixels.
-#: On the MNIST bundle 16, 64, 256 and 1,024 queries per call ran at the same speed (705-731
-#: rows/s on one thread); 64 peaked at 468 MiB against 837 MiB for 256.
-WIDE_CHUNK_ENTRIES = 64 * 784
+#: Model-space entries per chunk of queries for wide tabular rows (the limit binds above 98
+#: entries per row; the shipped tables have 12 and 21).
+WIDE_CHUNK_ENTRIES = 256 * 784
+#: The same for images: 64 queries of 784 pixels. On the MNIST bundle 16, 64, 256 and 1,024
+#: queries per call ran at the same speed (705-731 rows/s on one thread); 64 peaked at 468 MiB
+#: against 837 MiB for 256.
+IMAGE_CHUNK_ENTRIES = 64 * 784
 
 
 def default_batch_size(width: int) -> int:
@@ -40,10 +43,12 @@ def default_batch_size(width: int) -> int:
     return max(1024, min(DEFAULT_BATCH_SIZE, (1 << 21) // max(width, 1)))
 
 
-def search_chunk(width: int) -> int:
-    """Queries per call of the fused graph: SEARCH_CHUNK for tabular rows, fewer for images, whose
-    convolutional decoder would otherwise hold B * steps feature maps at once."""
-    return max(16, min(SEARCH_CHUNK, WIDE_CHUNK_ENTRIES // max(width, 1)))
+def search_chunk(width: int, image: bool = False) -> int:
+    """Queries per call of the fused graph: SEARCH_CHUNK for tabular rows (fewer for very wide
+    ones), fewer for images, whose convolutional decoder would otherwise hold B * steps feature
+    maps at once."""
+    entries = IMAGE_CHUNK_ENTRIES if image else WIDE_CHUNK_ENTRIES
+    return max(16, min(SEARCH_CHUNK, entries // max(width, 1)))
 
 
 @dataclass
@@ -109,7 +114,9 @@ class Explainer:
         **overrides: Any,
     ) -> Explainer:
         """Load and verify a bundle. ``overrides`` replace its search defaults
-        (threshold, tol, steps, refine, extrapolate, max_alpha, ...); ``constraints`` are merged
+        (threshold, tol, steps, refine, extrapolate, max_alpha, ...); a threshold given without a
+        tol keeps the bundle's band: when it reaches 1 (any score from T up to 1 is accepted),
+        tol becomes 1 - threshold. ``constraints`` are merged
         over the bundle's default constraints (see ``gmcf.runtime.constraints``); ``num_cfs``
         asks for up to that many distinct counterfactuals per rejected query."""
         if num_cfs < 1:
@@ -118,7 +125,11 @@ class Explainer:
         unknown = sorted(set(overrides) - set(SearchDefaults.__dataclass_fields__))
         if unknown:
             raise GmcfError(f"unknown search setting(s) {unknown}; valid: {', '.join(SearchDefaults.__dataclass_fields__)}")
-        settings = replace(bundle.search, **{k: v for k, v in overrides.items() if v is not None})
+        given = {k: v for k, v in overrides.items() if v is not None}
+        if "threshold" in given and "tol" not in given and bundle.search.threshold + bundle.search.tol >= 1.0:
+            # The bundle accepts any score from T up to 1; so does a run that moves T alone.
+            given["tol"] = max(1.0 - float(given["threshold"]), 1e-6)
+        settings = replace(bundle.search, **given)
         validate_settings(settings)
         merged = Constraints.from_dict(bundle.manifest.get("constraints", {}))
         if constraints:
@@ -171,7 +182,7 @@ class Explainer:
         walks = [SearchResult.empty(len(x), pre.width) for _ in targets]
         if self.constraints and ok.size:
             ok, reason = self._set_aside_unmeetable(x, reason, ok, walks)
-        chunk = search_chunk(pre.width)
+        chunk = search_chunk(pre.width, isinstance(pre, ImagePreprocessor))
         for start in range(0, ok.size, chunk):
             rows = ok[start: start + chunk]
             xr = x[rows]
@@ -217,7 +228,7 @@ class Explainer:
     def _recon(self, res: SearchResult) -> np.ndarray:
         recon = np.full(len(res.status), np.nan, np.float32)
         hit = np.nonzero(res.status == FOUND)[0]
-        chunk = search_chunk(res.cf.shape[1])
+        chunk = search_chunk(res.cf.shape[1], isinstance(self.bundle.preprocessor, ImagePreprocessor))
         for start in range(0, hit.size, chunk):
             rows = hit[start: start + chunk]
             recon[rows] = self.engine.reconstruction_error(res.cf[rows])

@@ -53,23 +53,14 @@ class Engine:
         for name in ("search", "classifier", "reconstruct"):
             self._open(name)
         self.pre = bundle.preprocessor
-        width, code_width = self.pre.width, self.pre.code_width
+        width = self.pre.width
         shape = self.sessions["classifier"].get_inputs()[0].shape
         if isinstance(shape[1], int) and shape[1] != width:
             raise BundleError(
                 f"bundle {bundle.path}: classifier takes {shape[1]} inputs, preprocessing makes {width}"
             )
         self.mu_1 = np.asarray(bundle.mu_1, dtype=np.float32)
-        # One query, two alphas: the search graph must return one scored row per candidate.
-        x0 = np.zeros((1, width), np.float32)
-        code, score = self.sessions["search"].run(None, {
-            "x": x0, "alphas": np.ones((1, 2), np.float32), "target": self.mu_1_rows(1),
-        })
-        if code.shape != (2, code_width) or score.shape != (2,):
-            raise BundleError(
-                f"bundle {bundle.path}: search graph returns code {list(code.shape)} and scores "
-                f"{list(score.shape)} for 1 query x 2 alphas, expected [2, {code_width}] and [2]"
-            )
+        self._probe("search")
 
     def _open(self, name: str) -> ort.InferenceSession:
         if name not in self.sessions:
@@ -78,7 +69,23 @@ class Engine:
                 self.bundle, name, [i.name for i in sess.get_inputs()], [o.name for o in sess.get_outputs()]
             )
             self.sessions[name] = sess
+            if name == "search_bounded":
+                self._probe(name)
         return self.sessions[name]
+
+    def _probe(self, name: str) -> None:
+        """One query, two alphas: a search graph must return one scored code per candidate."""
+        x0 = np.zeros((1, self.pre.width), np.float32)
+        feed = {"x": x0, "alphas": np.ones((1, 2), np.float32), "target": self.mu_1_rows(1)}
+        if name == "search_bounded":
+            feed |= {"lower": x0, "upper": x0 + 1.0}
+        code, score = self.sessions[name].run(None, feed)
+        code_width = self.pre.code_width
+        if code.shape != (2, code_width) or score.shape != (2,):
+            raise BundleError(
+                f"bundle {self.bundle.path}: {name} graph returns code {list(code.shape)} and scores "
+                f"{list(score.shape)} for 1 query x 2 alphas, expected [2, {code_width}] and [2]"
+            )
 
     def score(self, x: np.ndarray) -> np.ndarray:
         return np.asarray(self.sessions["classifier"].run(None, {"x": x})[0], dtype=np.float32)

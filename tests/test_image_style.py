@@ -77,6 +77,15 @@ def test_the_image_bundle_asks_f_for_confidence_and_tabular_bundles_for_the_boun
     assert Explainer.from_bundle(ROOT / "exported" / "adult").settings.threshold == 0.5
 
 
+def test_a_threshold_given_alone_keeps_accepting_every_score_up_to_one() -> None:
+    """The bundles accept any score from T up to 1 (0.5 + 0.5, 0.99 + 0.01); moving T alone must
+    not shrink that band to the bundle's tol (MNIST at T = 0.5 would search [0.5, 0.51))."""
+    assert Explainer.from_bundle(MNIST, threshold=0.5).settings.tol == pytest.approx(0.5)
+    assert Explainer.from_bundle(ROOT / "exported" / "adult", threshold=0.7).settings.tol == pytest.approx(0.3)
+    assert Explainer.from_bundle(MNIST, threshold=0.5, tol=0.1).settings.tol == pytest.approx(0.1)
+    assert Explainer.from_bundle(MNIST, tol=0.005).settings.threshold == pytest.approx(0.99)
+
+
 def test_counterfactuals_keep_the_query_style_and_read_as_sevens_to_an_independent_judge() -> None:
     pytest.importorskip("torch")
     from gmcf.trainer.baselines import train_image_judge
@@ -91,7 +100,7 @@ def test_counterfactuals_keep_the_query_style_and_read_as_sevens_to_an_independe
     boundary = style_metrics(MNIST, [judge.predict], threshold=0.5, tol=0.5)
     assert default["validity_pct"] >= 89.5 and boundary["validity_pct"] >= 89.5
     # at the bundle's defaults most counterfactuals read as 7s; at the boundary few do
-    assert default["cf"]["judge_target_pct"] >= 75.0
+    assert default["cf"]["judge_target_pct"] >= 85.0  # 95-98% with 1-epoch judges of seeds 0-2
     assert boundary["cf"]["judge_target_pct"] < default["cf"]["judge_target_pct"]
     for m in (default, boundary):
         assert m["cf"]["slant_r"] > 0.85 and m["cf"]["thickness_r"] > 0.85

@@ -3,7 +3,7 @@
 Per repetition: a fresh seeded 80/20 split; the classifier f and the explainer trained on the
 80% (``train_models``) and exported as a bundle; the judge autoencoder and GDL's VAE trained on
 the same 80%; the held-out rows f rejects are the queries. GMCF explains them with the torch-free
-runtime at its default settings; GDL and the peers (in their own environment, see
+runtime at the paper's T = 0.5 and the bundle's other search settings; GDL and the peers (in their own environment, see
 bench/peers/) get the same queries, capped at ``max_queries`` per repetition. Every returned
 row is scored by the exported ONNX f, and every method is measured by the same functions
 (``gmcf.runtime.metrics``) in the model's input space.
@@ -533,7 +533,8 @@ def evaluate(
                     "classifier": rep.trained.report["classifier"],
                     "explainer_reconstruction_mse_test": rep.trained.report["reconstruction_mse"],
                     "judge_reconstruction_mse_test": float(np.mean(autoencoder_error(rep.judge, rep.trained.prepared.x_test))),
-                    "z_u_probe": rep.trained.report["z_u_probe"]}
+                    "z_u_probe": rep.trained.report["z_u_probe"],
+                    "search": {"threshold": rep.explainer.settings.threshold, "tol": rep.explainer.settings.tol}}
             peers = [m for m in methods if m in PEER_METHODS]
             for m in [m for m in methods if m in OWN_METHODS]:
                 t0 = time.perf_counter()

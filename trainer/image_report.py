@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -249,16 +248,19 @@ def plot_figures(
 
     # Figure 2: queries (top) above their counterfactuals; below them, when the search asks f for
     # more than the decision boundary, the counterfactuals at the boundary (T = 0.5, the paper's).
+    if not hit.size:
+        raise GmcfError("no counterfactual found among the sampled queries; nothing to draw")
     show = hit[:n_queries]
     st = ex.settings
     rows_shown = [(cf, cf_score, f"T = {st.threshold:g}")]
-    if st.threshold != BOUNDARY:
-        boundary = Explainer(ex.bundle, replace(st, threshold=BOUNDARY, tol=1.0 - BOUNDARY)).explain(
+    if st.threshold > BOUNDARY:
+        boundary = Explainer.from_bundle(ex.bundle.path, threshold=BOUNDARY, tol=1.0 - BOUNDARY).explain(
             queries.take(pa.array(pick[show])))
-        b_cf = np.stack([np.zeros(x.shape[1]) if v is None else np.asarray(v, dtype=np.float64)
+        b_cf = np.stack([np.full(x.shape[1], np.nan) if v is None else np.asarray(v, dtype=np.float64)
                          for v in boundary.column(f"cf_{pre.image.name}").to_pylist()])
-        b_score = np.nan_to_num(np.asarray(boundary.column("cf_score").to_pylist(), dtype=np.float64))
-        full_cf, full_score = np.zeros_like(cf), np.zeros_like(cf_score)
+        b_score = np.asarray([np.nan if v is None else v for v in boundary.column("cf_score").to_pylist()],
+                             dtype=np.float64)
+        full_cf, full_score = np.full(cf.shape, np.nan), np.full(cf_score.shape, np.nan)
         full_cf[show], full_score[show] = b_cf, b_score
         rows_shown.append((full_cf, full_score, f"T = {BOUNDARY:g}"))
     n_rows = 1 + len(rows_shown)
@@ -266,7 +268,10 @@ def plot_figures(
     for j, i in enumerate(show):
         _show(axes[0, j], x[i], shape, f"f={_score_text(score[i], st.threshold)}")
         for r, (imgs, sc_, _) in enumerate(rows_shown, start=1):
-            _show(axes[r, j], imgs[i], shape, f"f={_score_text(sc_[i], st.threshold)}")
+            if np.isnan(sc_[i]):  # no counterfactual at this threshold: an empty panel
+                _show(axes[r, j], np.zeros(x.shape[1]), shape, "not found")
+            else:
+                _show(axes[r, j], imgs[i], shape, f"f={_score_text(sc_[i], st.threshold)}")
     axes[0, 0].set_ylabel("query", fontsize=8)
     for r, (_, _, label) in enumerate(rows_shown, start=1):
         axes[r, 0].set_ylabel(f"cf, {label}", fontsize=8)
@@ -324,8 +329,6 @@ def plot_figures(
     written.append(out / "figure4.png")
     fig.savefig(written[-1], dpi=110)
     plt.close(fig)
-    if not hit.size:
-        raise GmcfError("no counterfactual found among the sampled queries; figures 2 and 3 are empty")
     return written
 
 

@@ -59,13 +59,14 @@ def stem_style(images: np.ndarray, shape: Sequence[int] = (28, 28)) -> tuple[np.
 def style_agreement(query: np.ndarray, other: np.ndarray, shape: Sequence[int] = (28, 28)) -> dict[str, float]:
     """How well ``other`` (e.g. the counterfactuals) keeps the style of ``query``, row by row:
     Pearson correlation and mean absolute difference of slant and of thickness, over the rows
-    where both are measurable."""
+    where both are measurable (r is NaN when either side does not vary)."""
     qs, qt = stem_style(query, shape)
     os_, ot = stem_style(other, shape)
     out: dict[str, float] = {}
     for name, a, b in (("slant", qs, os_), ("thickness", qt, ot)):
         ok = np.isfinite(a) & np.isfinite(b)
-        out[f"{name}_r"] = float(np.corrcoef(a[ok], b[ok])[0, 1]) if ok.sum() > 2 else float("nan")
+        both = ok.sum() > 2 and np.std(a[ok]) > 0 and np.std(b[ok]) > 0
+        out[f"{name}_r"] = float(np.corrcoef(a[ok], b[ok])[0, 1]) if both else float("nan")
         out[f"{name}_mad"] = float(np.mean(np.abs(a[ok] - b[ok]))) if ok.any() else float("nan")
         out[f"{name}_rows"] = int(ok.sum())
     return out
