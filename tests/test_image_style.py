@@ -105,3 +105,18 @@ def test_counterfactuals_keep_the_query_style_and_read_as_sevens_to_an_independe
     for m in (default, boundary):
         assert m["cf"]["slant_r"] > 0.85 and m["cf"]["thickness_r"] > 0.85
     assert default["path_end"]["judge_target_pct"] > 95.0
+
+
+def test_style_correlation_is_nan_when_one_side_does_not_vary() -> None:
+    images = np.stack([stroke(s, 2) for s in (-0.4, -0.2, 0.0, 0.2, 0.4)]).reshape(5, -1)
+    same = np.repeat(images[:1], 5, axis=0)
+    out = style_agreement(images, same)
+    assert np.isnan(out["slant_r"]) and out["slant_rows"] == 5 and out["slant_mad"] > 0
+
+
+def test_images_search_in_small_chunks_and_wide_tables_keep_theirs() -> None:
+    from gmcf.runtime.explainer import SEARCH_CHUNK, search_chunk
+
+    assert search_chunk(784, image=True) == 64
+    assert search_chunk(21) == search_chunk(98) == SEARCH_CHUNK  # tables up to 98 entries per row
+    assert search_chunk(100) == 256 * 784 // 100 and search_chunk(1000) == 256 * 784 // 1000
