@@ -56,6 +56,25 @@ def _mean_sd(v: np.ndarray) -> dict[str, float]:
     return {"mean": float(np.mean(v)), "sd": float(np.std(v))}
 
 
+def _images(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """A fixed-size list column of images as [rows, pixels] float64; NaN rows where it is null."""
+    col = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    out = np.asarray(col.values.to_numpy(zero_copy_only=False), dtype=np.float64).reshape(len(col), -1)
+    out[np.asarray(col.is_null().to_numpy(zero_copy_only=False))] = np.nan
+    return out
+
+
+def _status(out: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """(found, searched) masks of an explanation table: searched rows are those f rejected."""
+    status = np.asarray(out.column("status").cast(pa.string()).to_pylist())
+    found = status == "found"
+    return found, found | (status == "not_found")
+
+
+def _validity(found: np.ndarray, searched: np.ndarray) -> float:
+    return 100.0 * float(found.sum()) / max(int(searched.sum()), 1)
+
+
 def table1_metrics(bundle: str | Path, **settings: Any) -> dict[str, Any]:
     """The paper's Table 1 metrics for one bundle, on its held-out base-class images.
 
@@ -71,9 +90,7 @@ def table1_metrics(bundle: str | Path, **settings: Any) -> dict[str, Any]:
     t0 = time.perf_counter()
     out = ex.explain(queries)
     seconds = time.perf_counter() - t0
-    status = np.asarray(out.column("status").cast(pa.string()).to_pylist())
-    found = status == "found"
-    searched = found | (status == "not_found")
+    found, searched = _status(out)
     f = out.filter(pa.array(found))
 
     def col(name: str) -> np.ndarray:
@@ -81,12 +98,12 @@ def table1_metrics(bundle: str | Path, **settings: Any) -> dict[str, Any]:
 
     return {
         "bundle": str(bundle),
-        "queries": len(status),
+        "queries": len(found),
         "rejected_by_f": int(searched.sum()),
         "found": int(found.sum()),
-        "validity_pct": 100.0 * float(found.sum()) / max(int(searched.sum()), 1),
-        "time_per_query_s": seconds / len(status),
-        "rows_per_s": len(status) / seconds,
+        "validity_pct": _validity(found, searched),
+        "time_per_query_s": seconds / len(found),
+        "rows_per_s": len(found) / seconds,
         "threshold": ex.settings.threshold,
         "tol": ex.settings.tol,
         "proximity_l2": _mean_sd(col("proximity_l2")),
@@ -117,11 +134,8 @@ def style_metrics(bundle: str | Path, judges: Sequence[Judge] = (), **settings: 
     queries, _ = heldout_base(ds)
     out = ex.explain(queries)
     x, _ = pre.transform(queries)
-    status = np.asarray(out.column("status").cast(pa.string()).to_pylist())
-    found = status == "found"
-    searched = found | (status == "not_found")
-    cf = np.asarray(out.column(f"cf_{pre.image.name}").combine_chunks().values.to_numpy(zero_copy_only=False))
-    cf = cf.reshape(len(status), -1)[found]
+    found, searched = _status(out)
+    cf = _images(out.column(f"cf_{pre.image.name}"))[found]
     xq = x[found]
     ends, _ = ex.engine.candidates(xq, np.ones((len(xq), 1), dtype=np.float32))
     shape = pre.image.shape
@@ -132,7 +146,7 @@ def style_metrics(bundle: str | Path, judges: Sequence[Judge] = (), **settings: 
         "tol": ex.settings.tol,
         "rejected_by_f": int(searched.sum()),
         "found": int(found.sum()),
-        "validity_pct": 100.0 * float(found.sum()) / max(int(searched.sum()), 1),
+        "validity_pct": _validity(found, searched),
         "proximity_l2": float(np.mean(out.column("proximity_l2").to_numpy(zero_copy_only=False)[found])),
         "cf": style_agreement(xq, cf, shape),
         "path_end": style_agreement(xq, ends[:, 0], shape),
@@ -238,10 +252,8 @@ def plot_figures(
     pick = np.sort(np.random.default_rng(seed).choice(queries.num_rows, size=min(40, queries.num_rows), replace=False))
     res = ex.explain(queries.take(pa.array(pick)))
     x, _ = pre.transform(queries.take(pa.array(pick)))
-    status = np.asarray(res.column("status").cast(pa.string()).to_pylist())
-    hit = np.nonzero(status == "found")[0]
-    cf = np.asarray(res.column(f"cf_{pre.image.name}").combine_chunks().values.to_numpy(zero_copy_only=False))
-    cf = cf.reshape(len(status), -1)
+    hit = np.nonzero(_status(res)[0])[0]
+    cf = _images(res.column(f"cf_{pre.image.name}"))
     score = res.column("score").to_numpy(zero_copy_only=False)
     cf_score = res.column("cf_score").to_numpy(zero_copy_only=False)
     written = []
@@ -256,12 +268,9 @@ def plot_figures(
     if st.threshold > BOUNDARY:
         boundary = Explainer.from_bundle(ex.bundle.path, threshold=BOUNDARY, tol=1.0 - BOUNDARY).explain(
             queries.take(pa.array(pick[show])))
-        b_cf = np.stack([np.full(x.shape[1], np.nan) if v is None else np.asarray(v, dtype=np.float64)
-                         for v in boundary.column(f"cf_{pre.image.name}").to_pylist()])
-        b_score = np.asarray([np.nan if v is None else v for v in boundary.column("cf_score").to_pylist()],
-                             dtype=np.float64)
+        b_score = pc.fill_null(boundary.column("cf_score"), float("nan")).to_numpy()
         full_cf, full_score = np.full(cf.shape, np.nan), np.full(cf_score.shape, np.nan)
-        full_cf[show], full_score[show] = b_cf, b_score
+        full_cf[show], full_score[show] = _images(boundary.column(f"cf_{pre.image.name}")), b_score
         rows_shown.append((full_cf, full_score, f"T = {BOUNDARY:g}"))
     n_rows = 1 + len(rows_shown)
     fig, axes = plt.subplots(n_rows, len(show), figsize=(1.1 * len(show), 0.4 + 1.3 * n_rows), squeeze=False)
