@@ -186,6 +186,7 @@ def test_results_load_back_and_runs_split_by_seed_merge(small_run: ev_mod.Evalua
     js, md = ev_mod.write_results(small_run, tmp_path / "a")
     back = ev_mod.load_evaluation(js)
     assert back.to_markdown() == md.read_text()
+    assert back.config == small_run.config  # nested training, judge and GDL settings included
     later = ev_mod.Evaluation(back.dataset, replace(back.config, seed=back.config.seed + 2), back.runs,
                               [{**r, "seed": r["seed"] + 2} for r in back.reps], back.seconds, back.command)
     merged = ev_mod.merge_evaluations([back, later])

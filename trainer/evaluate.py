@@ -20,7 +20,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -216,14 +216,28 @@ class Evaluation:
         return render_markdown(self)
 
 
+def _from_dict(cls: Any, d: dict[str, Any]) -> Any:
+    """A config dataclass from its ``asdict`` form (JSON lists back to tuples, nested configs
+    rebuilt); keys it does not know are ignored, missing ones keep their defaults."""
+    kwargs: dict[str, Any] = {}
+    for f in fields(cls):
+        if f.name not in d:
+            continue
+        v, default = d[f.name], getattr(cls(), f.name)
+        if is_dataclass(default):
+            v = _from_dict(type(default), v)
+        elif isinstance(default, tuple):
+            v = tuple(v)
+        elif isinstance(default, Path):
+            v = Path(v)
+        kwargs[f.name] = v
+    return cls(**kwargs)
+
+
 def load_evaluation(path: Path) -> Evaluation:
-    """An evaluation back from its JSON file (to render it again)."""
+    """An evaluation back from its JSON file (to render or merge it again), with its settings."""
     d = json.loads(Path(path).read_text())
-    c = d["config"]
-    scalars = {k: c[k] for k in ("reps", "seed", "max_queries", "single_queries", "slow_queries", "cfrl_steps", "rows",
-                                 "threshold", "tol")
-               if k in c}
-    cfg = EvalConfig(methods=tuple(c["methods"]), **scalars)
+    cfg = _from_dict(EvalConfig, d["config"])
     runs = [MethodRun(**r) for r in d["runs"]]
     return Evaluation(d["dataset"], cfg, runs, d["reps"], d["seconds"], d.get("command", ""))
 
@@ -507,7 +521,8 @@ def evaluate(
         if cfg.rows < 10:
             raise InputError(f"rows must be at least 10, got {cfg.rows}")
         idx = np.sort(np.random.default_rng(cfg.seed).permutation(ds.table.num_rows)[: cfg.rows])
-        ds = Dataset(ds.name, ds.table.take(pa.array(idx)), ds.schema)
+        mask = None if ds.test_mask is None else ds.test_mask[idx]
+        ds = replace(ds, table=ds.table.take(pa.array(idx)), test_mask=mask)
     torch.set_num_threads(cfg.train.threads)
     ev = Evaluation(ds.name, cfg, command=command)
     t_start = time.perf_counter()
