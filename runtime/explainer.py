@@ -14,11 +14,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from gmcf.runtime.arrow import numeric
 from gmcf.runtime.bundle import Bundle, SearchDefaults, load_bundle
 from gmcf.runtime.constraints import Constraints
 from gmcf.runtime.errors import GmcfError, InputError
-from gmcf.runtime.output import assemble, output_schema, query_columns, result_columns
+from gmcf.runtime.output import output_batch, output_schema, result_columns
 from gmcf.runtime.schema import ImagePreprocessor, usable_rows
 from gmcf.runtime.search import ALREADY, FOUND, INVALID, NOT_FOUND, Engine, SearchResult, search
 
@@ -138,6 +137,11 @@ class Explainer:
         return cls(bundle, settings, threads, merged, num_cfs)
 
     @property
+    def _chunk(self) -> int:
+        pre = self.bundle.preprocessor
+        return search_chunk(pre.width, isinstance(pre, ImagePreprocessor))
+
+    @property
     def engine(self) -> Engine:
         if self._engine is None:
             self._engine = Engine(self.bundle, self.threads)
@@ -165,10 +169,7 @@ class Explainer:
         summary: Summary | None = None,
     ) -> pa.RecordBatch:
         src, results = self._results(batch, summary)
-        if src is not None:
-            table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
-            batch = table.take(numeric(src, pa.int64()))
-        return assemble(schema, query_columns(self.bundle.preprocessor, batch, id_column), results)
+        return output_batch(schema, self.bundle.preprocessor, batch, id_column, src, results)
 
     def _results(
         self, batch: pa.RecordBatch | pa.Table, summary: Summary | None = None
@@ -182,7 +183,7 @@ class Explainer:
         walks = [SearchResult.empty(len(x), pre.width) for _ in targets]
         if self.constraints and ok.size:
             ok, reason = self._set_aside_unmeetable(x, reason, ok, walks)
-        chunk = search_chunk(pre.width, isinstance(pre, ImagePreprocessor))
+        chunk = self._chunk
         for start in range(0, ok.size, chunk):
             rows = ok[start: start + chunk]
             xr = x[rows]
@@ -228,7 +229,7 @@ class Explainer:
     def _recon(self, res: SearchResult) -> np.ndarray:
         recon = np.full(len(res.status), np.nan, np.float32)
         hit = np.nonzero(res.status == FOUND)[0]
-        chunk = search_chunk(res.cf.shape[1], isinstance(self.bundle.preprocessor, ImagePreprocessor))
+        chunk = self._chunk
         for start in range(0, hit.size, chunk):
             rows = hit[start: start + chunk]
             recon[rows] = self.engine.reconstruction_error(res.cf[rows])

@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow as pa
 
 from gmcf.runtime.arrow import dictionary, numeric, strings
-from gmcf.runtime.metrics import changed_features, proximity_l2, sparsity_l1
+from gmcf.runtime.metrics import change_norms, changed_features
 from gmcf.runtime.schema import (
     IMAGE,
     Feature,
@@ -151,6 +151,7 @@ def result_columns(
         reasons[over] = [f"crossed the threshold only with score {s:.3f} >= threshold + tol ({tol_upper:.3f})" for s in res.overshoot[over]]
     reasons[never] = "the path never crossed the threshold" + (" within the constraints" if constrained else "")
     valid = res.status != 3
+    l2, l1 = change_norms(x, res.cf)
     cols += [
         dictionary(res.status, _STATUS_DICT, pa.int8()),
         strings(reasons),
@@ -159,12 +160,23 @@ def result_columns(
         _masked(res.alpha, found, pa.float32()),
         dictionary(res.kind, _KIND_DICT, pa.int8(), found),
         numeric(res.evaluations, pa.int32()),
-        _masked(proximity_l2(x, res.cf), found, pa.float32()),
-        _masked(sparsity_l1(x, res.cf), found, pa.float32()),
+        _masked(l2, found, pa.float32()),
+        _masked(l1, found, pa.float32()),
         _masked(changed_features(pre, x, res.cf), found, pa.int32()),
         _masked(recon, found, pa.float32()),
     ]
     return cols
+
+
+def output_batch(
+    schema: pa.Schema, pre: Preprocessor, batch: pa.RecordBatch | pa.Table, id_column: str | None,
+    src: np.ndarray | None, results: list[pa.Array],
+) -> pa.RecordBatch:
+    """One output batch from the query batch and its result columns; for K > 1 options ``src``
+    gives the query row each output row repeats (None: the output rows are the query rows)."""
+    if src is not None:
+        batch = batch.take(numeric(src, pa.int64()))
+    return assemble(schema, query_columns(pre, batch, id_column), results)
 
 
 def assemble(schema: pa.Schema, query: list[pa.Array], results: list[pa.Array]) -> pa.RecordBatch:

@@ -22,7 +22,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from gmcf.runtime.arrow import numeric
 from gmcf.runtime.errors import InputError
 from gmcf.runtime.explainer import (
     Explainer,
@@ -31,7 +30,7 @@ from gmcf.runtime.explainer import (
     default_batch_size,
     read_batches,
 )
-from gmcf.runtime.output import assemble, query_columns
+from gmcf.runtime.output import output_batch
 
 _worker: Explainer | None = None
 
@@ -95,9 +94,7 @@ def explain_parquet_parallel(
         def drain_one() -> None:
             batch, future = pending.popleft()
             src, results, counts = future.result()
-            if src is not None:
-                batch = pa.Table.from_batches([batch]).take(numeric(src, pa.int64()))
-            writer.write_batch(assemble(schema, query_columns(pre, batch, id_column), results))
+            writer.write_batch(output_batch(schema, pre, batch, id_column, src, results))
             summary.rows += int(counts[0])
             summary.found += int(counts[1])
             summary.already_target += int(counts[2])
