@@ -65,14 +65,14 @@ def _force_progress() -> bool:
 @app.command()
 def explain(
     input: Annotated[Path, typer.Argument(help="Parquet file of queries, one row per applicant.")],
-    output: Annotated[Path | None, typer.Option("-o", "--output", help="Output Parquet file [default: INPUT.explained.parquet].")] = None,
-    bundle: Annotated[Path | None, typer.Option(help="Bundle folder [default: the shipped Adult bundle].")] = None,
-    threshold: Annotated[float | None, typer.Option(help="Decision threshold T on f's score [default: the bundle's, see inspect].")] = None,
-    tol: Annotated[float | None, typer.Option(help="A counterfactual's score must lie in [T, T + tol) [default: the bundle's; with --threshold alone, 1 - T when the bundle accepts any score up to 1].")] = None,
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Output Parquet file \\[default: INPUT.explained.parquet].")] = None,
+    bundle: Annotated[Path | None, typer.Option(help="Bundle folder \\[default: the shipped Adult bundle].")] = None,
+    threshold: Annotated[float | None, typer.Option(help="Decision threshold T on f's score \\[default: the bundle's, see inspect].")] = None,
+    tol: Annotated[float | None, typer.Option(help="A counterfactual's score must lie in [T, T + tol) \\[default: the bundle's; with --threshold alone, 1 - T when the bundle accepts any score up to 1].")] = None,
     steps: Annotated[int | None, typer.Option(help="Points on the alpha grid in (0, 1].")] = None,
     refine: Annotated[bool | None, typer.Option("--refine/--no-refine", help="Bisect a crossing that overshoots T + tol.")] = None,
     extrapolate: Annotated[bool | None, typer.Option("--extrapolate/--no-extrapolate", help="Walk past mu_1 when the path never crosses T.")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Rows read, searched and written at a time [default: 65,536 tabular rows; ~2,700 images].")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Rows read, searched and written at a time \\[default: 65,536 tabular rows; ~2,700 images].")] = None,
     threads: Annotated[int, typer.Option(help="onnxruntime intra-op threads per worker.")] = 1,
     workers: Annotated[int, typer.Option(help="Worker processes [default 0: one per core, at most one per batch].")] = 0,
     id_column: Annotated[str | None, typer.Option(help="Column passed through to the output to identify rows.")] = None,
@@ -174,8 +174,8 @@ def train(
     dataset: Annotated[str | None, typer.Argument(help="Shipped dataset: adult, lending-club or mnist-1-to-7.")] = None,
     data: Annotated[Path | None, typer.Option(help="Your own CSV or Parquet file (with --schema).")] = None,
     schema: Annotated[Path | None, typer.Option(help="JSON or TOML feature schema for --data.")] = None,
-    output: Annotated[Path | None, typer.Option("-o", "--output", help="Bundle folder [default: exported/DATASET].")] = None,
-    classifier: Annotated[Path | None, typer.Option(help="ONNX classifier to explain [default: train the paper's MLP].")] = None,
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Bundle folder \\[default: exported/DATASET].")] = None,
+    classifier: Annotated[Path | None, typer.Option(help="ONNX classifier to explain \\[default: train the paper's MLP].")] = None,
     epochs: Annotated[int | None, typer.Option(help="Epochs of Algorithm 1 [paper: 100; MNIST 20].")] = None,
     lambda_adv: Annotated[float | None, typer.Option(help="Weight of the adversarial loss [paper: 0.05].")] = None,
     lambda_lkd: Annotated[float | None, typer.Option(help="Weight of the likelihood loss [paper: 0.5; MNIST 0.1].")] = None,
@@ -233,7 +233,7 @@ def train(
 
 @app.command()
 def evaluate(
-    dataset: Annotated[str, typer.Argument(help="Shipped dataset: adult or lending-club.")],
+    dataset: Annotated[str, typer.Argument(help="Shipped dataset: adult, lending-club or mnist-1-to-7.")],
     reps: Annotated[int, typer.Option(help="Repetitions, each a fresh random 80/20 split [paper: 5].")] = 5,
     methods: Annotated[str, typer.Option(help="Comma list of: gmcf, gdl, dice-random, dice-genetic, cfrl, prototype.")] = "gmcf,gdl",
     max_queries: Annotated[int, typer.Option(help="Queries per repetition for every method but GMCF (same rows for each).")] = 200,
@@ -244,9 +244,9 @@ def evaluate(
     epochs: Annotated[int | None, typer.Option(help="Epochs of Algorithm 1 [paper: 100].")] = None,
     rows: Annotated[int | None, typer.Option(help="Use a seeded sample of this many rows (quick runs).")] = None,
     output: Annotated[Path | None, typer.Option("-o", "--output", help="Write results as PATH.json and PATH.md.")] = None,
-    work_dir: Annotated[Path | None, typer.Option(help="Keep each repetition's bundle and peer files here [default: a temporary folder].")] = None,
+    work_dir: Annotated[Path | None, typer.Option(help="Keep each repetition's bundle and peer files here \\[default: a temporary folder].")] = None,
     threads: Annotated[int, typer.Option(help="torch threads.")] = 1,
-    peers_python: Annotated[Path | None, typer.Option(help="Python of the peers environment [default: .venv-peers/bin/python].")] = None,
+    peers_python: Annotated[Path | None, typer.Option(help="Python of the peers environment \\[default: .venv-peers/bin/python].")] = None,
 ) -> None:
     """Reproduce the paper's evaluation: train on 80%, explain the held-out rows f rejects, and
     report mean ± SD over repetitions for GMCF, GDL and the peers."""
@@ -350,8 +350,8 @@ def plot(
     bundle: Annotated[str, typer.Argument(help="Image bundle: a shipped name (mnist-1-to-7) or a folder.")] = "mnist-1-to-7",
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for the PNG files.")] = Path("docs/figures"),
     seed: Annotated[int, typer.Option(help="Random seed of the held-out queries shown.")] = 0,
-    threshold: Annotated[float | None, typer.Option(help="Decision threshold T [default: the bundle's].")] = None,
-    tol: Annotated[float | None, typer.Option(help="A counterfactual's score must lie in [T, T + tol) [default: the bundle's; with --threshold alone, 1 - T when the bundle accepts any score up to 1].")] = None,
+    threshold: Annotated[float | None, typer.Option(help="Decision threshold T \\[default: the bundle's].")] = None,
+    tol: Annotated[float | None, typer.Option(help="A counterfactual's score must lie in [T, T + tol) \\[default: the bundle's; with --threshold alone, 1 - T when the bundle accepts any score up to 1].")] = None,
 ) -> None:
     """Draw the paper's MNIST figures for an image bundle: queries and counterfactuals (figure2),
     interpolation paths with f's scores (figure3), PCA of the latent z (figure4). Needs matplotlib."""

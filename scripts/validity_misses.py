@@ -9,7 +9,7 @@ threshold, and the training report's z_u leakage and GM agreement. One Markdown 
 
 from __future__ import annotations
 
-import sys
+import argparse
 
 import numpy as np
 import pyarrow as pa
@@ -20,10 +20,13 @@ from gmcf.trainer.prepare import prepare
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("bundles", nargs="+", help="bundle folders of Adult evaluation repetitions")
+    args = ap.parse_args()
     ds = load_dataset("adult")
     print("| rep (seed) | rejected by f | validity | misses: path never crossed T | validity, extrapolating to alpha 4 | z_u probe balanced accuracy (majority rate) | GM posterior agrees with f | checkpoint kept |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for b in sys.argv[1:]:
+    for b in args.bundles:
         ex = Explainer.from_bundle(b)
         cfg = ex.bundle.manifest["train_config"]
         p = prepare(ds, cfg["test_size"], cfg["seed"])
