@@ -250,7 +250,6 @@ def evaluate(
 ) -> None:
     """Reproduce the paper's evaluation: train on 80%, explain the held-out rows f rejects, and
     report mean ± SD over repetitions for GMCF, GDL and the peers."""
-    import shlex
     import time
     from dataclasses import replace
 

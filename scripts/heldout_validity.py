@@ -23,9 +23,9 @@ from gmcf.datasets import load_dataset
 from gmcf.runtime import Explainer
 from gmcf.runtime.constraints import Constraints
 from gmcf.runtime.output import option_diversity
+from gmcf.trainer.paper import PAPER_VALIDITY
 from gmcf.trainer.prepare import prepare
 
-PAPER = {"adult": 90.3, "lending-club": 92.1, "mnist-1-to-7": 89.5}
 ADULT_CONSTRAINTS = {"age": {"direction": "increase"}, "education": {"immutable": True}}
 
 
@@ -79,7 +79,7 @@ def main() -> None:
         p = prepare(ds, cfg["test_size"], cfg["seed"])
         held = ds.table.take(pa.array(p.test_rows))
         name = m["dataset"]
-        evaluate(path, held, f"{name}, defaults (paper: {PAPER.get(name, float('nan'))}%)")
+        evaluate(path, held, f"{name}, defaults (paper: {PAPER_VALIDITY.get(name, float('nan'))}%)")
         for tol in [float(t) for t in args.tols.split(",") if t]:
             evaluate(path, held, f"{name}, tol {tol:g}", tol=tol)
         if args.constrained and name == "adult":

@@ -21,13 +21,14 @@ from gmcf.trainer.model import TabularDecoder, mlp
 
 @dataclass(frozen=True)
 class AEConfig:
-    """A plain or variational autoencoder of the explainer's sizes (Table 7)."""
+    """A plain or variational autoencoder with the sizes of the paper's Adult explainer (Table 7:
+    z and z_u of 3 dims each, the same MLP widths), used for every dataset, MNIST included."""
 
     epochs: int = 30
     batch_size: int = 256
     lr: float = 1e-3
     latent_dim: int = 6
-    """The explainer's z and z_u together."""
+    """The Adult explainer's z and z_u together."""
     encoder_hidden: tuple[int, ...] = (12, 24, 12, 6)
     decoder_hidden: tuple[int, ...] = (6, 12, 24)
     beta: float = 1.0

@@ -46,6 +46,7 @@ from gmcf.trainer.baselines import (
 )
 from gmcf.trainer.fit import TrainConfig
 from gmcf.trainer.morphology import style_agreement
+from gmcf.trainer.paper import PAPER
 from gmcf.trainer.pipeline import Callbacks, Trained, train_models, write_bundle
 
 #: Methods measured in this process, and the peers run in the optional peers environment.
@@ -58,28 +59,6 @@ ROOT = Path(__file__).resolve().parent.parent
 PEERS_SCRIPT = ROOT / "bench" / "peers" / "run_peers.py"
 PEERS_PYTHON = ROOT / ".venv-peers" / "bin" / "python"
 PEERS_MISSING = "peers environment not installed ({python}); install it with: bash bench/peers/setup.sh"
-
-#: The paper's Tables 2 and 3: time (s), reconstruction, sparsity, validity (%), proximity.
-PAPER: dict[str, dict[str, tuple[str, str, str, str, str]]] = {
-    "adult": {
-        "Our Method": ("0.008±0.002", "0.012±0.005", "0.343±0.127", "90.3", "0.193±0.045"),
-        "GDL": ("1.568±0.224", "0.520±0.135", "0.090±0.002", "84.2", "2.170±0.835"),
-        "Prototype": ("7.345±0.784", "4.463±0.563", "0.014±0.005", "75.3", "1.075±0.235"),
-        "RL": ("1.804±0.112", "5.453±0.673", "0.012±0.008", "65.3", "0.875±0.132"),
-    },
-    "lending-club": {
-        "Our Method": ("0.007±0.001", "0.132±0.081", "1.713±0.627", "92.1", "3.532±0.258"),
-        "GDL": ("3.569±0.087", "0.142±0.046", "1.731±0.068", "76.3", "1.652±0.668"),
-        "Prototype": ("3.137±0.915", "0.546±0.235", "1.016±0.035", "75.7", "1.975±1.045"),
-        "RL": ("0.035±0.042", "0.673±0.124", "1.017±0.076", "67.5", "1.034±0.127"),
-    },
-    "mnist-1-to-7": {
-        "Our Method": ("0.007±0.001", "0.012±0.003", "2.119±0.857", "89.5", "0.193±0.075"),
-        "GDL": ("1.568±0.047", "0.247±0.048", "2.121±0.085", "77.9", "0.172±0.068"),
-        "Prototype": ("1.345±0.095", "0.926±0.175", "0.014±0.005", "58.7", "1.075±0.055"),
-        "RL": ("0.085±0.012", "0.857±0.058", "0.015±0.026", "60.5", "0.834±0.047"),
-    },
-}
 
 #: Per-repetition figures of a method, in the order of the tables.
 METRICS = (
@@ -391,6 +370,17 @@ def _cf_rows(out: pa.Table, ex: Explainer) -> tuple[np.ndarray, np.ndarray]:
     return cf, found
 
 
+def _time_each(run: MethodRun, rows: np.ndarray, explain_one: Callable[[int], object]) -> None:
+    """The paper's time per query: each of ``rows`` explained on its own; mean and SD."""
+    times = []
+    for i in rows:
+        t0 = time.perf_counter()
+        explain_one(int(i))
+        times.append(time.perf_counter() - t0)
+    run.metrics["time_single"] = float(np.mean(times)) if times else float("nan")
+    run.query_sd["time_single"] = float(np.std(times)) if times else float("nan")
+
+
 def run_gmcf(rep: Rep, capped_only: bool) -> MethodRun:
     ex = rep.explainer
     n = rep.queries.num_rows
@@ -403,14 +393,7 @@ def run_gmcf(rep: Rep, capped_only: bool) -> MethodRun:
     rows = rep.capped if capped_only else np.arange(n)
     run.capped = capped_only and rep.capped.size < n
     _score_rows(rep, run, rows, cf[rows], found[rows])
-    times = []
-    for i in rep.timed:
-        one = rep.queries.slice(int(i), 1)
-        t0 = time.perf_counter()
-        ex.explain(one)
-        times.append(time.perf_counter() - t0)
-    run.metrics["time_single"] = float(np.mean(times)) if times else float("nan")
-    run.query_sd["time_single"] = float(np.std(times)) if times else float("nan")
+    _time_each(run, rep.timed, lambda i: ex.explain(rep.queries.slice(i, 1)))
     run.metrics["time_batched"] = batched
     return run
 
@@ -427,13 +410,7 @@ def run_gdl(rep: Rep, cfg: EvalConfig, vae: Autoencoder) -> MethodRun:
     res = gdl_search(vae, clf, pre, x, s.threshold, s.tol, cfg.gdl)
     run.metrics["time_batched"] = (time.perf_counter() - t0) / max(len(x), 1)
     _score_rows(rep, run, rep.capped, res.cf, res.found)
-    times = []
-    for i in rep.timed:
-        t0 = time.perf_counter()
-        gdl_search(vae, clf, pre, rep.x[i: i + 1], s.threshold, s.tol, cfg.gdl)
-        times.append(time.perf_counter() - t0)
-    run.metrics["time_single"] = float(np.mean(times)) if times else float("nan")
-    run.query_sd["time_single"] = float(np.std(times)) if times else float("nan")
+    _time_each(run, rep.timed, lambda i: gdl_search(vae, clf, pre, rep.x[i: i + 1], s.threshold, s.tol, cfg.gdl))
     run.metrics["gdl_steps"] = float(res.steps.mean()) if res.steps.size else float("nan")
     return run
 

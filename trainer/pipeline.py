@@ -40,7 +40,7 @@ from gmcf.trainer.fit import (
     probe_leakage,
     train_classifier,
 )
-from gmcf.trainer.images import default_search
+from gmcf.trainer.images import default_search, image_networks
 from gmcf.trainer.model import GMCF
 from gmcf.trainer.prepare import Prepared, prepare
 
@@ -110,8 +110,6 @@ def networks_for(
     """Convolutional networks for an image schema; None (the tabular MLPs) otherwise."""
     if not isinstance(pre, ImagePreprocessor):
         return None
-    from gmcf.trainer.images import image_networks
-
     shape = pre.image.shape
     return lambda: image_networks(shape, cfg.latent_dim, cfg.latent_u_dim)
 
