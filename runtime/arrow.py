@@ -18,7 +18,7 @@ _NUMPY = {
 }
 
 
-def _validity(valid: np.ndarray | None, n: int) -> tuple[pa.Buffer | None, int]:
+def validity_buffer(valid: np.ndarray | None, n: int) -> tuple[pa.Buffer | None, int]:
     if valid is None:
         return None, 0
     valid = np.asarray(valid, dtype=bool)
@@ -32,7 +32,7 @@ def numeric(values: np.ndarray, typ: pa.DataType, valid: np.ndarray | None = Non
     """A fixed-width array of ``typ`` (int8/32/64, float32/64) holding ``values``; entries where
     ``valid`` is False are null."""
     data = np.ascontiguousarray(values, dtype=_NUMPY[typ])
-    bitmap, nulls = _validity(valid, len(data))
+    bitmap, nulls = validity_buffer(valid, len(data))
     return pa.Array.from_buffers(typ, len(data), [bitmap, pa.py_buffer(data)], null_count=nulls)
 
 
@@ -48,7 +48,7 @@ def strings(values: Sequence[str | None] | np.ndarray) -> pa.Array:
     lengths[present] = [len(b) for b in encoded]
     offsets = np.zeros(n + 1, np.int32)
     np.cumsum(lengths, out=offsets[1:])
-    bitmap, nulls = _validity(valid, n)
+    bitmap, nulls = validity_buffer(valid, n)
     return pa.Array.from_buffers(
         pa.string(), n, [bitmap, pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded))], null_count=nulls
     )

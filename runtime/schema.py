@@ -276,14 +276,14 @@ class Preprocessor:
         missing = [n for n in self.names if n not in schema.names]
         if missing:
             shown = ", ".join(repr(m) for m in missing[:5]) + (" ..." if len(missing) > 5 else "")
-            lists = [f.name for f in schema if pa.types.is_list(f.type) or pa.types.is_fixed_size_list(f.type)]
+            lists = [f.name for f in schema if _is_list(f.type)]
             hint = f" (list column {lists[0]!r} looks like images; this bundle explains tabular rows)" if lists else ""
             raise InputError(
                 f"input lacks {len(missing)} feature column(s) the bundle expects: {shown}{hint}"
             )
         for f in self.features:
             t = schema.field(f.name).type
-            if pa.types.is_list(t) or pa.types.is_fixed_size_list(t) or pa.types.is_large_list(t):
+            if _is_list(t):
                 raise InputError(
                     f"column {f.name!r}: expected a {'number' if f.is_numeric else 'string category'}, "
                     f"got {t} (a list column: this bundle explains tabular rows, not images)"
@@ -395,6 +395,10 @@ def image_type(f: Feature) -> pa.DataType:
     return pa.list_(pa.float32(), f.size)
 
 
+def _is_list(t: pa.DataType) -> bool:
+    return bool(pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t))
+
+
 def image_column(values: np.ndarray, keep: np.ndarray | None = None) -> pa.FixedSizeListArray:
     """Rows of ``values`` [n, size] as a fixed-size list column; rows where ``keep`` is False null."""
     flat = arrow.numeric(np.ascontiguousarray(values, dtype=np.float32).reshape(-1), pa.float32())
@@ -404,10 +408,11 @@ def image_column(values: np.ndarray, keep: np.ndarray | None = None) -> pa.Fixed
 def fixed_size_lists(flat: pa.Array, size: int, keep: np.ndarray | None = None) -> pa.FixedSizeListArray:
     """``flat`` cut into lists of ``size`` values; rows where ``keep`` is False are null.
     (Built from buffers: ``FixedSizeListArray.from_arrays`` takes no mask in older pyarrow.)"""
-    if keep is None or np.all(keep):
+    validity, nulls = arrow.validity_buffer(keep, len(flat) // size)
+    if not nulls:
         return pa.FixedSizeListArray.from_arrays(flat, size)
-    validity = pa.py_buffer(np.packbits(np.asarray(keep, dtype=bool), bitorder="little"))
-    out = pa.Array.from_buffers(pa.list_(flat.type, size), len(flat) // size, [validity], children=[flat])
+    out = pa.Array.from_buffers(pa.list_(flat.type, size), len(flat) // size, [validity], null_count=nulls,
+                                children=[flat])
     assert isinstance(out, pa.FixedSizeListArray)
     return out
 
@@ -457,7 +462,7 @@ class ImagePreprocessor(Preprocessor):
                 f"bundle expects; input columns: {shown}"
             )
         t = schema.field(f.name).type
-        if not (pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)):
+        if not _is_list(t):
             raise InputError(f"column {f.name!r}: expected a list of {self._describe()}; got {t}")
         if pa.types.is_fixed_size_list(t) and t.list_size != f.size:
             raise InputError(
