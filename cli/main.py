@@ -334,7 +334,7 @@ def sample(
         idx = np.sort(rng.choice(ds.table.num_rows, size=min(rows, ds.table.num_rows), replace=False))
     table = ds.table.take(pa.array(idx))
     table = table.drop_columns([ds.schema.label]).append_column("id", pa.array(idx, pa.int64()))
-    if ds.test_mask is not None:  # images: in the documented query form, float32 in [0, 1]
+    if ds.schema.has_image:  # images: in the documented query form, float32 in [0, 1]
         from gmcf.runtime.schema import ImagePreprocessor
 
         pre = ImagePreprocessor.fit_image(table, ds.schema.features)

@@ -19,6 +19,8 @@ _NUMPY = {
 
 
 def validity_buffer(valid: np.ndarray | None, n: int) -> tuple[pa.Buffer | None, int]:
+    """Arrow validity bitmap of ``valid`` (True = a value) for n entries, and the null count;
+    (None, 0) when nothing is null."""
     if valid is None:
         return None, 0
     valid = np.asarray(valid, dtype=bool)

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from gmcf.runtime.errors import ConstraintError
-from gmcf.runtime.schema import Feature, Preprocessor
+from gmcf.runtime.schema import IMAGE, Feature, Preprocessor
 
 DIRECTIONS = ("increase", "decrease")
 
@@ -185,7 +185,7 @@ class Constraints:
     def validate(self, pre: Preprocessor) -> None:
         """Raise ConstraintError on the first constraint that does not fit the features."""
         feats = {f.name: f for f in pre.features}
-        if self.items and any(f.kind == "image" for f in pre.features):
+        if self.items and any(f.kind == IMAGE for f in pre.features):
             raise ConstraintError("constraints are not supported for image bundles")
         for name, c in self.items.items():
             f = feats.get(name)

@@ -112,6 +112,10 @@ class DataSchema:
     label: str
     positive_class: str
 
+    @property
+    def has_image(self) -> bool:
+        return any(f.kind == IMAGE for f in self.features)
+
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> DataSchema:
         for key in ("features", "label", "positive_class"):

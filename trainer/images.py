@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from gmcf.runtime.schema import IMAGE, DataSchema
+from gmcf.runtime.schema import DataSchema
 
 #: The paper's MNIST settings (section 4.2) over the Adult defaults of ``TrainConfig``.
 MNIST_SETTINGS: dict[str, object] = {
@@ -55,18 +55,14 @@ MNIST_SETTINGS: dict[str, object] = {
 IMAGE_SEARCH: dict[str, float] = {"threshold": 0.99, "tol": 0.01}
 
 
-def _has_image(schema: DataSchema) -> bool:
-    return any(f.kind == IMAGE for f in schema.features)
-
-
 def default_settings(schema: DataSchema) -> dict[str, object]:
     """Settings that differ from ``TrainConfig``'s (tabular) defaults: MNIST's for any image schema."""
-    return dict(MNIST_SETTINGS) if _has_image(schema) else {}
+    return dict(MNIST_SETTINGS) if schema.has_image else {}
 
 
 def default_search(schema: DataSchema) -> dict[str, float]:
     """Search defaults that differ from ``SearchDefaults``: ``IMAGE_SEARCH`` for an image schema."""
-    return dict(IMAGE_SEARCH) if _has_image(schema) else {}
+    return dict(IMAGE_SEARCH) if schema.has_image else {}
 
 
 def _conv_out(n: int, kernel: int, stride: int = 2, padding: int = 1) -> int:
