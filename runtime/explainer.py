@@ -343,7 +343,7 @@ def rank_options(
     pick[slots] = order[kept_j, kept_q]
     out = SearchResult.empty(src.size, width)
     for name in SearchResult.FIELDS:
-        stacked = np.stack([getattr(r, name) for r in walks])
+        stacked = cf if name == "cf" else np.stack([getattr(r, name) for r in walks])  # cf: stacked above
         getattr(out, name)[:] = stacked[pick, src]
     out.evaluations[:] = np.stack([r.evaluations for r in walks]).sum(axis=0)[src]
     return src, rank, out
