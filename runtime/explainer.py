@@ -141,6 +141,11 @@ class Explainer:
         pre = self.bundle.preprocessor
         return search_chunk(pre.width, isinstance(pre, ImagePreprocessor))
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled without its onnxruntime sessions (they cannot be pickled): a copy reopens
+        them from ``bundle.path`` on first use, so joblib, Dask and spawned pools can take it."""
+        return {**self.__dict__, "_engine": None}
+
     @property
     def engine(self) -> Engine:
         if self._engine is None:
@@ -148,8 +153,13 @@ class Explainer:
         return self._engine
 
     # -- tables -------------------------------------------------------------------------------
-    def explain(self, data: pa.Table | pa.RecordBatch | Any, id_column: str | None = None) -> pa.Table:
-        """Explain every row of a table (Arrow table/batch or pandas DataFrame)."""
+    def explain(self, data: pa.Table | pa.RecordBatch | Any, id_column: str | None = None) -> Any:
+        """Explain every row of a table: an Arrow table or batch gives an Arrow table; a pandas
+        DataFrame gives a DataFrame with its index (see ``gmcf.runtime.frames``)."""
+        from gmcf.runtime.frames import explain_frame, is_frame
+
+        if is_frame(data):
+            return explain_frame(self, data, id_column)
         table = _as_arrow(data)
         self._check_input(table.schema, id_column)
         schema = self._schema(table.schema, id_column)
@@ -403,10 +413,4 @@ def read_batches(pf: pq.ParquetFile, src: Path, batch_size: int, columns: list[s
 def _as_arrow(data: Any) -> pa.Table | pa.RecordBatch:
     if isinstance(data, pa.Table | pa.RecordBatch):
         return data
-    try:
-        import pandas as pd
-    except ImportError as exc:  # pragma: no cover - pandas is a dependency
-        raise GmcfError("pandas is needed to explain a DataFrame") from exc
-    if isinstance(data, pd.DataFrame):
-        return pa.Table.from_pandas(data, preserve_index=False)
     raise InputError(f"expected a pyarrow Table or pandas DataFrame, got {type(data).__name__}")
