@@ -64,8 +64,8 @@ def _force_progress() -> bool:
 
 @app.command()
 def explain(
-    input: Annotated[Path, typer.Argument(help="Parquet file of queries, one row per applicant.")],
-    output: Annotated[Path | None, typer.Option("-o", "--output", help="Output Parquet file \\[default: INPUT.explained.parquet].")] = None,
+    input: Annotated[Path, typer.Argument(help="Parquet file of queries, one row per applicant, or a folder of Parquet parts.")],
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Output Parquet file, or folder for a folder \\[default: INPUT.explained.parquet; INPUT.explained/].")] = None,
     bundle: Annotated[Path | None, typer.Option(help="Bundle folder \\[default: the shipped Adult bundle].")] = None,
     threshold: Annotated[float | None, typer.Option(help="Decision threshold T on f's score \\[default: the bundle's, see inspect].")] = None,
     tol: Annotated[float | None, typer.Option(help="A counterfactual's score must lie in [T, T + tol) \\[default: the bundle's; with --threshold alone, 1 - T when the bundle accepts any score up to 1].")] = None,
@@ -84,15 +84,20 @@ def explain(
     decrease_only: Annotated[list[str] | None, typer.Option(help="Numeric feature that may only decrease (repeatable).")] = None,
     range_: Annotated[list[str] | None, typer.Option("--range", help="Allowed range in raw units, feature=lo:hi (repeatable).")] = None,
     allow: Annotated[list[str] | None, typer.Option(help="Allowed categories, feature=a,b,c (repeatable).")] = None,
+    resume: Annotated[bool, typer.Option(help="Folder input: keep the parts an interrupted run completed, explain the rest.")] = False,
 ) -> None:
     """Explain every row of INPUT: a counterfactual for each row the classifier rejects."""
     from gmcf.runtime.constraints import Constraints
     from gmcf.runtime.explainer import Explainer, default_batch_size
+    from gmcf.runtime.folders import FolderSummary
     from gmcf.runtime.parallel import auto_workers, explain_parquet_parallel
 
     bundle = bundle or default_bundle()
-    output = output or input.with_name(input.stem + ".explained.parquet")
-    if output.exists() and not force:
+    folder = input.is_dir()
+    output = output or input.with_name(input.stem + (".explained" if folder else ".explained.parquet"))
+    if resume and not folder:
+        fail("--resume needs a folder of Parquet parts as input")
+    if output.exists() and not force and not folder:
         fail(f"output {output} exists; pass --force to overwrite it")
     if output.resolve() == input.resolve():
         fail("output must differ from the input file")
@@ -112,12 +117,18 @@ def explain(
                 elapsed = bar.tasks[task].elapsed or 1e-9
                 bar.update(task, completed=done, total=total, info=f"{done / elapsed:,.0f} rows/s")
 
-            if workers == 0:
-                workers = auto_workers(input, default_batch_size(ex.bundle.preprocessor.width) if batch_size is None else batch_size)
-            if workers > 1:
-                summary = explain_parquet_parallel(ex, input, output, workers, batch_size, id_column, progress)
+            if folder:
+                from gmcf.runtime.folders import cores, explain_folder
+
+                summary = explain_folder(ex, input, output, workers=workers or cores(), batch_size=batch_size,
+                                         id_column=id_column, resume=resume, force=force, progress=progress)
             else:
-                summary = ex.explain_parquet(input, output, batch_size=batch_size, id_column=id_column, progress=progress)
+                if workers == 0:
+                    workers = auto_workers(input, default_batch_size(ex.bundle.preprocessor.width) if batch_size is None else batch_size)
+                if workers > 1:
+                    summary = explain_parquet_parallel(ex, input, output, workers, batch_size, id_column, progress)
+                else:
+                    summary = ex.explain_parquet(input, output, batch_size=batch_size, id_column=id_column, progress=progress)
     except GmcfError as exc:
         fail(str(exc))
     s = summary
@@ -127,6 +138,9 @@ def explain(
         f"{s.invalid:,} invalid; validity {100 * s.validity:.1f}% of {s.searched:,} searched",
         highlight=False, markup=False, soft_wrap=True,
     )
+    if isinstance(s, FolderSummary):
+        out.print(f"{s.parts:,} parts: {s.parts - s.skipped:,} explained, {s.skipped:,} kept from an earlier run "
+                  f"({s.skipped_rows:,} rows)", highlight=False, markup=False, soft_wrap=True)
     out.print(f"wrote {output}", highlight=False, markup=False, soft_wrap=True)
 
 

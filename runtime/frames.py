@@ -26,7 +26,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 def is_frame(data: Any) -> bool:
     """True for a pandas DataFrame, without importing pandas."""
-    return any(c.__module__.startswith("pandas") and c.__name__ == "DataFrame" for c in type(data).__mro__)
+    return any(
+        c.__module__.startswith("pandas") and c.__name__ == "DataFrame" for c in type(data).__mro__
+    )
 
 
 def frame_to_arrow(df: pd.DataFrame) -> pa.Table:
@@ -37,7 +39,9 @@ def frame_to_arrow(df: pd.DataFrame) -> pa.Table:
     try:
         return pa.Table.from_pandas(df, preserve_index=False)
     except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError) as exc:
-        raise InputError(f"the DataFrame cannot be read as a table ({str(exc).splitlines()[0]})") from exc
+        raise InputError(
+            f"the DataFrame cannot be read as a table ({str(exc).splitlines()[0]})"
+        ) from exc
 
 
 def _dtype(t: pa.DataType) -> Any:
@@ -48,12 +52,16 @@ def _dtype(t: pa.DataType) -> Any:
     if pa.types.is_string(t) or pa.types.is_large_string(t):
         return pd.StringDtype()
     return {
-        pa.int8(): pd.Int8Dtype(), pa.int16(): pd.Int16Dtype(),
-        pa.int32(): pd.Int32Dtype(), pa.int64(): pd.Int64Dtype(),
+        pa.int8(): pd.Int8Dtype(),
+        pa.int16(): pd.Int16Dtype(),
+        pa.int32(): pd.Int32Dtype(),
+        pa.int64(): pd.Int64Dtype(),
     }.get(t)
 
 
-def table_to_frame(out: pa.Table, df: pd.DataFrame, id_column: str | None, ranked: bool) -> pd.DataFrame:
+def table_to_frame(
+    out: pa.Table, df: pd.DataFrame, id_column: str | None, ranked: bool
+) -> pd.DataFrame:
     """The explanation of ``df`` as a DataFrame: ``df``'s index and id column, the rest typed
     as the module says."""
     import pandas as pd
@@ -67,9 +75,13 @@ def table_to_frame(out: pa.Table, df: pd.DataFrame, id_column: str | None, ranke
         dtype = _dtype(col.type)
         if pa.types.is_list(col.type) or pa.types.is_fixed_size_list(col.type):
             values = col.to_pylist()
-            columns[name] = pd.Series([None if v is None else np.asarray(v, np.float32) for v in values], dtype=object)
+            columns[name] = pd.Series(
+                [None if v is None else np.asarray(v, np.float32) for v in values], dtype=object
+            )
         elif dtype is not None:
-            columns[name] = pd.Series(col.to_pandas(types_mapper={col.type: dtype}.get), dtype=dtype)
+            columns[name] = pd.Series(
+                col.to_pandas(types_mapper={col.type: dtype}.get), dtype=dtype
+            )
         else:
             columns[name] = pd.Series(col.to_numpy(zero_copy_only=False))
     frame = pd.DataFrame(columns)

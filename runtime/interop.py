@@ -60,8 +60,12 @@ class Plan:
     @classmethod
     def of(cls, ex: Explainer) -> Plan:
         return cls(
-            str(ex.bundle.path), ex.threads, ex.num_cfs, ex.settings.to_dict(),
-            ex.constraints.to_dict(), dict(ex.bundle.manifest["files"]),
+            str(ex.bundle.path),
+            ex.threads,
+            ex.num_cfs,
+            ex.settings.to_dict(),
+            ex.constraints.to_dict(),
+            dict(ex.bundle.manifest["files"]),
         )
 
     def key(self, bundle: str | None = None) -> str:
@@ -72,10 +76,16 @@ class Plan:
         """The explainer, from ``bundle`` (default: the driver's path)."""
         path = Path(bundle or self.bundle)
         ex = Explainer.from_bundle(
-            path, threads=self.threads, constraints=self.constraints, num_cfs=self.num_cfs, **self.settings
+            path,
+            threads=self.threads,
+            constraints=self.constraints,
+            num_cfs=self.num_cfs,
+            **self.settings,
         )
         if dict(ex.bundle.manifest["files"]) != self.files:
-            raise BundleError(f"bundle {path}: not the bundle the job was planned with (its files differ)")
+            raise BundleError(
+                f"bundle {path}: not the bundle the job was planned with (its files differ)"
+            )
         return ex
 
 
@@ -111,4 +121,6 @@ def rebatch(batches: Iterable[pa.RecordBatch], rows: int) -> Iterator[pa.Table]:
 
 
 def batch_rows(ex: Explainer, batch_size: int | None) -> int:
-    return default_batch_size(ex.bundle.preprocessor.width) if batch_size is None else int(batch_size)
+    return (
+        default_batch_size(ex.bundle.preprocessor.width) if batch_size is None else int(batch_size)
+    )

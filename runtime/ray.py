@@ -90,7 +90,9 @@ def explain_ray(
     actors, per_actor = actor_resources(cpus, concurrency)
     if num_cpus is not None:
         per_actor = num_cpus
-    columns = list(dict.fromkeys([*([id_column] if id_column else []), *ex.bundle.preprocessor.names]))
+    columns = list(
+        dict.fromkeys([*([id_column] if id_column else []), *ex.bundle.preprocessor.names])
+    )
     out = ds.select_columns(columns).map_batches(
         RayExplainer,
         fn_constructor_kwargs={"plan": Plan.of(ex), "id_column": id_column},

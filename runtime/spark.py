@@ -32,9 +32,14 @@ def _spark_type(t: pa.DataType) -> Any:
     from pyspark.sql import types as T
 
     simple = {
-        pa.float64(): T.DoubleType(), pa.float32(): T.FloatType(), pa.int64(): T.LongType(),
-        pa.int32(): T.IntegerType(), pa.int16(): T.ShortType(), pa.int8(): T.ByteType(),
-        pa.string(): T.StringType(), pa.bool_(): T.BooleanType(),
+        pa.float64(): T.DoubleType(),
+        pa.float32(): T.FloatType(),
+        pa.int64(): T.LongType(),
+        pa.int32(): T.IntegerType(),
+        pa.int16(): T.ShortType(),
+        pa.int8(): T.ByteType(),
+        pa.string(): T.StringType(),
+        pa.bool_(): T.BooleanType(),
     }
     if t in simple:
         return simple[t]
@@ -88,8 +93,16 @@ def _arrow_schema(ex: Explainer, df: Any) -> pa.Schema:
 class SparkTask:
     """The function ``mapInArrow`` runs on each partition (pickled by reference to this module)."""
 
-    def __init__(self, plan: Plan, id_column: str | None, rows: int, schema: pa.Schema, shipped: str | None):
-        self.plan, self.id_column, self.rows, self.schema, self.shipped = plan, id_column, rows, schema, shipped
+    def __init__(
+        self, plan: Plan, id_column: str | None, rows: int, schema: pa.Schema, shipped: str | None
+    ):
+        self.plan, self.id_column, self.rows, self.schema, self.shipped = (
+            plan,
+            id_column,
+            rows,
+            schema,
+            shipped,
+        )
 
     def _explainer(self) -> Explainer:
         if self.shipped is None:
@@ -104,7 +117,9 @@ class SparkTask:
             out = ex.explain(table, id_column=self.id_column)
             schema = self.schema
             if self.id_column is not None:  # the id comes back in the type Spark sent it
-                schema = schema.set(0, pa.field(self.id_column, table.schema.field(self.id_column).type))
+                schema = schema.set(
+                    0, pa.field(self.id_column, table.schema.field(self.id_column).type)
+                )
             yield from to_plain(out, schema).to_batches()
 
 
@@ -145,6 +160,8 @@ def explain_spark(
         F.col(n).cast("double").alias(n) if isinstance(kinds[n], T.DecimalType) else F.col(n)
         for n in ex.bundle.preprocessor.names
     ]
-    id_col = [] if id_column is None or id_column in ex.bundle.preprocessor.names else [F.col(id_column)]
+    id_col = (
+        [] if id_column is None or id_column in ex.bundle.preprocessor.names else [F.col(id_column)]
+    )
     task = SparkTask(Plan.of(ex), id_column, batch_rows(ex, batch_size), arrow_out, shipped)
     return df.select(*id_col, *features).mapInArrow(task, schema)

@@ -1,0 +1,133 @@
+"""The Explainer across processes (pickle, a spawned pool) and pandas in, pandas out."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import pickle
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from helpers import adult_queries
+
+from gmcf.runtime import Explainer
+from gmcf.runtime.interop import plain_schema, rebatch, to_plain
+
+
+def test_used_explainer_pickles_and_reopens_its_sessions(adult_bundle: Path) -> None:
+    ex = Explainer.from_bundle(adult_bundle, tol=0.3)
+    queries = adult_queries(3000, seed=1)
+    before = ex.explain(queries, id_column="id")
+    assert ex._engine is not None  # used: onnxruntime sessions are open
+    copy = pickle.loads(pickle.dumps(ex))
+    assert copy._engine is None and ex._engine is not None  # the original keeps its sessions
+    assert copy.settings == ex.settings and copy.settings.tol == 0.3
+    after = copy.explain(queries, id_column="id")
+    assert after.equals(before)
+
+
+def test_spawned_pool_explains_with_a_pickled_explainer(adult_bundle: Path) -> None:
+    ex = Explainer.from_bundle(adult_bundle, num_cfs=2)
+    queries = adult_queries(4000, seed=2)
+    ex.explain(queries.slice(0, 10))  # sessions open in the parent: they must not travel
+    chunks = [queries.slice(i, 1000) for i in range(0, 4000, 1000)]
+    with ProcessPoolExecutor(2, mp_context=mp.get_context("spawn")) as pool:
+        parts = list(pool.map(ex.explain, chunks, ["id"] * len(chunks)))
+    expected = [ex.explain(c, id_column="id") for c in chunks]
+    for got, want in zip(parts, expected, strict=True):
+        assert got.equals(want)
+    assert sum(p.num_rows for p in parts) >= 4000
+
+
+def test_pandas_in_pandas_out(adult_bundle: Path) -> None:
+    pd = pytest.importorskip("pandas")
+    ex = Explainer.from_bundle(adult_bundle)
+    table = adult_queries(2000, seed=3)
+    df = table.to_pandas()
+    df.index = pd.Index([f"applicant-{i}" for i in range(len(df))][::-1], name="who")
+    df["age"] = df["age"].astype("Int64")
+    df.loc["applicant-5", "age"] = pd.NA  # a bad row: explained as invalid, never dropped
+    out = ex.explain(df, id_column="id")
+    assert isinstance(out, pd.DataFrame)
+    assert out.index.equals(df.index)
+    assert out["id"].tolist() == df["id"].tolist() and out["id"].dtype == df["id"].dtype
+    assert out.loc["applicant-5", "status"] == "invalid"
+    assert "age" in out.loc["applicant-5", "reason"]
+    want = {
+        "cf_age": "Int64",
+        "sparsity_l0": "Int32",
+        "evaluations": "Int32",
+        "status": "string",
+        "cf_education": "string",
+        "score": "float32",
+        "age": "float64",
+    }
+    assert {k: str(out[k].dtype) for k in want} == want
+    # The same rows and values as the Arrow result.
+    arrow = ex.explain(pa.Table.from_pandas(df, preserve_index=False), id_column="id")
+    for name in arrow.column_names:
+        a = to_plain(arrow.select([name])).column(0).to_pylist()
+        b = [
+            None if v is pd.NA or (isinstance(v, float) and np.isnan(v)) else v
+            for v in out[name].tolist()
+        ]
+        a = [None if isinstance(v, float) and np.isnan(v) else v for v in a]
+        assert a == b, name
+    found = out["status"] == "found"
+    assert out.loc[found, "cf_age"].notna().all() and out.loc[~found, "cf_age"].isna().all()
+    # dtypes do not depend on the rows: an empty frame gives them (Dask's meta)
+    empty = ex.explain(df.head(0), id_column="id")
+    assert len(empty) == 0 and empty.dtypes.equals(out.dtypes)
+
+
+def test_pandas_several_options_repeat_the_index(adult_bundle: Path) -> None:
+    pytest.importorskip("pandas")
+    ex = Explainer.from_bundle(adult_bundle, num_cfs=3)
+    df = adult_queries(500, seed=4).to_pandas()
+    df.index = df.index + 1000
+    out = ex.explain(df, id_column="id")
+    assert set(out.index) == set(df.index)
+    # every output row sits under its query's index: the id agrees with the index
+    assert (out["id"].to_numpy() == df.loc[out.index, "id"].to_numpy()).all()
+    counts = out.groupby(level=0).size()
+    assert counts.max() > 1
+    ranks = out.groupby(level=0)["cf_rank"].max().fillna(1)
+    assert (counts == ranks.astype(int)).all()
+
+
+def test_pandas_errors_are_one_line(adult_bundle: Path) -> None:
+    pd = pytest.importorskip("pandas")
+    from gmcf.runtime import InputError
+
+    ex = Explainer.from_bundle(adult_bundle)
+    df = adult_queries(10).to_pandas()
+    dup = pd.concat([df, df[["age"]]], axis=1)
+    with pytest.raises(InputError, match="duplicate column names: age"):
+        ex.explain(dup)
+    with pytest.raises(InputError, match="lacks 1 feature column"):
+        ex.explain(df.drop(columns=["education"]))
+
+
+def test_plain_types_and_rebatch() -> None:
+    schema = pa.schema(
+        [
+            ("s", pa.dictionary(pa.int8(), pa.string())),
+            ("img", pa.list_(pa.float32(), 4)),
+            ("l", pa.large_string()),
+            ("x", pa.float32()),
+        ]
+    )
+    assert plain_schema(schema).types == [
+        pa.string(),
+        pa.list_(pa.float32()),
+        pa.string(),
+        pa.float32(),
+    ]
+    batches = [
+        pa.record_batch({"v": np.arange(i, i + n)}) for i, n in ((0, 7), (7, 0), (7, 5), (12, 9))
+    ]
+    tables = list(rebatch(batches, 8))
+    assert [t.num_rows for t in tables] == [8, 8, 5]
+    assert pa.concat_tables(tables).column("v").to_pylist() == list(range(21))
