@@ -76,16 +76,20 @@ def process_pool(ex: Explainer, workers: int) -> Callable[[], Any]:
                 pending: deque[tuple[pa.RecordBatch, Future[ExplainedBatch]]] = deque()
                 for batch in batches:
                     pending.append((batch, pool.submit(explain_in_worker, batch.select(features))))
+                    del batch  # held by ``pending`` only: its memory goes when it is written
                     if len(pending) >= 2 * workers:
-                        done, future = pending.popleft()
-                        yield done, future.result()
+                        yield _collect(pending.popleft())
                 while pending:
-                    done, future = pending.popleft()
-                    yield done, future.result()
+                    yield _collect(pending.popleft())
 
             yield explain_batches
 
     return open_pool
+
+
+def _collect(item: tuple[pa.RecordBatch, Future[ExplainedBatch]]) -> tuple[pa.RecordBatch, ExplainedBatch]:
+    batch, future = item
+    return batch, future.result()
 
 
 def explain_parquet_parallel(

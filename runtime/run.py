@@ -50,6 +50,9 @@ def explain_file(
         for batch, explained in explain_batches(queries.batches()):
             writer.write_batch(output_batch(schema, pre, batch, id_column, explained))
             summary.add(explained.counted)
+            # Let go of the written batch before the next is read and explained (a loop variable
+            # would hold it until then): memory stays bounded by the batches in flight.
+            del batch, explained
             if progress:
                 progress(summary.rows, queries.rows)
     summary.seconds = time.perf_counter() - t0
