@@ -42,7 +42,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from gmcf.runtime.errors import InputError
-from gmcf.runtime.explainer import Explainer, Summary, default_batch_size
+from gmcf.runtime.explainer import Explainer, Summary
+from gmcf.runtime.read import check_input
+from gmcf.runtime.settings import batch_size_for
+from gmcf.runtime.write import atomic_parquet_writer
 
 SUFFIXES = (".parquet", ".parq")
 JOB_FILE = "_gmcf_job.json"
@@ -113,7 +116,7 @@ def staging_path(dst: Path) -> Path:
 def job_record(ex: Explainer, parts: list[Part], id_column: str | None) -> dict[str, Any]:
     """What a run is: equal records mean that a resumed run writes what the first would have."""
     record = {
-        "bundle_files": dict(ex.bundle.manifest["files"]),
+        "bundle_files": dict(ex.bundle.manifest.files),
         "settings": ex.settings.to_dict(),
         "constraints": ex.constraints.to_dict(),
         "num_cfs": ex.num_cfs,
@@ -199,15 +202,11 @@ def explain_folder(
         raise InputError("the output folder must be outside the input folder")
     if workers < 1:
         raise InputError(f"workers must be at least 1, got {workers}")
-    batch_size = (
-        default_batch_size(ex.bundle.preprocessor.width) if batch_size is None else batch_size
-    )
-    if batch_size < 1:
-        raise InputError(f"batch size must be at least 1, got {batch_size}")
+    batch_size = batch_size_for(batch_size, ex.bundle.preprocessor.width)
     parts = list_parts(src)
     for p in parts:  # a missing or mistyped column stops the run before any part is explained
         try:
-            ex._check_input(pq.read_schema(src / p.rel), id_column)
+            check_input(ex.bundle.preprocessor, pq.read_schema(src / p.rel), id_column)
         except InputError as exc:
             raise InputError(f"{src / p.rel}: {exc}") from None
     record = job_record(ex, parts, id_column)
@@ -303,10 +302,8 @@ def _run_parts(
 
 def _empty_part(ex: Explainer, src: Path, dst: Path, id_column: str | None) -> Summary:
     """A part with no rows gets an output part with no rows (and the output's columns)."""
-    from gmcf.runtime.explainer import atomic_parquet_writer
-
     dst.parent.mkdir(parents=True, exist_ok=True)
-    schema = ex._schema(pq.read_schema(src), id_column)
+    schema = ex.output_schema(pq.read_schema(src), id_column)
     with atomic_parquet_writer(dst, schema):
         pass
     return Summary()

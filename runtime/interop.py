@@ -22,7 +22,8 @@ from typing import Any
 import pyarrow as pa
 
 from gmcf.runtime.errors import BundleError
-from gmcf.runtime.explainer import Explainer, default_batch_size
+from gmcf.runtime.explainer import Explainer
+from gmcf.runtime.settings import batch_size_for
 
 
 def plain_type(t: pa.DataType) -> pa.DataType:
@@ -65,7 +66,7 @@ class Plan:
             ex.num_cfs,
             ex.settings.to_dict(),
             ex.constraints.to_dict(),
-            dict(ex.bundle.manifest["files"]),
+            dict(ex.bundle.manifest.files),
         )
 
     def key(self, bundle: str | None = None) -> str:
@@ -82,7 +83,7 @@ class Plan:
             num_cfs=self.num_cfs,
             **self.settings,
         )
-        if dict(ex.bundle.manifest["files"]) != self.files:
+        if dict(ex.bundle.manifest.files) != self.files:
             raise BundleError(
                 f"bundle {path}: not the bundle the job was planned with (its files differ)"
             )
@@ -121,6 +122,4 @@ def rebatch(batches: Iterable[pa.RecordBatch], rows: int) -> Iterator[pa.Table]:
 
 
 def batch_rows(ex: Explainer, batch_size: int | None) -> int:
-    return (
-        default_batch_size(ex.bundle.preprocessor.width) if batch_size is None else int(batch_size)
-    )
+    return batch_size_for(batch_size, ex.bundle.preprocessor.width)

@@ -53,7 +53,7 @@ def spark_schema(ex: Explainer, df: Any, id_column: str | None = None) -> Any:
     then the output columns of ``gmcf.runtime.output_schema`` in plain types."""
     from pyspark.sql import types as T
 
-    arrow = plain_schema(ex._schema(_arrow_schema(ex, df), None))
+    arrow = plain_schema(ex.output_schema(_arrow_schema(ex, df)))
     fields = [df.schema[id_column]] if id_column is not None else []
     fields += [T.StructField(f.name, _spark_type(f.type), nullable=True) for f in arrow]
     return T.StructType(fields)
@@ -143,7 +143,7 @@ def explain_spark(
     if id_column is not None and id_column not in df.columns:
         raise InputError(f"id column {id_column!r} is not in the input")
     schema = spark_schema(ex, df, id_column)
-    arrow_out = plain_schema(ex._schema(_arrow_schema(ex, df), None))
+    arrow_out = plain_schema(ex.output_schema(_arrow_schema(ex, df)))
     if id_column is not None:
         arrow_out = arrow_out.insert(0, pa.field(id_column, pa.null()))  # replaced per batch
     shipped = None

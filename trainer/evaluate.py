@@ -34,6 +34,7 @@ from gmcf.runtime.errors import InputError
 from gmcf.runtime.explainer import Explainer
 from gmcf.runtime.metrics import changed_features, proximity_l2, sparsity_l1
 from gmcf.runtime.schema import ImagePreprocessor
+from gmcf.runtime.write import write_text
 from gmcf.trainer.baselines import (
     AEConfig,
     Autoencoder,
@@ -619,10 +620,7 @@ def write_results(ev: Evaluation, path: Path) -> tuple[Path, Path]:
     """``path`` as JSON and the same stem as Markdown, each written to a temporary file and
     renamed."""
     js, md = path.with_suffix(".json"), path.with_suffix(".md")
-    for dst, text in ((js, json.dumps(ev.to_json(), indent=2) + "\n"), (md, ev.to_markdown())):
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, dst)
+    write_text(js, json.dumps(ev.to_json(), indent=2) + "\n")
+    write_text(md, ev.to_markdown())
     return js, md
 
