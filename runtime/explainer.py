@@ -83,6 +83,13 @@ class Explainer:
         them from ``bundle.path`` on first use, so joblib, Dask and spawned pools can take it."""
         return {**self.__dict__, "_engine": None}
 
+    def __dask_tokenize__(self) -> str:
+        """Dask's token of the explainer: the bundle's files and the run's settings (not its
+        sessions, which Dask cannot hash)."""
+        files = sorted(self.bundle.manifest.files.items())
+        return repr((str(self.bundle.path), files, self.settings.to_dict(), self.constraints.to_dict(),
+                     self.threads, self.num_cfs))
+
     @property
     def engine(self) -> Engine:
         if self._engine is None:

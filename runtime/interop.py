@@ -122,4 +122,4 @@ def rebatch(batches: Iterable[pa.RecordBatch], rows: int) -> Iterator[pa.Table]:
 
 
 def batch_rows(ex: Explainer, batch_size: int | None) -> int:
-    return batch_size_for(batch_size, ex.bundle.preprocessor.width)
+    return int(batch_size_for(batch_size, ex.bundle.preprocessor.width))

@@ -86,7 +86,7 @@ def explain_ray(
         raise InputError(f"id column {id_column!r} is not in the input")
     if not ray.is_initialized():
         ray.init()
-    cpus = float(ray.cluster_resources().get("CPU", 1.0))
+    cpus = float(ray.cluster_resources().get("CPU", 1.0))  # type: ignore[no-untyped-call, unused-ignore]
     actors, per_actor = actor_resources(cpus, concurrency)
     if num_cpus is not None:
         per_actor = num_cpus

@@ -36,7 +36,9 @@ def small_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def expected(small_file: Path, adult_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> pa.Table:
+def expected(
+    small_file: Path, adult_bundle: Path, tmp_path_factory: pytest.TempPathFactory
+) -> pa.Table:
     """What the CLI's explain writes for the small file, in plain types."""
     out = tmp_path_factory.mktemp("cli") / "out.parquet"
     Explainer.from_bundle(adult_bundle).explain_parquet(small_file, out, id_column="id")
@@ -49,7 +51,14 @@ def assert_same_rows(got: pa.Table, want: pa.Table) -> None:
     assert got.schema.equals(want.schema), (got.schema, want.schema)
     got, want = got.sort_by("id"), want.sort_by("id")
     assert got.column("id").equals(want.column("id"))
-    exact = ["status", "reason", "search", "evaluations", "sparsity_l0", *[n for n in want.column_names if n.startswith("cf_")]]
+    exact = [
+        "status",
+        "reason",
+        "search",
+        "evaluations",
+        "sparsity_l0",
+        *[n for n in want.column_names if n.startswith("cf_")],
+    ]
     for name in [n for n in want.column_names if n != "id"]:
         if name in exact or not pa.types.is_floating(want.schema.field(name).type):
             assert got.column(name).equals(want.column(name)), name
@@ -84,17 +93,25 @@ def spark() -> Iterator[object]:
     session.stop()
 
 
-pyspark_warnings = pytest.mark.filterwarnings("ignore::FutureWarning:pyspark.*", "ignore::DeprecationWarning:pyspark.*")
+pyspark_warnings = pytest.mark.filterwarnings(
+    "ignore::FutureWarning:pyspark.*", "ignore::DeprecationWarning:pyspark.*"
+)
 
 
 @pyspark_warnings
-def test_spark_gives_the_cli_rows(spark: object, small_file: Path, adult_bundle: Path, expected: pa.Table) -> None:
+def test_spark_gives_the_cli_rows(
+    spark: object, small_file: Path, adult_bundle: Path, expected: pa.Table
+) -> None:
     from gmcf.runtime.spark import explain_spark
 
     df = spark.read.parquet(str(small_file)).repartition(3)  # type: ignore[attr-defined]
     out = explain_spark(df, adult_bundle, id_column="id", batch_size=700)
     types = {f.name: f.dataType.simpleString() for f in out.schema.fields}
-    assert types["status"] == "string" and types["cf_education"] == "string" and types["cf_age"] == "bigint"
+    assert (
+        types["status"] == "string"
+        and types["cf_education"] == "string"
+        and types["cf_age"] == "bigint"
+    )
     assert types["id"] == "bigint" and types["sparsity_l0"] == "int"
     got = out.toArrow()
     assert got.num_rows == ROWS
@@ -131,8 +148,12 @@ def ray_local() -> Iterator[object]:
     ray.shutdown()
 
 
-@pytest.mark.filterwarnings("ignore::UserWarning:ray.*", "ignore::DeprecationWarning", "ignore::FutureWarning")
-def test_ray_gives_the_cli_rows_in_order(ray_local: object, small_file: Path, adult_bundle: Path, expected: pa.Table) -> None:
+@pytest.mark.filterwarnings(
+    "ignore::UserWarning:ray.*", "ignore::DeprecationWarning", "ignore::FutureWarning"
+)
+def test_ray_gives_the_cli_rows_in_order(
+    ray_local: object, small_file: Path, adult_bundle: Path, expected: pa.Table
+) -> None:
     import ray
 
     from gmcf.runtime.ray import explain_ray

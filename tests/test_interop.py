@@ -131,3 +131,48 @@ def test_plain_types_and_rebatch() -> None:
     tables = list(rebatch(batches, 8))
     assert [t.num_rows for t in tables] == [8, 8, 5]
     assert pa.concat_tables(tables).column("v").to_pylist() == list(range(21))
+
+
+def _dask_explain(path: str, bundle: str, out: str) -> None:
+    """Runs in a fresh interpreter: Dask's process scheduler spawns its workers."""
+    import dask
+    import dask.dataframe as dd
+
+    dask.config.set(scheduler="processes", num_workers=2)
+    ex = Explainer.from_bundle(bundle)
+    ddf = dd.read_parquet(path).repartition(npartitions=3)
+    ddf.map_partitions(
+        ex.explain, id_column="id", meta=ex.explain(ddf._meta, id_column="id")
+    ).to_parquet(out)
+
+
+def test_dask_map_partitions_with_meta_from_an_empty_frame(
+    adult_bundle: Path, tmp_path: Path
+) -> None:
+    """The failure Dask users hit: meta from the output schema broke at write time, and a used
+    explainer could not be pickled or tokenized. Needs dask, which is not a project dependency."""
+    pytest.importorskip("dask.dataframe", reason="dask is not installed (not a project dependency)")
+    import subprocess
+    import sys
+
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    queries = adult_queries(1500, seed=8)
+    pq.write_table(queries, tmp_path / "q.parquet")
+    code = (
+        f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+        "from test_interop import _dask_explain; "
+        f"_dask_explain({str(tmp_path / 'q.parquet')!r}, {str(adult_bundle)!r}, {str(tmp_path / 'out')!r})"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    got = pd.read_parquet(tmp_path / "out").sort_values("id")
+    want = (
+        Explainer.from_bundle(adult_bundle)
+        .explain(queries.to_pandas(), id_column="id")
+        .sort_values("id")
+    )
+    assert len(got) == 1500
+    assert (got["status"].to_numpy() == want["status"].to_numpy()).all()
+    assert str(got["cf_age"].dtype) == "Int64"
