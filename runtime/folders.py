@@ -41,7 +41,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from gmcf.runtime.errors import InputError
+from gmcf.runtime.errors import GmcfError, InputError
 from gmcf.runtime.explainer import Explainer, Summary
 from gmcf.runtime.read import check_input
 from gmcf.runtime.settings import batch_size_for
@@ -237,7 +237,12 @@ def explain_folder(
         for tmp in stage.rglob(".*.tmp"):  # a dead run's unfinished parts
             tmp.unlink()
         _write_json(stage / JOB_FILE, record)
-        summary = _run_parts(ex, src, stage, parts, workers, batch_size, id_column, progress)
+        try:
+            summary = _run_parts(ex, src, stage, parts, workers, batch_size, id_column, progress)
+        except GmcfError as exc:
+            raise type(exc)(
+                f"{exc}; the parts done are kept in {stage}: --resume continues"
+            ) from exc
         (stage / SUCCESS).touch()
         _publish(stage, dst, force)
     summary.output = dst

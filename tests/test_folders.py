@@ -102,6 +102,24 @@ def test_folder_refusals_are_one_line(tmp_path: Path) -> None:
     assert code == 0 and "1 parts: 0 explained, 1 kept" in stdout
 
 
+def test_a_bad_part_stops_the_run_and_keeps_the_parts_done(tmp_path: Path) -> None:
+    table = adult_queries(900, seed=9)
+    src = make_folder(
+        tmp_path / "in",
+        table,
+        {"a.parquet": (0, 300), "b.parquet": (300, 300), "c.parquet": (600, 300)},
+    )
+    data = bytearray((src / "b.parquet").read_bytes())
+    data[8:1500] = b"\xab" * 1492  # damaged pages, intact footer: found only when read
+    (src / "b.parquet").write_bytes(bytes(data))
+    dst = tmp_path / "out"
+    code, _, stderr = invoke("explain", str(src), "-o", str(dst), "--workers", "1")
+    assert code == 1 and len(stderr.strip().splitlines()) == 1
+    assert "b.parquet: cannot read the Parquet data" in stderr and "--resume continues" in stderr
+    assert not dst.exists()
+    assert sorted(p.name for p in staging_path(dst).glob("*.parquet")) == ["a.parquet"]
+
+
 def _run(args: list[str]) -> subprocess.Popen[bytes]:
     cmd = [sys.executable, "-m", "gmcf.cli.main", "explain", *args]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
