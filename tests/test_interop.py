@@ -176,3 +176,30 @@ def test_dask_map_partitions_with_meta_from_an_empty_frame(
     assert len(got) == 1500
     assert (got["status"].to_numpy() == want["status"].to_numpy()).all()
     assert str(got["cf_age"].dtype) == "Int64"
+
+
+def test_one_explainer_per_process_and_plan(adult_bundle: Path, tmp_path: Path) -> None:
+    """Engine workers open a bundle once per process and refuse one that differs from the
+    driver's (say, a node with another version of the bundle under the same path)."""
+    import hashlib
+    import json
+    import shutil
+
+    from gmcf.runtime import BundleError
+    from gmcf.runtime.interop import Plan, cached_explainer
+
+    plan = Plan.of(Explainer.from_bundle(adult_bundle, tol=0.3, num_cfs=2))
+    first = cached_explainer(plan)
+    assert cached_explainer(plan) is first
+    assert first.settings.tol == 0.3 and first.num_cfs == 2
+    assert pickle.loads(pickle.dumps(plan)) == plan
+
+    other = tmp_path / "other"
+    shutil.copytree(adult_bundle, other)
+    report = other / "report.json"
+    report.write_text(report.read_text().replace("{", '{"retrained": true, ', 1))
+    manifest = json.loads((other / "manifest.json").read_text())
+    manifest["files"]["report.json"] = hashlib.sha256(report.read_bytes()).hexdigest()
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="not the bundle the job was planned with"):
+        cached_explainer(plan, other)
