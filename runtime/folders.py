@@ -63,7 +63,7 @@ class Part:
 
 
 @dataclass
-class FolderSummary(Summary):  # type: ignore[misc, unused-ignore]
+class FolderSummary(Summary):
     """The counts of a folder run, and how many parts were explained or kept from an earlier run."""
 
     parts: int = 0

@@ -24,17 +24,43 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 #: (name, dataset, rows)
-QUERIES = (("adult", "adult", 100_000), ("lending-club", "lending-club", 100_000), ("mnist", "mnist-1-to-7", 3_000))
+QUERIES = (
+    ("adult", "adult", 100_000),
+    ("lending-club", "lending-club", 100_000),
+    ("mnist", "mnist-1-to-7", 3_000),
+)
 
 #: (name, query file, explain options); bundles are the shipped ones, found next to the package.
 RUNS = (
     ("adult-2-workers", "adult", ["--workers", "2", "--id-column", "id"]),
     ("adult-in-process", "adult", ["--workers", "1", "--batch-size", "30000"]),
     ("adult-k3", "adult", ["--workers", "2", "--num-cfs", "3", "--id-column", "id"]),
-    ("adult-constrained", "adult", ["--workers", "2", "--immutable", "education", "--increase-only", "age",
-                                    "--range", "hours-per-week=20:60", "--id-column", "id"]),
-    ("lending-club", "lending-club", ["--bundle", "{exported}/lending-club", "--workers", "2", "--id-column", "id"]),
-    ("mnist", "mnist", ["--bundle", "{exported}/mnist-1-to-7", "--workers", "2", "--id-column", "id"]),
+    (
+        "adult-constrained",
+        "adult",
+        [
+            "--workers",
+            "2",
+            "--immutable",
+            "education",
+            "--increase-only",
+            "age",
+            "--range",
+            "hours-per-week=20:60",
+            "--id-column",
+            "id",
+        ],
+    ),
+    (
+        "lending-club",
+        "lending-club",
+        ["--bundle", "{exported}/lending-club", "--workers", "2", "--id-column", "id"],
+    ),
+    (
+        "mnist",
+        "mnist",
+        ["--bundle", "{exported}/mnist-1-to-7", "--workers", "2", "--id-column", "id"],
+    ),
 )
 
 
@@ -54,14 +80,18 @@ def write_queries(folder: Path) -> None:
             col = table.column(first).combine_chunks()
             bad = np.zeros(n, bool)
             bad[rng.choice(n, n // 100, replace=False)] = True
-            col = pa.array([None if b else v for b, v in zip(bad, col.to_pylist(), strict=True)], col.type)
+            col = pa.array(
+                [None if b else v for b, v in zip(bad, col.to_pylist(), strict=True)], col.type
+            )
             table = table.set_column(table.schema.get_field_index(first), first, col)
         else:
             from gmcf.runtime.schema import ImagePreprocessor
 
             pre = ImagePreprocessor.fit_image(table, ds.schema.features)
             pix = pre.image.name
-            table = table.set_column(table.schema.get_field_index(pix), pix, pre.echo(table.column(pix)))
+            table = table.set_column(
+                table.schema.get_field_index(pix), pix, pre.echo(table.column(pix))
+            )
         pq.write_table(table, folder / f"{name}.parquet", row_group_size=25_000)
         print(f"wrote {n:,} {dataset} rows to {folder / f'{name}.parquet'}")
 
@@ -71,11 +101,20 @@ def run_all(queries: Path, out: Path, exe: Path) -> None:
     py = exe.with_name("python")
     exported = subprocess.run(
         [str(py), "-c", "from importlib import resources; print(resources.files('gmcf.exported'))"],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout.strip()
     for name, query, options in RUNS:
-        cmd = [str(exe), "explain", str(queries / f"{query}.parquet"), "-o", str(out / f"{name}.parquet"), "--force",
-               *[o.format(exported=exported) for o in options]]
+        cmd = [
+            str(exe),
+            "explain",
+            str(queries / f"{query}.parquet"),
+            "-o",
+            str(out / f"{name}.parquet"),
+            "--force",
+            *[o.format(exported=exported) for o in options],
+        ]
         res = subprocess.run(cmd, capture_output=True, text=True)
         if res.returncode != 0:
             sys.exit(f"{name}: explain failed:\n{res.stderr}")
@@ -93,17 +132,25 @@ def compare(a: Path, b: Path) -> int:
         ta, tb = pq.read_table(pa_), pq.read_table(pb)
         same_table = ta.schema.equals(tb.schema) and ta.equals(tb)
         same_bytes = sha256(pa_) == sha256(pb)
-        status = dict(zip(*np.unique(ta.column("status").to_numpy(zero_copy_only=False), return_counts=True),
-                          strict=True))
-        print(f"{name:18} rows {ta.num_rows:>7,}  same table {same_table}  same bytes {same_bytes}  "
-              f"statuses {', '.join(f'{k} {v:,}' for k, v in sorted(status.items()))}")
+        status = dict(
+            zip(
+                *np.unique(ta.column("status").to_numpy(zero_copy_only=False), return_counts=True),
+                strict=True,
+            )
+        )
+        print(
+            f"{name:18} rows {ta.num_rows:>7,}  same table {same_table}  same bytes {same_bytes}  "
+            f"statuses {', '.join(f'{k} {v:,}' for k, v in sorted(status.items()))}"
+        )
         failures += not (same_table and same_bytes)
     print("identical" if failures == 0 else f"{failures} output(s) differ")
     return 1 if failures else 0
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = ap.add_subparsers(dest="step", required=True)
     q = sub.add_parser("queries")
     q.add_argument("folder", type=Path)

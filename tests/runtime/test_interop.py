@@ -161,7 +161,7 @@ def test_dask_map_partitions_with_meta_from_an_empty_frame(
     queries = adult_queries(1500, seed=8)
     pq.write_table(queries, tmp_path / "q.parquet")
     code = (
-        f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+        f"import sys; sys.path[:0] = [{str(Path(__file__).parent)!r}, {str(Path(__file__).parents[1])!r}]; "
         "from test_interop import _dask_explain; "
         f"_dask_explain({str(tmp_path / 'q.parquet')!r}, {str(adult_bundle)!r}, {str(tmp_path / 'out')!r})"
     )
