@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
@@ -37,6 +37,9 @@ from gmcf.runtime.settings import default_batch_size as default_batch_size
 from gmcf.runtime.status import Summary as Summary
 from gmcf.runtime.write import atomic_parquet_writer as atomic_parquet_writer
 from gmcf.runtime.write import writer_options as writer_options
+
+if TYPE_CHECKING:  # pragma: no cover - pandas is imported only when a DataFrame is given
+    import pandas as pd
 
 
 @dataclass
@@ -112,7 +115,9 @@ class Explainer:
         return output_schema(self.bundle.preprocessor, id_field, ranked=self.num_cfs > 1)
 
     # -- tables and files ---------------------------------------------------------------------
-    def explain(self, data: pa.Table | pa.RecordBatch | Any, id_column: str | None = None) -> Any:
+    def explain(
+        self, data: pa.Table | pa.RecordBatch | pd.DataFrame, id_column: str | None = None
+    ) -> pa.Table | pd.DataFrame:
         """Explain every row of a table: an Arrow table or batch gives an Arrow table; a pandas
         DataFrame gives a DataFrame with its index (see ``gmcf.runtime.frames``)."""
         from gmcf.runtime.frames import explain_frame, is_frame
