@@ -208,3 +208,17 @@ def test_engine_modules_import_no_engine_and_no_pandas(adult_bundle: Path, tmp_p
     )
     assert res.returncode == 0, res.stderr
     assert (tmp_path / "in.explained" / "p=1" / "a.parquet").exists()
+
+
+def test_fewer_parts_than_workers_share_each_part(tmp_path: Path) -> None:
+    """One large part and two workers: the part's batches go to both workers, same output."""
+    src = make_folder(
+        tmp_path / "in", adult_queries(3000, seed=10), {"only/part-0.parquet": (0, 3000)}
+    )
+    args = ["--id-column", "id", "--batch-size", "700"]
+    assert invoke("explain", str(src), "-o", str(tmp_path / "two"), "--workers", "2", *args)[0] == 0
+    assert invoke("explain", str(src), "-o", str(tmp_path / "one"), "--workers", "1", *args)[0] == 0
+    rel = "only/part-0.parquet"
+    assert pq.read_table(tmp_path / "two" / rel).equals(pq.read_table(tmp_path / "one" / rel))
+    code, _, stderr = invoke("explain", str(src), "-o", str(src / "inside"))
+    assert code == 1 and "outside the input folder" in stderr
