@@ -68,13 +68,17 @@ RUNS = (
 #: DataFrame (with constraints and K = 2), each written with pyarrow's defaults.
 API = """
 import sys
+import pyarrow as pa
 import pyarrow.parquet as pq
 from gmcf.runtime import Explainer
 queries, out = sys.argv[1], sys.argv[2]
 table = pq.read_table(queries).slice(0, 20_000)
 pq.write_table(Explainer.from_bundle(sys.argv[3]).explain(table, id_column="id"), out + "/api-arrow.parquet")
 ex = Explainer.from_bundle(sys.argv[3], num_cfs=2, constraints={"age": {"direction": "increase"}})
-pq.write_table(ex.explain(table.to_pandas(), id_column="id"), out + "/api-pandas.parquet")
+frame = ex.explain(table.to_pandas(), id_column="id")  # an Arrow table in older trees, a DataFrame since
+if not isinstance(frame, pa.Table):
+    frame = pa.Table.from_pandas(frame, preserve_index=False)
+pq.write_table(frame, out + "/api-pandas.parquet")
 """
 
 
