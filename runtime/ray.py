@@ -59,6 +59,7 @@ def explain_ray(
     batch_size: int | None = None,
     concurrency: int | None = None,
     num_cpus: float | None = None,
+    memory: float | None = None,
     preserve_order: bool = True,
     **settings: Any,
 ) -> Any:
@@ -68,7 +69,8 @@ def explain_ray(
     ``settings`` are those of ``Explainer.from_bundle`` (threads, constraints, num_cfs,
     threshold, tol, ...). ``batch_size``: rows per call of an actor (default: the explainer's).
     ``concurrency`` and ``num_cpus``: actors in the pool and CPUs each reserves (default: see the
-    module's note on resources). The bundle path must be readable on every node."""
+    module's note on resources); ``memory``: bytes each actor reserves (Ray's ``memory``). The
+    bundle path must be readable on every node."""
     import ray
 
     ex = Explainer.from_bundle(bundle, **settings)
@@ -100,6 +102,7 @@ def explain_ray(
         batch_size=batch_rows(ex, batch_size),
         concurrency=actors,
         num_cpus=per_actor,
+        memory=memory,
         zero_copy_batch=True,
     )
     if preserve_order:
