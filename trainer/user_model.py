@@ -373,6 +373,7 @@ def align_opset(model: onnx.ModelProto) -> onnx.ModelProto:
         onnx.checker.check_model(converted)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first.rsplit("failed: ", 1)[-1]
         raise _fail(f"opset {version} (ai.onnx) cannot be converted to the bundle's opset {OPSET}: {first}") from exc
     return converted
 
