@@ -54,12 +54,19 @@ def frames() -> tuple[Any, Any]:
     """3,000 Adult rows to fit the user's model and train the bundle on; 2,000 other rows held out."""
     df = load_dataset("adult").table.to_pandas()
     perm = np.random.default_rng(0).permutation(len(df))
-    return df.iloc[perm[:3000]].reset_index(drop=True), df.iloc[perm[3000:5000]].reset_index(drop=True)
+    return df.iloc[perm[:3000]].reset_index(drop=True), df.iloc[perm[3000:5000]].reset_index(
+        drop=True
+    )
 
 
 def train_cli(args: list[str]) -> tuple[int, str, str, BaseException | None]:
     result = CliRunner().invoke(app, ["train", *args])
-    return result.exit_code, ANSI.sub("", result.stdout), ANSI.sub("", result.stderr), result.exception
+    return (
+        result.exit_code,
+        ANSI.sub("", result.stdout),
+        ANSI.sub("", result.stderr),
+        result.exception,
+    )
 
 
 def write_data(tmp: Path, df: Any, schema: dict[str, Any]) -> tuple[Path, Path]:
@@ -70,6 +77,7 @@ def write_data(tmp: Path, df: Any, schema: dict[str, Any]) -> tuple[Path, Path]:
 
 
 # -- the users' models ------------------------------------------------------------------------
+
 
 def _column_pipeline(estimator: Any) -> Any:
     from sklearn.compose import make_column_transformer
@@ -87,7 +95,13 @@ class UserModel:
     """A fitted library model, its ONNX export (converter defaults), the schema it needs, and
     the library's own probability of '>50K' for raw rows."""
 
-    def __init__(self, fitted: Any, onnx_bytes: bytes, schema: dict[str, Any], proba: Callable[[Any], np.ndarray]):
+    def __init__(
+        self,
+        fitted: Any,
+        onnx_bytes: bytes,
+        schema: dict[str, Any],
+        proba: Callable[[Any], np.ndarray],
+    ):
         self.fitted, self.onnx_bytes, self.schema, self.proba = fitted, onnx_bytes, schema, proba
 
 
@@ -98,7 +112,13 @@ def sklearn_model(estimator: Any) -> Callable[[Any], UserModel]:
         x, y = train.drop(columns="income"), train["income"]
         pipe = _column_pipeline(estimator).fit(x, y)
         pos = list(pipe.classes_).index(">50K")
-        return UserModel(pipe, to_onnx(pipe, x[:1]).SerializeToString(), SCHEMA, lambda df: pipe.predict_proba(df[x.columns])[:, pos])
+        return UserModel(
+            pipe,
+            to_onnx(pipe, x[:1]).SerializeToString(),
+            SCHEMA,
+            lambda df: pipe.predict_proba(df[x.columns])[:, pos],
+        )
+
     return make
 
 
@@ -122,11 +142,18 @@ def block_model(library: str) -> Callable[[Any], UserModel]:
         model.fit(x, (train["income"] == ">50K").to_numpy().astype(np.int64))
         onx = convert(model, initial_types=[("input", FloatTensorType([None, len(NUMERIC)]))])
         schema = {
-            "features": {"integer": NUMERIC}, "label": "income", "positive_class": ">50K",
+            "features": {"integer": NUMERIC},
+            "label": "income",
+            "positive_class": ">50K",
             "classifier": {"columns": {"input": NUMERIC}, "positive_label": 1},
         }
-        return UserModel(model, onx.SerializeToString(), schema,
-                         lambda df: model.predict_proba(df[NUMERIC].to_numpy(np.float32))[:, 1])
+        return UserModel(
+            model,
+            onx.SerializeToString(),
+            schema,
+            lambda df: model.predict_proba(df[NUMERIC].to_numpy(np.float32))[:, 1],
+        )
+
     return make
 
 
@@ -142,8 +169,11 @@ def onnx_proba(onnx_bytes: bytes, df: Any) -> np.ndarray:
             feed[inp.name] = df[NUMERIC].to_numpy(np.float32)
             continue
         col = df[by_normal[inp.name]]
-        feed[inp.name] = (col.astype(str).to_numpy(object) if inp.type == "tensor(string)"
-                          else col.to_numpy(np.int64)).reshape(-1, 1)
+        feed[inp.name] = (
+            col.astype(str).to_numpy(object)
+            if inp.type == "tensor(string)"
+            else col.to_numpy(np.int64)
+        ).reshape(-1, 1)
     prob = sess.run(None, feed)[1]
     if isinstance(prob, list):  # ZipMap: one {label: p} per row
         key = ">50K" if ">50K" in prob[0] else 1
@@ -157,24 +187,43 @@ def _models() -> dict[str, Callable[[Any], UserModel]]:
 
     return {
         "logistic-regression": sklearn_model(LogisticRegression(max_iter=1000)),
-        "hist-gradient-boosting": sklearn_model(HistGradientBoostingClassifier(max_iter=40, random_state=0)),
-        "random-forest": sklearn_model(RandomForestClassifier(n_estimators=30, max_depth=8, min_samples_leaf=3, random_state=0)),
+        "hist-gradient-boosting": sklearn_model(
+            HistGradientBoostingClassifier(max_iter=40, random_state=0)
+        ),
+        "random-forest": sklearn_model(
+            RandomForestClassifier(n_estimators=30, max_depth=8, min_samples_leaf=3, random_state=0)
+        ),
         "lightgbm": block_model("lightgbm"),
         "xgboost": block_model("xgboost"),
     }
 
 
 @pytest.mark.parametrize("name", list(_models()))
-def test_a_converted_model_is_explained_as_it_is(name: str, frames: tuple[Any, Any], tmp_path: Path) -> None:
+def test_a_converted_model_is_explained_as_it_is(
+    name: str, frames: tuple[Any, Any], tmp_path: Path
+) -> None:
     train, held = frames
     user = _models()[name](train)
     (tmp_path / "model.onnx").write_bytes(user.onnx_bytes)
-    cols = [*user.schema["features"].get("integer", []), *user.schema["features"].get("categorical", [])]
+    cols = [
+        *user.schema["features"].get("integer", []),
+        *user.schema["features"].get("categorical", []),
+    ]
     data, schema = write_data(tmp_path, train[[*cols, "income"]], user.schema)
     out = tmp_path / "bundle"
     code, stdout, stderr, exc = train_cli(
-        ["--data", str(data), "--schema", str(schema), "--classifier", str(tmp_path / "model.onnx"),
-         "-o", str(out), "--epochs", "2"]
+        [
+            "--data",
+            str(data),
+            "--schema",
+            str(schema),
+            "--classifier",
+            str(tmp_path / "model.onnx"),
+            "-o",
+            str(out),
+            "--epochs",
+            "2",
+        ]
     )
     assert code == 0, f"{stderr}\n{exc!r}"
     parity = load_bundle(out).report["classifier"]["user_model"]["parity"]
@@ -209,22 +258,33 @@ def test_a_converted_model_is_explained_as_it_is(name: str, frames: tuple[Any, A
 
 # -- bad models: one line, before any training ------------------------------------------------
 
-def _sk(estimator: Any, train: Any, columns: dict[str, str] | None = None, drop: tuple[str, ...] = (),
-        as_string: tuple[str, ...] = (), target: Any = None) -> bytes:
+
+def _sk(
+    estimator: Any,
+    train: Any,
+    columns: dict[str, str] | None = None,
+    drop: tuple[str, ...] = (),
+    as_string: tuple[str, ...] = (),
+    target: Any = None,
+) -> bytes:
     """A scikit-learn pipeline on (renamed, reduced, re-typed) raw columns, exported by skl2onnx."""
+    from skl2onnx import to_onnx
     from sklearn.compose import make_column_transformer
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import OneHotEncoder, StandardScaler
-    from skl2onnx import to_onnx
 
     x = train.drop(columns=["income", *drop]).rename(columns=columns or {})
     for c in as_string:
         x[c] = x[c].astype(str)
     cats = [c for c in x.columns if c in ("education", *as_string)]
     nums = [c for c in x.columns if c not in cats]
-    pipe = make_pipeline(make_column_transformer(
-        (StandardScaler(), nums), (OneHotEncoder(handle_unknown="ignore", sparse_output=False), cats),
-    ), estimator)
+    pipe = make_pipeline(
+        make_column_transformer(
+            (StandardScaler(), nums),
+            (OneHotEncoder(handle_unknown="ignore", sparse_output=False), cats),
+        ),
+        estimator,
+    )
     pipe.fit(x, train["income"] if target is None else target)
     return to_onnx(pipe, x[:1]).SerializeToString()
 
@@ -236,26 +296,36 @@ def _lr() -> Any:
 
 
 def bad_three_classes(train: Any) -> tuple[bytes, str]:
-    hours = pd.cut(train["hours-per-week"], [0, 35, 45, 100], labels=["part", "full", "long"]).astype(str)
+    hours = pd.cut(
+        train["hours-per-week"], [0, 35, 45, 100], labels=["part", "full", "long"]
+    ).astype(str)
     return _sk(_lr(), train, target=hours), "has 3 classes"
 
 
 def bad_regressor(train: Any) -> tuple[bytes, str]:
     from sklearn.linear_model import LinearRegression
 
-    return _sk(LinearRegression(), train, target=(train["income"] == ">50K").astype(float)), "a regressor (LinearRegressor)"
+    return _sk(
+        LinearRegression(), train, target=(train["income"] == ">50K").astype(float)
+    ), "a regressor (LinearRegressor)"
 
 
 def bad_unknown_input(train: Any) -> tuple[bytes, str]:
-    return _sk(_lr(), train, columns={"age": "years"}), "input(s) 'years' match no feature of the schema (features without an input: 'age')"
+    return _sk(
+        _lr(), train, columns={"age": "years"}
+    ), "input(s) 'years' match no feature of the schema (features without an input: 'age')"
 
 
 def bad_feature_not_taken(train: Any) -> tuple[bytes, str]:
-    return _sk(_lr(), train, drop=("capital-gain",)), "the model takes no input for feature(s) 'capital-gain'"
+    return _sk(
+        _lr(), train, drop=("capital-gain",)
+    ), "the model takes no input for feature(s) 'capital-gain'"
 
 
 def bad_string_input_for_numeric(train: Any) -> tuple[bytes, str]:
-    return _sk(_lr(), train, as_string=("age",)), "input 'age' takes strings, but feature 'age' is integer"
+    return _sk(
+        _lr(), train, as_string=("age",)
+    ), "input 'age' takes strings, but feature 'age' is integer"
 
 
 def bad_fails_on_rows(train: Any) -> tuple[bytes, str]:
@@ -272,9 +342,16 @@ def bad_fails_on_rows(train: Any) -> tuple[bytes, str]:
         oh.make_node("ReduceMean", ["fixed"], ["m"], axes=[1], keepdims=1),
         oh.make_node("Sigmoid", ["m"], ["probability"]),
     ]
-    graph = oh.make_graph(nodes, "g", inputs, [oh.make_tensor_value_info("probability", TensorProto.FLOAT, [None, 1])],
-                          initializer=[numpy_helper.from_array(np.array([7, -1], np.int64), "shape")])
-    return oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)]).SerializeToString(), "fails on 256 training rows"
+    graph = oh.make_graph(
+        nodes,
+        "g",
+        inputs,
+        [oh.make_tensor_value_info("probability", TensorProto.FLOAT, [None, 1])],
+        initializer=[numpy_helper.from_array(np.array([7, -1], np.int64), "shape")],
+    )
+    return oh.make_model(
+        graph, opset_imports=[oh.make_opsetid("", 17)]
+    ).SerializeToString(), "fails on 256 training rows"
 
 
 def bad_not_onnx(train: Any) -> tuple[bytes, str]:
@@ -288,10 +365,18 @@ def bad_opset_cannot_merge(train: Any) -> tuple[bytes, str]:
 
     inputs = [oh.make_tensor_value_info(c, TensorProto.FLOAT, [None, 1]) for c in NUMERIC]
     inputs.append(oh.make_tensor_value_info("education", TensorProto.STRING, [None, 1]))
-    nodes = [oh.make_node("Sum", NUMERIC, ["s"]), oh.make_node("Mish", ["s"], ["m"]), oh.make_node("Sigmoid", ["m"], ["p"])]
-    graph = oh.make_graph(nodes, "g", inputs, [oh.make_tensor_value_info("p", TensorProto.FLOAT, [None, 1])])
-    return (oh.make_model(graph, opset_imports=[oh.make_opsetid("", 18)]).SerializeToString(),
-            "opset 18 (ai.onnx) cannot be converted to the bundle's opset 17")
+    nodes = [
+        oh.make_node("Sum", NUMERIC, ["s"]),
+        oh.make_node("Mish", ["s"], ["m"]),
+        oh.make_node("Sigmoid", ["m"], ["p"]),
+    ]
+    graph = oh.make_graph(
+        nodes, "g", inputs, [oh.make_tensor_value_info("p", TensorProto.FLOAT, [None, 1])]
+    )
+    return (
+        oh.make_model(graph, opset_imports=[oh.make_opsetid("", 18)]).SerializeToString(),
+        "opset 18 (ai.onnx) cannot be converted to the bundle's opset 17",
+    )
 
 
 def bad_foreign_domain(train: Any) -> tuple[bytes, str]:
@@ -300,9 +385,16 @@ def bad_foreign_domain(train: Any) -> tuple[bytes, str]:
 
     inputs = [oh.make_tensor_value_info(c, TensorProto.FLOAT, [None, 1]) for c in NUMERIC]
     inputs.append(oh.make_tensor_value_info("education", TensorProto.STRING, [None, 1]))
-    nodes = [oh.make_node("Sum", NUMERIC, ["s"]), oh.make_node("FastGelu", ["s"], ["p"], domain="com.microsoft")]
-    graph = oh.make_graph(nodes, "g", inputs, [oh.make_tensor_value_info("p", TensorProto.FLOAT, [None, 1])])
-    model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17), oh.make_opsetid("com.microsoft", 1)])
+    nodes = [
+        oh.make_node("Sum", NUMERIC, ["s"]),
+        oh.make_node("FastGelu", ["s"], ["p"], domain="com.microsoft"),
+    ]
+    graph = oh.make_graph(
+        nodes, "g", inputs, [oh.make_tensor_value_info("p", TensorProto.FLOAT, [None, 1])]
+    )
+    model = oh.make_model(
+        graph, opset_imports=[oh.make_opsetid("", 17), oh.make_opsetid("com.microsoft", 1)]
+    )
     return model.SerializeToString(), "domain(s) ['com.microsoft'] cannot be merged"
 
 
@@ -312,9 +404,30 @@ def bad_block_without_order(train: Any) -> tuple[bytes, str]:
     from onnxmltools.convert.common.data_types import FloatTensorType
 
     model = lightgbm.LGBMClassifier(n_estimators=5, verbose=-1)
-    model.fit(train[NUMERIC].to_numpy(np.float32), (train["income"] == ">50K").to_numpy().astype(np.int64))
+    model.fit(
+        train[NUMERIC].to_numpy(np.float32), (train["income"] == ">50K").to_numpy().astype(np.int64)
+    )
     onx = convert_lightgbm(model, initial_types=[("input", FloatTensorType([None, 5]))])
-    return onx.SerializeToString(), "input 'input' is a block of 5 columns; declare their features in order"
+    return (
+        onx.SerializeToString(),
+        "input 'input' is a block of 5 columns; declare their features in order",
+    )
+
+
+def bad_zero_one_labels_without_positive_label(train: Any) -> tuple[bytes, str, dict[str, Any]]:
+    onx, _ = bad_block_without_order(train)
+    schema = {
+        "features": {"integer": NUMERIC},
+        "label": "income",
+        "positive_class": ">50K",
+        "classifier": {"columns": {"input": NUMERIC}},
+    }
+    return (
+        onx,
+        "class labels ['0', '1'] of output 'probabilities' do not include the positive class '>50K'; "
+        'name it in the schema: "classifier": {"positive_label": 1}',
+        schema,
+    )
 
 
 BAD = {name.removeprefix("bad_"): fn for name, fn in globals().items() if name.startswith("bad_")}
@@ -331,13 +444,23 @@ def test_a_bad_model_fails_with_one_line_before_training(
 
     monkeypatch.setattr(pipeline, "fit_gmcf", no_training)
     train, _ = frames
-    onnx_bytes, fragment = BAD[case](train)
+    onnx_bytes, fragment, *schema_dict = BAD[case](train)
     (tmp_path / "model.onnx").write_bytes(onnx_bytes)
-    data, schema = write_data(tmp_path, train, SCHEMA)
+    data, schema = write_data(tmp_path, train, schema_dict[0] if schema_dict else SCHEMA)
     out = tmp_path / "out"
-    code, stdout, stderr, exc = train_cli(
-        ["--data", str(data), "--schema", str(schema), "--classifier", str(tmp_path / "model.onnx"),
-         "-o", str(out), "--epochs", "1"]
+    code, _stdout, stderr, exc = train_cli(
+        [
+            "--data",
+            str(data),
+            "--schema",
+            str(schema),
+            "--classifier",
+            str(tmp_path / "model.onnx"),
+            "-o",
+            str(out),
+            "--epochs",
+            "1",
+        ]
     )
     lines = [ln for ln in stderr.splitlines() if ln.strip()]
     assert code != 0 and isinstance(exc, SystemExit), f"{stderr}\n{exc!r}"
@@ -346,16 +469,32 @@ def test_a_bad_model_fails_with_one_line_before_training(
     assert not out.exists()
 
 
-def test_an_explicit_input_mapping_pairs_a_renamed_column(frames: tuple[Any, Any], tmp_path: Path) -> None:
+def test_an_explicit_input_mapping_pairs_a_renamed_column(
+    frames: tuple[Any, Any], tmp_path: Path
+) -> None:
     """`years` is mapped to `age` in the schema; the bundle agrees with the model."""
     train, _ = frames
     from sklearn.linear_model import LogisticRegression
 
-    (tmp_path / "model.onnx").write_bytes(_sk(LogisticRegression(max_iter=300), train, columns={"age": "years"}))
-    data, schema = write_data(tmp_path, train, {**SCHEMA, "classifier": {"inputs": {"years": "age"}}})
+    (tmp_path / "model.onnx").write_bytes(
+        _sk(LogisticRegression(max_iter=300), train, columns={"age": "years"})
+    )
+    data, schema = write_data(
+        tmp_path, train, {**SCHEMA, "classifier": {"inputs": {"years": "age"}}}
+    )
     code, _, stderr, exc = train_cli(
-        ["--data", str(data), "--schema", str(schema), "--classifier", str(tmp_path / "model.onnx"),
-         "-o", str(tmp_path / "b"), "--epochs", "1"]
+        [
+            "--data",
+            str(data),
+            "--schema",
+            str(schema),
+            "--classifier",
+            str(tmp_path / "model.onnx"),
+            "-o",
+            str(tmp_path / "b"),
+            "--epochs",
+            "1",
+        ]
     )
     assert code == 0, f"{stderr}\n{exc!r}"
     um = load_bundle(tmp_path / "b").report["classifier"]["user_model"]
@@ -375,7 +514,9 @@ def test_a_model_with_our_names_inside_is_prefixed(frames: tuple[Any, Any], tmp_
 
     train, _ = frames
     data, schema = write_data(tmp_path, train, SCHEMA)
-    ds = Dataset("t", pa.Table.from_pandas(train, preserve_index=False), DataSchema.from_dict(SCHEMA))
+    ds = Dataset(
+        "t", pa.Table.from_pandas(train, preserve_index=False), DataSchema.from_dict(SCHEMA)
+    )
     p = prepare(ds, 0.2, 0)
     w = np.zeros((p.pre.width, 1), np.float32)
     w[1, 0], w[0, 0] = 8.0, 3.0  # education-num and age, scaled
@@ -386,15 +527,32 @@ def test_a_model_with_our_names_inside_is_prefixed(frames: tuple[Any, Any], tmp_
         oh.make_node("Sigmoid", ["h2"], ["score"]),
     ]
     graph = oh.make_graph(
-        nodes, "g", [oh.make_tensor_value_info("x", TensorProto.FLOAT, [None, p.pre.width])],
+        nodes,
+        "g",
+        [oh.make_tensor_value_info("x", TensorProto.FLOAT, [None, p.pre.width])],
         [oh.make_tensor_value_info("score", TensorProto.FLOAT, [None, 1])],
-        initializer=[numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.array(3.0, np.float32), "one")],
+        initializer=[
+            numpy_helper.from_array(w, "w"),
+            numpy_helper.from_array(np.array(3.0, np.float32), "one"),
+        ],
     )
-    (tmp_path / "model.onnx").write_bytes(oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)]).SerializeToString())
+    (tmp_path / "model.onnx").write_bytes(
+        oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)]).SerializeToString()
+    )
     out = tmp_path / "b"
     code, _, stderr, exc = train_cli(
-        ["--data", str(data), "--schema", str(schema), "--classifier", str(tmp_path / "model.onnx"),
-         "-o", str(out), "--epochs", "1"]
+        [
+            "--data",
+            str(data),
+            "--schema",
+            str(schema),
+            "--classifier",
+            str(tmp_path / "model.onnx"),
+            "-o",
+            str(out),
+            "--epochs",
+            "1",
+        ]
     )
     assert code == 0, f"{stderr}\n{exc!r}"
     ex = Explainer.from_bundle(out, threads=1)
@@ -411,21 +569,31 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 def readme_recipe() -> tuple[str, list[str]]:
     """The Python and shell blocks under the README's heading for users' models."""
     text = README.read_text()
-    section = text.split("## Your own model (scikit-learn, LightGBM, XGBoost)", 1)[1].split("\n## ", 1)[0]
+    section = text.split("## Your own model (scikit-learn, LightGBM, XGBoost)", 1)[1].split(
+        "\n## ", 1
+    )[0]
     blocks = re.findall(r"```(\w+)\n(.*?)```", section, flags=re.S)
     python = "\n".join(code for lang, code in blocks if lang == "python")
-    shell = [ln for lang, code in blocks if lang == "bash" for ln in code.splitlines() if ln.startswith("gmcf-batch")]
+    shell = [
+        ln
+        for lang, code in blocks
+        if lang == "bash"
+        for ln in code.splitlines()
+        if ln.startswith("gmcf-batch")
+    ]
     return python, shell
 
 
-def test_the_readme_recipe_works_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_readme_recipe_works_as_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The recipe's Python runs as written; its commands run as written, training with 2 epochs."""
     import shlex
 
     python, commands = readme_recipe()
     assert "skl2onnx" in python and len(commands) >= 3, commands
     monkeypatch.chdir(tmp_path)
-    exec(compile(python, "README recipe", "exec"), {"__name__": "recipe"})  # noqa: S102
+    exec(compile(python, "README recipe", "exec"), {"__name__": "recipe"})
     for command in commands:
         args = shlex.split(command)[1:]
         if args[0] == "train":
@@ -433,6 +601,8 @@ def test_the_readme_recipe_works_as_written(tmp_path: Path, monkeypatch: pytest.
         result = CliRunner().invoke(app, args)
         assert result.exit_code == 0, (command, result.stderr, result.exception)
     written = sorted(p.name for p in tmp_path.glob("*.parquet"))
-    explained = pq.read_table(tmp_path / [n for n in written if "explained" in n][0])
+    explained = pq.read_table(tmp_path / next(n for n in written if "explained" in n))
     assert explained.num_rows > 0 and "cf_education" in explained.column_names
-    assert (pa.compute.equal(explained.column("status"), "found")).to_numpy(zero_copy_only=False).any()
+    assert (
+        (pa.compute.equal(explained.column("status"), "found")).to_numpy(zero_copy_only=False).any()
+    )

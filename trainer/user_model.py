@@ -60,8 +60,11 @@ _NUMPY = {
     onnx.TensorProto.INT32: np.int32,
 }
 _TYPE_NAMES = {
-    onnx.TensorProto.FLOAT: "float", onnx.TensorProto.DOUBLE: "double",
-    onnx.TensorProto.INT64: "int64", onnx.TensorProto.INT32: "int32", onnx.TensorProto.STRING: "string",
+    onnx.TensorProto.FLOAT: "float",
+    onnx.TensorProto.DOUBLE: "double",
+    onnx.TensorProto.INT64: "int64",
+    onnx.TensorProto.INT32: "int32",
+    onnx.TensorProto.STRING: "string",
 }
 
 
@@ -91,19 +94,24 @@ class ClassifierSpec:
         unknown = sorted(set(d) - {"inputs", "columns", "positive_label"})
         if unknown:
             raise InputError(
-                f"schema: unknown key(s) {unknown} under \"classifier\"; expected inputs, columns, positive_label"
+                f'schema: unknown key(s) {unknown} under "classifier"; expected inputs, columns, positive_label'
             )
         inputs = d.get("inputs", {})
         columns = d.get("columns", {})
         if not isinstance(inputs, Mapping) or not all(isinstance(v, str) for v in inputs.values()):
-            raise InputError('schema: "classifier" "inputs" must map model input names to feature names')
+            raise InputError(
+                'schema: "classifier" "inputs" must map model input names to feature names'
+            )
         if not isinstance(columns, Mapping) or not all(
             isinstance(v, list) and all(isinstance(c, str) for c in v) for v in columns.values()
         ):
-            raise InputError('schema: "classifier" "columns" must map a model input to a list of feature names')
+            raise InputError(
+                'schema: "classifier" "columns" must map a model input to a list of feature names'
+            )
         label = d.get("positive_label")
         return cls(
-            dict(inputs), {k: tuple(v) for k, v in columns.items()},
+            dict(inputs),
+            {k: tuple(v) for k, v in columns.items()},
             None if label is None else str(label),
         )
 
@@ -124,7 +132,9 @@ class ClassifierSpec:
             return cls()  # the schema loader reports a file it cannot parse
         section = data.get("classifier", {}) if isinstance(data, Mapping) else {}
         if not isinstance(section, Mapping):
-            raise InputError('schema: "classifier" must be a table of inputs, columns, positive_label')
+            raise InputError(
+                'schema: "classifier" must be a table of inputs, columns, positive_label'
+            )
         return cls.from_dict(section)
 
 
@@ -171,13 +181,17 @@ def map_inputs(model: onnx.ModelProto, pre: Preprocessor, spec: ClassifierSpec) 
         dims = tt.shape.dim if tt.HasField("shape") else []
         rank = len(dims) if tt.HasField("shape") else 2
         if rank not in (1, 2):
-            raise _fail(f"input {inp.name!r} has {rank} dimensions; expected [N, 1], [N] or a block [N, k]")
+            raise _fail(
+                f"input {inp.name!r} has {rank} dimensions; expected [N, 1], [N] or a block [N, k]"
+            )
         width = dims[1].dim_value if rank == 2 and dims[1].HasField("dim_value") else None
         if inp.name in spec.columns:
             cols = spec.columns[inp.name]
             missing = [c for c in cols if c not in feats]
             if missing:
-                raise _fail(f"input {inp.name!r}: declared column(s) {_names(missing)} are not features of the schema")
+                raise _fail(
+                    f"input {inp.name!r}: declared column(s) {_names(missing)} are not features of the schema"
+                )
             if rank != 2 or (width is not None and width != len(cols)):
                 raise _fail(
                     f"input {inp.name!r} has {width if rank == 2 else 1} column(s), but the schema declares {len(cols)}"
@@ -193,7 +207,9 @@ def map_inputs(model: onnx.ModelProto, pre: Preprocessor, spec: ClassifierSpec) 
         if inp.name in spec.inputs:
             name = spec.inputs[inp.name]
             if name not in feats:
-                raise _fail(f"input {inp.name!r} is mapped to {name!r}, which is not a feature of the schema")
+                raise _fail(
+                    f"input {inp.name!r} is mapped to {name!r}, which is not a feature of the schema"
+                )
         elif inp.name in feats:
             name = inp.name
         elif len(by_normal.get(_normal(inp.name), [])) == 1:
@@ -207,7 +223,7 @@ def map_inputs(model: onnx.ModelProto, pre: Preprocessor, spec: ClassifierSpec) 
     if unmatched:
         raise _fail(
             f"input(s) {_names(unmatched)} match no feature of the schema (features without an input: "
-            f"{_names(untaken) or 'none'}); map them in the schema: \"classifier\": {{\"inputs\": {{\"{unmatched[0]}\": \"<feature>\"}}}}"
+            f'{_names(untaken) or "none"}); map them in the schema: "classifier": {{"inputs": {{"{unmatched[0]}": "<feature>"}}}}'
         )
     twice = sorted({n for n in taken if taken.count(n) > 1})
     if twice:
@@ -265,8 +281,11 @@ class Probabilities:
 
 
 def find_probabilities(
-    model: onnx.ModelProto, outputs: Mapping[str, np.ndarray | None], positive: str,
-    classes: Sequence[str], spec: ClassifierSpec,
+    model: onnx.ModelProto,
+    outputs: Mapping[str, np.ndarray | None],
+    positive: str,
+    classes: Sequence[str],
+    spec: ClassifierSpec,
 ) -> Probabilities:
     """The probability tensor among the model's outputs (``outputs``: name -> the value it gave
     on sample rows, None for a ZipMap), cutting a ZipMap; a label output is ignored."""
@@ -274,9 +293,11 @@ def find_probabilities(
     ops = {n.op_type for n in model.graph.node}
     regressors = sorted(o for o in ops if o.endswith("Regressor"))
     if regressors and not any(o.endswith("Classifier") for o in ops):
-        raise _fail(f"a regressor ({regressors[0]}); a binary classifier with class probabilities is needed")
+        raise _fail(
+            f"a regressor ({regressors[0]}); a binary classifier with class probabilities is needed"
+        )
     labels = next((lb for n in model.graph.node if (lb := _class_labels(n)) is not None), None)
-    chosen: tuple[str, tuple[int, ...]] | None = None
+    chosen: tuple[str, tuple[int, ...], str] | None = None
     seen = []
     for out in model.graph.output:
         value = outputs[out.name]
@@ -285,7 +306,7 @@ def find_probabilities(
             if node is None or node.op_type != "ZipMap":
                 raise _fail(f"output {out.name!r} is a sequence not produced by a ZipMap")
             labels = _class_labels(node) or labels
-            chosen = (node.input[0], (-1, len(labels) if labels else -1))
+            chosen = (node.input[0], (-1, len(labels) if labels else -1), out.name)
             break
         arr = np.asarray(value)
         seen.append(f"{out.name} {arr.dtype}{list(arr.shape)}")
@@ -295,26 +316,32 @@ def find_probabilities(
                     f"output {out.name!r} has {arr.shape[1]} classes; only binary classifiers can be explained"
                 )
             if arr.ndim == 1 or (arr.ndim == 2 and arr.shape[1] in (1, 2)):
-                chosen = (out.name, arr.shape)
+                chosen = (out.name, arr.shape, out.name)
     if chosen is None:
-        raise _fail(f"no class probabilities among the outputs ({', '.join(seen)}); expected a ZipMap or a float tensor [N, 2], [N, 1] or [N]")
-    name, shape = chosen
+        raise _fail(
+            f"no class probabilities among the outputs ({', '.join(seen)}); expected a ZipMap or a float tensor [N, 2], [N, 1] or [N]"
+        )
+    name, shape, output = chosen
     if labels is not None and len(labels) > 2:
-        raise _fail(f"output {name!r} has {len(labels)} classes ({_names(labels)}); only binary classifiers can be explained")
+        raise _fail(
+            f"output {output!r} has {len(labels)} classes ({_names(labels)}); only binary classifiers can be explained"
+        )
     if len(shape) == 1 or shape[1] == 1:
         return Probabilities(name, None, labels)
     wanted = spec.positive_label if spec.positive_label is not None else positive
     if labels is None:
         labels = list(classes)  # scikit-learn's order: the sorted classes
     if wanted not in labels:
+        hint = labels[-1] if _is_number(labels[-1]) else json.dumps(labels[-1])
         raise _fail(
-            f"class labels {labels} of output {name!r} do not include the positive class {wanted!r}; "
-            f'name it in the schema: "classifier": {{"positive_label": {labels[-1]!r}}}'
+            f"class labels {labels} of output {output!r} do not include the positive class {wanted!r}; "
+            f'name it in the schema: "classifier": {{"positive_label": {hint}}}'
         )
     return Probabilities(name, labels.index(wanted), labels)
 
 
 # -- graph surgery ----------------------------------------------------------------------------
+
 
 def _cut(model: onnx.ModelProto, output: str) -> onnx.ModelProto:
     """The part of ``model`` that computes ``output`` alone (its only graph output)."""
@@ -338,10 +365,15 @@ def _cut(model: onnx.ModelProto, output: str) -> onnx.ModelProto:
             info.update({v.name: v for v in inferred})
     out_info = info.get(output)
     if out_info is None or not out_info.type.tensor_type.HasField("shape"):
-        elem = out_info.type.tensor_type.elem_type if out_info is not None else onnx.TensorProto.FLOAT
+        elem = (
+            out_info.type.tensor_type.elem_type if out_info is not None else onnx.TensorProto.FLOAT
+        )
         out_info = oh.make_tensor_value_info(output, elem or onnx.TensorProto.FLOAT, ["n", None])
     graph = oh.make_graph(
-        nodes, g.name or "classifier", list(g.input), [out_info],
+        nodes,
+        g.name or "classifier",
+        list(g.input),
+        [out_info],
         initializer=[t for t in g.initializer if t.name in used],
         value_info=[v for v in g.value_info if v.name in used and v.name != output],
     )
@@ -374,19 +406,40 @@ def align_opset(model: onnx.ModelProto) -> onnx.ModelProto:
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         first = first.rsplit("failed: ", 1)[-1]
-        raise _fail(f"opset {version} (ai.onnx) cannot be converted to the bundle's opset {OPSET}: {first}") from exc
+        raise _fail(
+            f"opset {version} (ai.onnx) cannot be converted to the bundle's opset {OPSET}: {first}"
+        ) from exc
     return converted
+
+
+def _inverse_params(f: Any) -> tuple[float, float, float, float]:
+    """(t_lo, t_span, is_log, a) of a numeric feature: its model-space value u goes back to raw
+    as t = t_lo + u t_span, then, for a log-transformed feature, a + sign(t) (exp|t| - 1)."""
+    transform = getattr(f, "transform", "minmax")
+    if transform == "minmax":
+        lo, hi = float(f.lo), float(f.hi)
+        return lo, (hi - lo if hi > lo else 1.0), 0.0, 0.0
+    if transform == "log":
+        from gmcf.runtime import transforms  # type: ignore[attr-defined]
+
+        t_lo, t_span = transforms.t_range(f)
+        return float(t_lo), float(t_span), 1.0, float(transforms.log_offset(f.lo or 0.0))
+    raise _fail(
+        f"feature {f.name!r}: its transform {transform!r} cannot be inverted inside the graph"
+    )
 
 
 def _adapter(pre: Preprocessor, inputs: Sequence[ModelInput]) -> onnx.ModelProto:
     """x [N, width] (encoded, hard) -> the model's raw inputs, named PREFIX + input name."""
-    lo, hi = pre.lo_hi()
-    span = np.where(hi > lo, hi - lo, 1.0)
+    params = np.array([_inverse_params(f) for f in pre.numeric], np.float64).reshape(-1, 4)
+    t_lo, t_span, is_log, offset_a = params.T
     n = pre.n_numeric
     nodes: list[onnx.NodeProto] = []
     inits: list[onnx.TensorProto] = []
     col: dict[str, str] = {}  # feature -> [N, 1] tensor of raw values
-    cats: dict[str, tuple[str, tuple[str, ...]]] = {}  # categorical feature -> (index [N, 1], categories)
+    cats: dict[
+        str, tuple[str, tuple[str, ...]]
+    ] = {}  # categorical feature -> (index [N, 1], categories)
 
     def const(name: str, value: np.ndarray) -> str:
         inits.append(onnx.numpy_helper.from_array(value, name))
@@ -399,21 +452,60 @@ def _adapter(pre: Preprocessor, inputs: Sequence[ModelInput]) -> onnx.ModelProto
         nodes += [
             oh.make_node("Slice", ["x", "ad_starts", "ad_ends", "ad_axis1"], ["ad_num"]),
             oh.make_node("Cast", ["ad_num"], ["ad_num64"], to=onnx.TensorProto.DOUBLE),
-            oh.make_node("Mul", ["ad_num64", const("ad_span", span[None, :].astype(np.float64))], ["ad_scaled"]),
-            oh.make_node("Add", ["ad_scaled", const("ad_lo", lo[None, :].astype(np.float64))], ["ad_raw0"]),
-            oh.make_node("Round", ["ad_raw0"], ["ad_round"]),
-            oh.make_node("Where", [const("ad_int", pre.integer_mask()[None, :]), "ad_round", "ad_raw0"], ["ad_raw"]),
+            oh.make_node("Mul", ["ad_num64", const("ad_span", t_span[None, :])], ["ad_scaled"]),
+            oh.make_node("Add", ["ad_scaled", const("ad_lo", t_lo[None, :])], ["ad_t"]),
+        ]
+        raw = "ad_t"
+        if is_log.any():
+            # log transform: raw = a + sign(t) (exp(|t|) - 1)
+            nodes += [
+                oh.make_node("Abs", ["ad_t"], ["ad_abs"]),
+                oh.make_node("Exp", ["ad_abs"], ["ad_exp"]),
+                oh.make_node(
+                    "Sub", ["ad_exp", const("ad_one64", np.array(1.0, np.float64))], ["ad_expm1"]
+                ),
+                oh.make_node("Sign", ["ad_t"], ["ad_sign"]),
+                oh.make_node("Mul", ["ad_sign", "ad_expm1"], ["ad_signed"]),
+                oh.make_node("Add", ["ad_signed", const("ad_a", offset_a[None, :])], ["ad_log"]),
+                oh.make_node(
+                    "Where",
+                    [const("ad_is_log", is_log[None, :] > 0), "ad_log", "ad_t"],
+                    ["ad_raw0"],
+                ),
+            ]
+            raw = "ad_raw0"
+        nodes += [
+            oh.make_node("Round", [raw], ["ad_round"]),
+            oh.make_node(
+                "Where", [const("ad_int", pre.integer_mask()[None, :]), "ad_round", raw], ["ad_raw"]
+            ),
         ]
         for j, f in enumerate(pre.numeric):
             col[f.name] = f"ad_col{j}"
-            nodes.append(oh.make_node("Gather", ["ad_raw", const(f"ad_j{j}", np.array([j], np.int64))], [col[f.name]], axis=1))
+            nodes.append(
+                oh.make_node(
+                    "Gather",
+                    ["ad_raw", const(f"ad_j{j}", np.array([j], np.int64))],
+                    [col[f.name]],
+                    axis=1,
+                )
+            )
     offset = n
     for j, f in enumerate(pre.categorical):
         k = len(f.categories)
         const(f"ad_cs{j}", np.array([offset], np.int64))
         const(f"ad_ce{j}", np.array([offset + k], np.int64))
         nodes += [
-            oh.make_node("Slice", ["x", f"ad_cs{j}", f"ad_ce{j}", "ad_axis1" if n else const("ad_axis1", np.array([1], np.int64))], [f"ad_block{j}"]),
+            oh.make_node(
+                "Slice",
+                [
+                    "x",
+                    f"ad_cs{j}",
+                    f"ad_ce{j}",
+                    "ad_axis1" if n else const("ad_axis1", np.array([1], np.int64)),
+                ],
+                [f"ad_block{j}"],
+            ),
             oh.make_node("ArgMax", [f"ad_block{j}"], [f"ad_idx{j}"], axis=1, keepdims=1),
         ]
         cats[f.name] = (f"ad_idx{j}", f.categories)
@@ -426,13 +518,23 @@ def _adapter(pre: Preprocessor, inputs: Sequence[ModelInput]) -> onnx.ModelProto
             if name in cats:
                 idx, categories = cats[name]
                 if m.elem == onnx.TensorProto.STRING:
-                    inits.append(oh.make_tensor(
-                        f"ad_cats{i}_{name}", onnx.TensorProto.STRING, [len(categories)], [c.encode() for c in categories]
-                    ))
+                    inits.append(
+                        oh.make_tensor(
+                            f"ad_cats{i}_{name}",
+                            onnx.TensorProto.STRING,
+                            [len(categories)],
+                            [c.encode() for c in categories],
+                        )
+                    )
                 else:
-                    const(f"ad_cats{i}_{name}", np.array([float(c) for c in categories], _NUMPY[m.elem]))
+                    const(
+                        f"ad_cats{i}_{name}",
+                        np.array([float(c) for c in categories], _NUMPY[m.elem]),
+                    )
                 parts.append(f"ad_in{i}_{name}")
-                nodes.append(oh.make_node("Gather", [f"ad_cats{i}_{name}", idx], [parts[-1]], axis=0))
+                nodes.append(
+                    oh.make_node("Gather", [f"ad_cats{i}_{name}", idx], [parts[-1]], axis=0)
+                )
             else:
                 parts.append(f"ad_in{i}_{name}")
                 nodes.append(oh.make_node("Cast", [col[name]], [parts[-1]], to=m.elem))
@@ -448,8 +550,11 @@ def _adapter(pre: Preprocessor, inputs: Sequence[ModelInput]) -> onnx.ModelProto
         shape: list[Any] = ["n"] if m.rank == 1 else ["n", len(m.features)]
         outputs.append(oh.make_tensor_value_info(target, m.elem, shape))
     graph = oh.make_graph(
-        nodes, "adapter", [oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["n", pre.width])],
-        outputs, initializer=inits,
+        nodes,
+        "adapter",
+        [oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["n", pre.width])],
+        outputs,
+        initializer=inits,
     )
     return oh.make_model(graph, opset_imports=[oh.make_opsetid("", OPSET)])
 
@@ -501,10 +606,14 @@ class UserModel:
         adapter = _adapter(pre, self.inputs)
         adapter.ir_version = user.ir_version = max(adapter.ir_version, user.ir_version)
         for o in user.opset_import:
-            if o.domain not in ("", "ai.onnx") and not any(a.domain == o.domain for a in adapter.opset_import):
+            if o.domain not in ("", "ai.onnx") and not any(
+                a.domain == o.domain for a in adapter.opset_import
+            ):
                 adapter.opset_import.append(oh.make_opsetid(o.domain, o.version))
         merged = onnx.compose.merge_models(
-            adapter, user, io_map=[(PREFIX + m.name, PREFIX + m.name) for m in self.inputs],
+            adapter,
+            user,
+            io_map=[(PREFIX + m.name, PREFIX + m.name) for m in self.inputs],
         )
         g = merged.graph
         prob = PREFIX + self.probabilities.name
@@ -514,13 +623,22 @@ class UserModel:
             extra = [onnx.numpy_helper.from_array(np.array([-1], np.int64), "score_flat")]
         else:
             nodes.append(oh.make_node("Gather", ["score_prob", "score_col"], ["score"], axis=1))
-            extra = [onnx.numpy_helper.from_array(np.array(self.probabilities.column, np.int64), "score_col")]
+            extra = [
+                onnx.numpy_helper.from_array(
+                    np.array(self.probabilities.column, np.int64), "score_col"
+                )
+            ]
         graph = oh.make_graph(
-            [*g.node, *nodes], "classifier", list(g.input),
+            [*g.node, *nodes],
+            "classifier",
+            list(g.input),
             [oh.make_tensor_value_info("score", onnx.TensorProto.FLOAT, ["n"])],
-            initializer=[*g.initializer, *extra], value_info=list(g.value_info),
+            initializer=[*g.initializer, *extra],
+            value_info=list(g.value_info),
         )
-        out = oh.make_model(graph, opset_imports=list(merged.opset_import), ir_version=merged.ir_version)
+        out = oh.make_model(
+            graph, opset_imports=list(merged.opset_import), ir_version=merged.ir_version
+        )
         out.functions.extend(merged.functions)
         onnx.checker.check_model(out)
         return out
@@ -549,13 +667,21 @@ def encoded_contract(model: onnx.ModelProto, pre: Preprocessor, spec: Classifier
     dims = tt.shape.dim
     feats = {_normal(f.name) for f in pre.features}
     return (
-        tt.elem_type == onnx.TensorProto.FLOAT and len(dims) == 2 and dims[1].HasField("dim_value")
-        and dims[1].dim_value == pre.width and _normal(inp.name) not in feats and pre.width > 1
+        tt.elem_type == onnx.TensorProto.FLOAT
+        and len(dims) == 2
+        and dims[1].HasField("dim_value")
+        and dims[1].dim_value == pre.width
+        and _normal(inp.name) not in feats
+        and pre.width > 1
     )
 
 
 def load_user_model(
-    model: onnx.ModelProto, pre: Preprocessor, sample: pa.Table, positive: str, classes: Sequence[str],
+    model: onnx.ModelProto,
+    pre: Preprocessor,
+    sample: pa.Table,
+    positive: str,
+    classes: Sequence[str],
     spec: ClassifierSpec,
 ) -> UserModel:
     """Check a user's raw-column model against the schema and on ``sample`` (usable training
@@ -571,7 +697,9 @@ def load_user_model(
     try:
         values = _session(aligned).run(None, feed)
     except Exception as exc:
-        raise _fail(f"fails on {sample.num_rows} training rows: {str(exc).strip().splitlines()[0]}") from exc
+        raise _fail(
+            f"fails on {sample.num_rows} training rows: {str(exc).strip().splitlines()[0]}"
+        ) from exc
     outputs = {
         o.name: (None if isinstance(v, list) else np.asarray(v))
         for o, v in zip(aligned.graph.output, values, strict=True)
@@ -606,22 +734,35 @@ def check_fusion(classifier: onnx.ModelProto, x: np.ndarray) -> None:
         oh.make_graph(
             [oh.make_node("Identity", ["x"], ["code"]), oh.make_node("Identity", ["x"], ["rows"])],
             "front",
-            [oh.make_tensor_value_info("x", f32, ["b", width]), oh.make_tensor_value_info("alphas", f32, ["b", "s"]),
-             oh.make_tensor_value_info("target", f32, ["b", "d"])],
-            [oh.make_tensor_value_info("code", f32, ["n", width]), oh.make_tensor_value_info("rows", f32, ["n", width])],
+            [
+                oh.make_tensor_value_info("x", f32, ["b", width]),
+                oh.make_tensor_value_info("alphas", f32, ["b", "s"]),
+                oh.make_tensor_value_info("target", f32, ["b", "d"]),
+            ],
+            [
+                oh.make_tensor_value_info("code", f32, ["n", width]),
+                oh.make_tensor_value_info("rows", f32, ["n", width]),
+            ],
         ),
         opset_imports=[oh.make_opsetid("", OPSET)],
     )
     try:
         fused = fuse_search(front, classifier)
         (score,) = _session(fused).run(
-            ["score"], {"x": x, "alphas": np.zeros((len(x), 1), np.float32), "target": np.zeros((len(x), 1), np.float32)}
+            ["score"],
+            {
+                "x": x,
+                "alphas": np.zeros((len(x), 1), np.float32),
+                "target": np.zeros((len(x), 1), np.float32),
+            },
         )
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise _fail(f"does not compose with the search graph: {first}") from exc
     if np.asarray(score).shape != (len(x),):
-        raise _fail(f"the fused search graph gives scores shaped {np.asarray(score).shape}, expected ({len(x)},)")
+        raise _fail(
+            f"the fused search graph gives scores shaped {np.asarray(score).shape}, expected ({len(x)},)"
+        )
 
 
 @dataclass
@@ -634,7 +775,9 @@ class Labelled:
     report: dict[str, Any]
 
 
-def label_with_user_model(model: onnx.ModelProto, ds: Any, p: Any, spec: ClassifierSpec) -> Labelled:
+def label_with_user_model(
+    model: onnx.ModelProto, ds: Any, p: Any, spec: ClassifierSpec
+) -> Labelled:
     """A user's classifier made into the bundle's, checked, and f's probabilities of the rows.
 
     A raw-column model labels the training rows on their raw values; the report records the
@@ -648,7 +791,9 @@ def label_with_user_model(model: onnx.ModelProto, ds: Any, p: Any, spec: Classif
         clf = adapt_classifier(model, pre.width)
         check_fusion(clf, p.x_train[:SAMPLE_ROWS])
         sess = _session(clf)
-        f_train, f_test = (np.asarray(sess.run(["score"], {"x": x})[0]) for x in (p.x_train, p.x_test))
+        f_train, f_test = (
+            np.asarray(sess.run(["score"], {"x": x})[0]) for x in (p.x_train, p.x_test)
+        )
         return Labelled(clf, f_train, f_test, {"contract": "encoded"})
     label = ds.table.column(ds.schema.label)
     if pa.types.is_floating(label.type):
@@ -656,7 +801,9 @@ def label_with_user_model(model: onnx.ModelProto, ds: Any, p: Any, spec: Classif
     classes = sorted(str(c) for c in pc.unique(pc.drop_null(label.cast(pa.string()))).to_pylist())
     train_raw = ds.table.take(pa.array(p.train_rows))
     test_raw = ds.table.take(pa.array(p.test_rows))
-    user = load_user_model(model, pre, train_raw.slice(0, SAMPLE_ROWS), ds.schema.positive_class, classes, spec)
+    user = load_user_model(
+        model, pre, train_raw.slice(0, SAMPLE_ROWS), ds.schema.positive_class, classes, spec
+    )
     clf = user.composed(pre)
     check_fusion(clf, p.x_train[:SAMPLE_ROWS])
     f_train = user.score_raw(train_raw, pre)
@@ -665,13 +812,17 @@ def label_with_user_model(model: onnx.ModelProto, ds: Any, p: Any, spec: Classif
     probs = user.probabilities
     report = {
         "contract": "raw columns",
-        "inputs": {m.name: list(m.features) if len(m.features) > 1 else m.features[0] for m in user.inputs},
+        "inputs": {
+            m.name: list(m.features) if len(m.features) > 1 else m.features[0] for m in user.inputs
+        },
         "probabilities": probs.name,
         "class_labels": probs.labels,
         "positive_column": probs.column,
         "parity": {
             "rows": len(f_test),
-            "equal_decisions": float(((bundle_test >= 0.5) == (f_test >= 0.5)).mean()) if len(f_test) else 1.0,
+            "equal_decisions": float(((bundle_test >= 0.5) == (f_test >= 0.5)).mean())
+            if len(f_test)
+            else 1.0,
             "max_abs_dp": float(np.abs(bundle_test - f_test).max()) if len(f_test) else 0.0,
         },
     }
