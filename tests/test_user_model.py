@@ -606,3 +606,94 @@ def test_the_readme_recipe_works_as_written(
     assert (
         (pa.compute.equal(explained.column("status"), "found")).to_numpy(zero_copy_only=False).any()
     )
+
+
+def test_rank_one_double_and_label_encoded_inputs(frames: tuple[Any, Any], tmp_path: Path) -> None:
+    """Inputs of every shape and type the contract allows: `age` double [N], `education-num`
+    declared categorical and fed as its int64 value [N, 1], `hours-per-week` float [N, 1]; one
+    probability [N] out. The bundle's scores are the formula's on raw held-out rows."""
+    import onnx.helper as oh
+    from onnx import TensorProto, numpy_helper
+
+    train, held = frames
+    schema = {
+        "features": {"integer": ["age", "hours-per-week"], "categorical": ["education-num"]},
+        "label": "income",
+        "positive_class": ">50K",
+    }
+    cols = ["age", "education-num", "hours-per-week"]
+    data, sch = write_data(tmp_path, train[[*cols, "income"]], schema)
+    inits = [
+        numpy_helper.from_array(np.array(v, dtype), name)
+        for name, v, dtype in [
+            ("c_age", 0.05, np.float64),
+            ("c_edu", 0.4, np.float32),
+            ("c_hours", 0.04, np.float32),
+            ("bias", -7.5, np.float32),
+            ("flat", [-1], np.int64),
+        ]
+    ]
+    nodes = [
+        oh.make_node("Cast", ["age"], ["age_f"], to=TensorProto.FLOAT),
+        oh.make_node("Mul", ["age", "c_age"], ["t_age64"]),
+        oh.make_node("Cast", ["t_age64"], ["t_age"], to=TensorProto.FLOAT),
+        oh.make_node("Cast", ["education-num"], ["edu_f"], to=TensorProto.FLOAT),
+        oh.make_node("Reshape", ["edu_f", "flat"], ["edu_flat"]),
+        oh.make_node("Mul", ["edu_flat", "c_edu"], ["t_edu"]),
+        oh.make_node("Reshape", ["hours-per-week", "flat"], ["hours_flat"]),
+        oh.make_node("Mul", ["hours_flat", "c_hours"], ["t_hours"]),
+        oh.make_node("Sum", ["t_age", "t_edu", "t_hours", "bias"], ["logit"]),
+        oh.make_node("Sigmoid", ["logit"], ["probability"]),
+    ]
+    graph = oh.make_graph(
+        nodes,
+        "g",
+        [
+            oh.make_tensor_value_info("age", TensorProto.DOUBLE, [None]),
+            oh.make_tensor_value_info("education-num", TensorProto.INT64, [None, 1]),
+            oh.make_tensor_value_info("hours-per-week", TensorProto.FLOAT, [None, 1]),
+        ],
+        [oh.make_tensor_value_info("probability", TensorProto.FLOAT, [None])],
+        initializer=inits,
+    )
+    model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)])
+    (tmp_path / "model.onnx").write_bytes(model.SerializeToString())
+    out = tmp_path / "b"
+    code, _, stderr, exc = train_cli(
+        [
+            "--data",
+            str(data),
+            "--schema",
+            str(sch),
+            "--classifier",
+            str(tmp_path / "model.onnx"),
+            "-o",
+            str(out),
+            "--epochs",
+            "1",
+        ]
+    )
+    assert code == 0, f"{stderr}\n{exc!r}"
+    result = Explainer.from_bundle(out, threads=1).explain(
+        pa.Table.from_pandas(held[cols], preserve_index=False)
+    )
+    status = result.column("status").to_numpy(zero_copy_only=False)
+    ok = status != "invalid"  # an education-num unseen in training is invalid
+    assert ok.mean() > 0.99
+    logit = (
+        0.05 * held["age"] + 0.4 * held["education-num"] + 0.04 * held["hours-per-week"] - 7.5
+    ).to_numpy(np.float64)
+    want = 1.0 / (1.0 + np.exp(-logit))
+    got = result.column("score").to_numpy(zero_copy_only=False).astype(np.float64)
+    assert np.abs(got[ok] - want[ok]).max() <= 1e-5
+    # Counterfactuals change education-num to another of its categories, read back as numbers.
+    found = status == "found"
+    cf = result.filter(pa.array(found)).to_pandas()
+    assert set(cf["cf_education-num"].astype(int)) <= set(train["education-num"])
+    logit_cf = (
+        0.05 * cf["cf_age"]
+        + 0.4 * cf["cf_education-num"].astype(int)
+        + 0.04 * cf["cf_hours-per-week"]
+        - 7.5
+    ).to_numpy(np.float64)
+    assert (1.0 / (1.0 + np.exp(-logit_cf)) >= 0.5).all()
