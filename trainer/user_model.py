@@ -53,13 +53,13 @@ PREFIX = "u_"
 DOMAINS = ("", "ai.onnx", "ai.onnx.ml")
 SAMPLE_ROWS = 256
 
-_NUMPY = {
+_NUMPY: dict[int, Any] = {
     onnx.TensorProto.FLOAT: np.float32,
     onnx.TensorProto.DOUBLE: np.float64,
     onnx.TensorProto.INT64: np.int64,
     onnx.TensorProto.INT32: np.int32,
 }
-_TYPE_NAMES = {
+_TYPE_NAMES: dict[int, str] = {
     onnx.TensorProto.FLOAT: "float",
     onnx.TensorProto.DOUBLE: "double",
     onnx.TensorProto.INT64: "int64",
@@ -123,9 +123,9 @@ class ClassifierSpec:
         text = path.read_text()
         try:
             if path.suffix == ".toml":
-                import tomllib
+                from gmcf.runtime import toml
 
-                data = tomllib.loads(text)
+                data = toml.loads(text)
             else:
                 data = json.loads(text)
         except Exception:
@@ -523,7 +523,7 @@ def _adapter(pre: Preprocessor, inputs: Sequence[ModelInput]) -> onnx.ModelProto
                             f"ad_cats{i}_{name}",
                             onnx.TensorProto.STRING,
                             [len(categories)],
-                            [c.encode() for c in categories],
+                            [c.encode() for c in categories],  # type: ignore[misc]
                         )
                     )
                 else:

@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
@@ -559,53 +558,6 @@ def test_a_model_with_our_names_inside_is_prefixed(frames: tuple[Any, Any], tmp_
     got = ex.explain(ds.table.take(pa.array(p.test_rows))).column("score").to_numpy()
     want = 1.0 / (1.0 + np.exp(-(p.x_test @ w[:, 0] - 6.0)))
     assert np.abs(got - want).max() <= 1e-5
-
-
-# -- the README recipe ------------------------------------------------------------------------
-
-README = Path(__file__).resolve().parent.parent / "README.md"
-
-
-def readme_recipe() -> tuple[str, list[str]]:
-    """The Python and shell blocks under the README's heading for users' models."""
-    text = README.read_text()
-    section = text.split("## Your own model (scikit-learn, LightGBM, XGBoost)", 1)[1].split(
-        "\n## ", 1
-    )[0]
-    blocks = re.findall(r"```(\w+)\n(.*?)```", section, flags=re.S)
-    python = "\n".join(code for lang, code in blocks if lang == "python")
-    shell = [
-        ln
-        for lang, code in blocks
-        if lang == "bash"
-        for ln in code.splitlines()
-        if ln.startswith("gmcf-batch")
-    ]
-    return python, shell
-
-
-def test_the_readme_recipe_works_as_written(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The recipe's Python runs as written; its commands run as written, training with 2 epochs."""
-    import shlex
-
-    python, commands = readme_recipe()
-    assert "skl2onnx" in python and len(commands) >= 3, commands
-    monkeypatch.chdir(tmp_path)
-    exec(compile(python, "README recipe", "exec"), {"__name__": "recipe"})
-    for command in commands:
-        args = shlex.split(command)[1:]
-        if args[0] == "train":
-            args += ["--epochs", "2"]
-        result = CliRunner().invoke(app, args)
-        assert result.exit_code == 0, (command, result.stderr, result.exception)
-    written = sorted(p.name for p in tmp_path.glob("*.parquet"))
-    explained = pq.read_table(tmp_path / next(n for n in written if "explained" in n))
-    assert explained.num_rows > 0 and "cf_education" in explained.column_names
-    assert (
-        (pa.compute.equal(explained.column("status"), "found")).to_numpy(zero_copy_only=False).any()
-    )
 
 
 def test_rank_one_double_and_label_encoded_inputs(frames: tuple[Any, Any], tmp_path: Path) -> None:
