@@ -88,14 +88,20 @@ class ClassifierSpec:
     positive_label: str | None = None
     """The model's class label of the positive class, when it differs from the schema's
     ``positive_class`` (e.g. 1 for a model trained on 0/1 targets)."""
+    encoded: bool = False
+    """The model takes the bundle's own encoding [N, width] (only needed where that width could
+    also be a block of the raw columns: a schema of numeric features only)."""
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ClassifierSpec:
-        unknown = sorted(set(d) - {"inputs", "columns", "positive_label"})
+        unknown = sorted(set(d) - {"inputs", "columns", "positive_label", "encoded"})
         if unknown:
             raise InputError(
-                f'schema: unknown key(s) {unknown} under "classifier"; expected inputs, columns, positive_label'
+                f'schema: unknown key(s) {unknown} under "classifier"; expected inputs, columns, '
+                "positive_label, encoded"
             )
+        if not isinstance(d.get("encoded", False), bool):
+            raise InputError('schema: "classifier" "encoded" must be true or false')
         inputs = d.get("inputs", {})
         columns = d.get("columns", {})
         if not isinstance(inputs, Mapping) or not all(isinstance(v, str) for v in inputs.values()):
@@ -113,6 +119,7 @@ class ClassifierSpec:
             dict(inputs),
             {k: tuple(v) for k, v in columns.items()},
             None if label is None else str(label),
+            bool(d.get("encoded", False)),
         )
 
     @classmethod
@@ -202,7 +209,8 @@ def map_inputs(model: onnx.ModelProto, pre: Preprocessor, spec: ClassifierSpec) 
             raise _fail(
                 f"input {inp.name!r} is a block of {width} columns; declare their features in order in the "
                 f'schema: "classifier": {{"columns": {{"{inp.name}": [...]}}}} (a model on the bundle\'s own '
-                f"encoding takes {pre.width} columns)"
+                f"encoding takes {pre.width} columns"
+                + (': declare it with "encoded": true)' if width == pre.width else ")")
             )
         if inp.name in spec.inputs:
             name = spec.inputs[inp.name]
@@ -658,9 +666,12 @@ def load_model_file(path: Path) -> onnx.ModelProto:
 
 def encoded_contract(model: onnx.ModelProto, pre: Preprocessor, spec: ClassifierSpec) -> bool:
     """True for a model that takes the bundle's own encoding: one float input [N, width] that
-    is neither a feature's name nor a declared block."""
+    is neither a feature's name nor a declared block. Where the width is also the number of
+    features (numeric features only), the input could be either: the schema says which."""
     inputs = _graph_inputs(model)
-    if len(inputs) != 1 or spec.columns or spec.inputs:
+    if spec.encoded:
+        return True
+    if len(inputs) != 1 or spec.columns or spec.inputs or pre.width == len(pre.features):
         return False
     inp = inputs[0]
     tt = inp.type.tensor_type

@@ -413,6 +413,29 @@ def bad_block_without_order(train: Any) -> tuple[bytes, str]:
     )
 
 
+def bad_numeric_block_like_the_encoding(train: Any) -> tuple[bytes, str, dict[str, Any]]:
+    """An XGBoost block [N, 5] on a schema of 5 numeric features: as wide as the bundle's own
+    encoding, so which one it is must be declared (it is not taken for the encoding)."""
+    xgboost = pytest.importorskip("xgboost")
+    from onnxmltools import convert_xgboost
+    from onnxmltools.convert.common.data_types import FloatTensorType
+
+    model = xgboost.XGBClassifier(n_estimators=5, max_depth=2)
+    model.fit(
+        train[NUMERIC].to_numpy(np.float32),
+        (train["income"] == ">50K").to_numpy().astype(np.int64),
+    )
+    onx = convert_xgboost(model, initial_types=[("input", FloatTensorType([None, 5]))])
+    schema = {"features": {"integer": NUMERIC}, "label": "income", "positive_class": ">50K"}
+    return (
+        onx.SerializeToString(),
+        "input 'input' is a block of 5 columns; declare their features in order in the schema: "
+        '"classifier": {"columns": {"input": [...]}} (a model on the bundle\'s own encoding takes 5 '
+        'columns: declare it with "encoded": true)',
+        schema,
+    )
+
+
 def bad_zero_one_labels_without_positive_label(train: Any) -> tuple[bytes, str, dict[str, Any]]:
     onx, _ = bad_block_without_order(train)
     schema = {
