@@ -185,7 +185,17 @@ def _report_lines(r: dict[str, Any]) -> str:
         f"GM posterior agrees with f on {100 * r['gm_posterior_agreement']:.1f}% of held-out rows",
         f"z_u probe balanced accuracy {probe['balanced_accuracy']:.3f} (0.5 = no leakage; majority rate {probe['majority_rate']:.3f})",
         f"reconstruction MSE {r['reconstruction_mse']:.5f}; training {r['seconds']:.0f} s on {r['rows']['train']:,} rows",
+        *_parity_line(r['classifier'].get('user_model', {}).get('parity')),
     ])
+
+
+def _parity_line(parity: dict[str, Any] | None) -> list[str]:
+    if not parity:
+        return []
+    return [
+        f"bundle vs your model on {parity['rows']:,} held-out raw rows: {100 * parity['equal_decisions']:.2f}% "
+        f"equal decisions, max |dp| {parity['max_abs_dp']:.2g}"
+    ]
 
 
 @app.command()
@@ -207,6 +217,7 @@ def train(
         from gmcf.trainer.fit import TrainConfig
         from gmcf.trainer.images import dataset_config
         from gmcf.trainer.pipeline import Callbacks, train_bundle
+        from gmcf.trainer.user_model import ClassifierSpec
     except ImportError as exc:
         if exc.name in ("torch", "onnx"):
             fail(f"training needs {exc.name}: pip install 'gmcf-batch[trainer]'")
@@ -247,7 +258,8 @@ def train(
                 bar.update(tasks[current["name"]], advance=1, info=text)
 
             result = train_bundle(ds, dest, cfg, classifier=classifier, force=force,
-                                  command=command, callbacks=Callbacks(stage, advance))
+                                  command=command, callbacks=Callbacks(stage, advance),
+                                  classifier_spec=ClassifierSpec.from_schema_file(schema))
     except GmcfError as exc:
         fail(str(exc))
     out.print(f"wrote bundle {result.path}", highlight=False, markup=False, soft_wrap=True)

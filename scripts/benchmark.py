@@ -4,8 +4,14 @@ Writes an N-row query file by resampling the shipped Adult rows with small noise
 a subprocess (start-up and imports included), samples the resident memory of the whole process
 tree, and prints rows/s, peak RSS and validity.
 
+``--mode score`` runs a scoring-only pass of the same bundle's classifier over the same file
+instead (read, encode, f, write id and score; one process, onnxruntime with workers x threads
+intra-op threads): what scoring alone costs, next to explaining. ``--mode both`` alternates the
+two (explain first) ``--repeat`` times and prints each one's median and their ratio.
+
     python scripts/benchmark.py --rows 1000000 --workers 2
     python scripts/benchmark.py --rows 1000000 -- --increase-only age --immutable education --num-cfs 3
+    python scripts/benchmark.py --rows 1000000 --bundle my-bundle --mode both --repeat 5
 """
 
 from __future__ import annotations
@@ -105,11 +111,50 @@ def run(cmd: list[str]) -> tuple[float, int, str]:
     stop.set()
     th.join()
     if proc.returncode != 0:
-        sys.exit(f"benchmark: explain failed:\n{errs}")
+        sys.exit(f"benchmark: {' '.join(cmd[:3])} failed:\n{errs}")
     return wall, peak, out
 
 
+def score_only(src: Path, dst: Path, bundle_path: Path | None, threads: int) -> None:
+    """Read ``src`` one row group at a time, encode it, score it with the bundle's classifier and
+    write id and score (null for a row the encoder rejects) to ``dst``."""
+    import onnxruntime as ort
+
+    from gmcf.runtime.bundle import load_bundle
+
+    bundle = load_bundle(bundle_path or Path(__file__).resolve().parent.parent / "exported" / "adult")
+    pre = bundle.preprocessor
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    sess = ort.InferenceSession(str(bundle.graph_path("classifier")), opts, providers=["CPUExecutionProvider"])
+    pf = pq.ParquetFile(src)
+    schema = pa.schema([("id", pa.int64()), ("score", pa.float32())])
+    rows = 0
+    with pq.ParquetWriter(dst, schema) as writer:
+        for g in range(pf.num_row_groups):
+            batch = pf.read_row_group(g)
+            x, reason = pre.transform(batch)
+            score = np.asarray(sess.run(["score"], {"x": x})[0], dtype=np.float32)
+            valid = reason == None  # noqa: E711 - elementwise on an object array
+            writer.write_table(pa.table({
+                "id": batch.column("id"), "score": pa.array(score, mask=~valid),
+            }, schema=schema))
+            rows += batch.num_rows
+    print(f"scored {rows:,} rows")
+
+
+def report(label: str, args: argparse.Namespace, wall: float, peak: int, extra: str = "") -> None:
+    print(
+        f"{label:<8} rows {args.rows:,}  workers {args.workers}  threads {args.threads}  "
+        f"wall {wall:.2f} s  {args.rows / wall:,.0f} rows/s  peak RSS {peak / 1024:,.0f} MiB{extra}"
+    )
+
+
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--score-only-worker":
+        src, dst, bundle, threads = sys.argv[2:6]
+        score_only(Path(src), Path(dst), Path(bundle) if bundle else None, int(threads))
+        return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--workers", type=int, default=2)
@@ -117,6 +162,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=None, help="[default: explain's own]")
     ap.add_argument("--bundle", type=Path, default=None)
     ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--mode", choices=("explain", "score", "both"), default="explain",
+                    help="explain; score only (read, encode, f, write id and score); or both, alternating")
     ap.add_argument("--dir", type=Path, default=None, help="where to write the files [a temp folder]")
     ap.add_argument("explain_args", nargs="*", help="more `gmcf-batch explain` options, after --")
     args = ap.parse_args()
@@ -135,24 +182,45 @@ def main() -> None:
     if args.bundle:
         cmd += ["--bundle", str(args.bundle)]
     cmd += args.explain_args
-    print("command:", " ".join(cmd[1:]).replace(str(exe), "gmcf-batch"))
+    score_cmd = [sys.executable, __file__, "--score-only-worker", str(src), str(folder / "scored.parquet"),
+                 str(args.bundle or ""), str(args.workers * args.threads)]
+    if args.mode != "score":
+        print("command:", " ".join(cmd[1:]).replace(str(exe), "gmcf-batch"))
+    if args.mode != "explain":
+        print(f"scoring only: read, encode, f ({args.workers * args.threads} onnxruntime threads), write id and score")
+    walls: dict[str, list[float]] = {"explain": [], "score": []}
+    out = ""
     for _ in range(args.repeat):
-        wall, peak, out = run(cmd)
-        out_cols = pq.read_schema(dst).names
-        cols = ["status"] + (["cf_rank"] if "cf_rank" in out_cols else [])
-        table = pq.read_table(dst, columns=cols)
-        status = table.column("status").to_pylist()
-        if "cf_rank" in cols:  # K options: count each query once, by its first row
-            ranks = table.column("cf_rank").to_pylist()
-            status = [s for s, r in zip(status, ranks, strict=True) if r is None or r == 1]
-        found, nf = status.count("found"), status.count("not_found")
-        assert len(status) == args.rows, (len(status), args.rows)
+        if args.mode != "score":
+            wall, peak, out = run(cmd)
+            walls["explain"].append(wall)
+            report("explain", args, wall, peak, f"  validity {validity(dst, args.rows)}")
+        if args.mode != "explain":
+            wall, peak, _ = run(score_cmd)
+            walls["score"].append(wall)
+            assert pq.read_metadata(folder / "scored.parquet").num_rows == args.rows
+            report("score", args, wall, peak)
+    if out:
+        print(out.strip().splitlines()[0])
+    if args.mode == "both":
+        e, s_ = float(np.median(walls["explain"])), float(np.median(walls["score"]))
         print(
-            f"rows {args.rows:,}  workers {args.workers}  threads {args.threads}  "
-            f"wall {wall:.2f} s  {args.rows / wall:,.0f} rows/s  peak RSS {peak / 1024:,.0f} MiB  "
-            f"validity {100 * found / max(found + nf, 1):.2f}%"
+            f"medians of {args.repeat}: explain {e:.2f} s ({args.rows / e:,.0f} rows/s), scoring only "
+            f"{s_:.2f} s ({args.rows / s_:,.0f} rows/s); explain takes {e / s_:.2f}x the time of scoring"
         )
-    print(out.strip().splitlines()[0])
+
+
+def validity(dst: Path, rows: int) -> str:
+    out_cols = pq.read_schema(dst).names
+    cols = ["status"] + (["cf_rank"] if "cf_rank" in out_cols else [])
+    table = pq.read_table(dst, columns=cols)
+    status = table.column("status").to_pylist()
+    if "cf_rank" in cols:  # K options: count each query once, by its first row
+        ranks = table.column("cf_rank").to_pylist()
+        status = [s for s, r in zip(status, ranks, strict=True) if r is None or r == 1]
+    found, nf = status.count("found"), status.count("not_found")
+    assert len(status) == rows, (len(status), rows)
+    return f"{100 * found / max(found + nf, 1):.2f}%"
 
 
 if __name__ == "__main__":

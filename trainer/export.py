@@ -399,14 +399,16 @@ def adapt_classifier(model: onnx.ModelProto, width: int) -> onnx.ModelProto:
             f"classifier: no float output shaped [N], [N, 1] or [N, 2] (found: {shapes})"
         )
     name, shape = chosen
-    nodes = [oh.make_node("Identity", ["x"], [inp.name])]
+    # The user's names are prefixed, so that none can collide with ours ("x", "score", ...).
+    user = onnx.compose.add_prefix(model, "u_")
+    nodes = [oh.make_node("Identity", ["x"], ["u_" + inp.name])]
     if shape == (3, 2):
-        nodes.append(oh.make_node("Gather", [name, "one"], ["score"], axis=1))
-        inits_new = [oh.make_tensor("one", onnx.TensorProto.INT64, [], [1])]
+        nodes.append(oh.make_node("Gather", ["u_" + name, "score_col"], ["score"], axis=1))
+        inits_new = [oh.make_tensor("score_col", onnx.TensorProto.INT64, [], [1])]
     else:
-        nodes.append(oh.make_node("Reshape", [name, "flat"], ["score"]))
-        inits_new = [oh.make_tensor("flat", onnx.TensorProto.INT64, [1], [-1])]
-    g = model.graph
+        nodes.append(oh.make_node("Reshape", ["u_" + name, "score_flat"], ["score"]))
+        inits_new = [oh.make_tensor("score_flat", onnx.TensorProto.INT64, [1], [-1])]
+    g = user.graph
     new_graph = oh.make_graph(
         [nodes[0], *g.node, nodes[1]],
         "classifier",
@@ -415,6 +417,7 @@ def adapt_classifier(model: onnx.ModelProto, width: int) -> onnx.ModelProto:
         initializer=[*g.initializer, *inits_new],
     )
     out = oh.make_model(new_graph, opset_imports=model.opset_import, ir_version=model.ir_version)
+    out.functions.extend(user.functions)
     onnx.checker.check_model(out)
     return out
 

@@ -25,7 +25,7 @@ from gmcf.runtime.manifest import Latent, Manifest
 from gmcf.runtime.schema import ImagePreprocessor, Preprocessor
 from gmcf.runtime.settings import RunSettings
 from gmcf.runtime.write import atomic_path
-from gmcf.trainer.export import adapt_classifier, export_classifier, export_graphs, save
+from gmcf.trainer.export import export_classifier, export_graphs, save
 from gmcf.trainer.fit import (
     TrainConfig,
     _balanced_accuracy,
@@ -36,6 +36,7 @@ from gmcf.trainer.fit import (
 from gmcf.trainer.images import default_search, image_networks
 from gmcf.trainer.model import GMCF
 from gmcf.trainer.prepare import Prepared, prepare
+from gmcf.trainer.user_model import ClassifierSpec, label_with_user_model, load_model_file
 
 
 @dataclass
@@ -121,12 +122,7 @@ class Trained:
 
 
 def load_classifier(classifier: Path) -> onnx.ModelProto:
-    if not classifier.exists():
-        raise InputError(f"classifier {classifier} does not exist")
-    try:
-        return onnx.load(str(classifier))
-    except Exception as exc:
-        raise InputError(f"classifier {classifier}: not an ONNX model ({type(exc).__name__})") from exc
+    return load_model_file(classifier)
 
 
 def train_models(
@@ -134,22 +130,28 @@ def train_models(
     cfg: TrainConfig = TrainConfig(),  # noqa: B008 - frozen dataclass
     clf_model: onnx.ModelProto | None = None,
     callbacks: Callbacks | None = None,
+    classifier_spec: ClassifierSpec | None = None,
 ) -> Trained:
-    """Split ``ds`` (seeded), train f (unless given) and the explainer on the training part."""
+    """Split ``ds`` (seeded), train f (unless given) and the explainer on the training part.
+
+    A given classifier is checked (inputs, outputs, a run on training rows, fusion with a search
+    graph) before any training; see ``gmcf.trainer.user_model``."""
     cb = callbacks or Callbacks()
     torch.set_num_threads(cfg.threads)
     t0 = time.time()
     p = prepare(ds, cfg.test_size, cfg.seed)
     width = p.pre.width
     clf = None
+    user_report = None
     if clf_model is None:
         cb.stage("classifier", cfg.classifier_epochs * cfg.classifier_restarts)
         clf = train_classifier(p.x_train, p.y_train, cfg, progress=cb.advance)
         clf_onnx = export_classifier(clf, width)
+        f_train = _run_onnx(clf_onnx, p.x_train)
+        f_test = _run_onnx(clf_onnx, p.x_test)
     else:
-        clf_onnx = adapt_classifier(clf_model, width)
-    f_train = _run_onnx(clf_onnx, p.x_train)
-    f_test = _run_onnx(clf_onnx, p.x_test)
+        labelled = label_with_user_model(clf_model, ds, p, classifier_spec or ClassifierSpec())
+        clf_onnx, f_train, f_test, user_report = labelled.onnx_model, labelled.f_train, labelled.f_test, labelled.report
     y_hat = (f_train >= 0.5).astype(np.int64)
     if y_hat.min() == y_hat.max():
         raise InputError(
@@ -175,6 +177,8 @@ def train_models(
     cb.stage("report", 1)
     report = build_report(model, p, f_train, f_test, hist.losses, cfg, time.time() - t0)
     report["dataset"] = ds.name
+    if user_report is not None:
+        report["classifier"]["user_model"] = user_report
     report["model_selection"] = {
         "selected_epoch": hist.selected_epoch,
         "checks": [{k: round(v, 4) for k, v in c.items()} for c in hist.checks],
@@ -224,6 +228,7 @@ def train_bundle(
     force: bool = False,
     command: str | None = None,
     callbacks: Callbacks | None = None,
+    classifier_spec: ClassifierSpec | None = None,
 ) -> TrainResult:
     """Train f (unless given) and the explainer on ``ds``; write the bundle to ``out``.
 
@@ -233,5 +238,5 @@ def train_bundle(
     if out.exists() and not force:
         raise InputError(f"output folder {out} exists; pass --force to replace it")
     clf_model = None if classifier is None else load_classifier(classifier)
-    trained = train_models(ds, cfg, clf_model, callbacks)
+    trained = train_models(ds, cfg, clf_model, callbacks, classifier_spec)
     return write_bundle(trained, ds, out, cfg, classifier is not None, command)

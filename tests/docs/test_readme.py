@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from gmcf.datasets import load_dataset
+from gmcf.runtime.bundle import load_bundle
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
@@ -101,6 +102,13 @@ def test_every_readme_command_works(tmp_path: Path) -> None:
     idx = np.random.default_rng(0).choice(loans.num_rows, 500, replace=False)
     pq.write_table(loans.take(pa.array(idx)), tmp_path / "my-queries.parquet")
 
+    # The recipe for your own model: fit and export a scikit-learn pipeline (loans.csv, above).
+    (recipe,) = [code for code in blocks("python") if "to_onnx" in code]
+    proc = subprocess.run(
+        [sys.executable, "-c", recipe], cwd=tmp_path, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr
+
     ran = []
     for block in blocks("bash")[1:]:
         for words in commands(block):
@@ -119,7 +127,13 @@ def test_every_readme_command_works(tmp_path: Path) -> None:
     assert found.num_rows > 0
     assert found.column("cf_education").cast(pa.string()).equals(found.column("education"))
 
-    (python,) = blocks("python")
+    # The recipe's bundle runs the user's model: it agrees with it on held-out raw rows.
+    parity = load_bundle(tmp_path / "mine").report["classifier"]["user_model"]["parity"]
+    assert parity["rows"] > 1000 and parity["equal_decisions"] >= 0.99, parity
+    mine = pq.read_table(tmp_path / "my-queries.explained.parquet")
+    assert mine.num_rows == 500 and pc.any(pc.equal(mine.column("status"), "found")).as_py()
+
+    (python,) = [code for code in blocks("python") if "to_onnx" not in code]
     proc = subprocess.run(
         [sys.executable, "-c", python], cwd=tmp_path, capture_output=True, text=True, timeout=600
     )

@@ -149,7 +149,8 @@ def case_classifier_width(tmp: Path, adult: pa.Table) -> tuple[list[str], str]:
     assert width != 5
     clf = export_onnx(torch.nn.Sequential(torch.nn.Linear(5, 1), torch.nn.Sigmoid()), 5, tmp / "f.onnx")
     return (data_args(data, schema, "--classifier", str(clf)),
-            f"input 'input' has 5 features, but the preprocessed data has {width}")
+            f"input 'input' is a block of 5 columns; declare their features in order in the schema: "
+            f"\"classifier\": {{\"columns\": {{\"input\": [...]}}}} (a model on the bundle's own encoding takes {width} columns)")
 
 
 def case_classifier_output(tmp: Path, adult: pa.Table) -> tuple[list[str], str]:
