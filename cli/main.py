@@ -84,42 +84,44 @@ def explain(
     decrease_only: Annotated[list[str] | None, typer.Option(help="Numeric feature that may only decrease (repeatable).")] = None,
     range_: Annotated[list[str] | None, typer.Option("--range", help="Allowed range in raw units, feature=lo:hi (repeatable).")] = None,
     allow: Annotated[list[str] | None, typer.Option(help="Allowed categories, feature=a,b,c (repeatable).")] = None,
+    range_margin: Annotated[float | None, typer.Option(help="A numeric value more than this share of the training range beyond it makes its row invalid \\[default: 0.05].")] = None,
+    summary_json: Annotated[Path | None, typer.Option(help="Also write the run's summary as JSON here (atomically; also when the run fails or is stopped).")] = None,
 ) -> None:
-    """Explain every row of INPUT: a counterfactual for each row the classifier rejects."""
-    from gmcf.runtime.constraints import Constraints
-    from gmcf.runtime.explainer import Explainer, default_batch_size
-    from gmcf.runtime.parallel import auto_workers, explain_parquet_parallel
+    """Explain every row of INPUT: a counterfactual for each row the classifier rejects.
+
+    Exit codes: 0 done; 1 an error (one line on stderr, no output left); 2 bad usage; 143, 130,
+    129 stopped by SIGTERM, SIGINT, SIGHUP (see docs/nightly.md)."""
+    from gmcf.runtime import publish, stops
+    from gmcf.runtime.run_summary import RunRecord, write_summary_json
 
     bundle = bundle or default_bundle()
     output = output or input.with_name(input.stem + ".explained.parquet")
-    if output.exists() and not force:
-        fail(f"output {output} exists; pass --force to overwrite it")
-    if output.resolve() == input.resolve():
-        fail("output must differ from the input file")
-    if workers < 0:
-        fail(f"workers must be 0 (one per core) or more, got {workers}")
-    try:
-        wanted = Constraints.from_file(constraints) if constraints else Constraints()
-        wanted = wanted.merge(Constraints.from_options(
-            immutable or (), increase_only or (), decrease_only or (), range_ or (), allow or ()
-        ))
-        ex = Explainer.from_bundle(bundle, threads=threads, constraints=wanted, num_cfs=num_cfs, threshold=threshold,
-                                   tol=tol, steps=steps, refine=refine, extrapolate=extrapolate)
-        with _progress() as bar:
-            task = bar.add_task("explaining", total=None, info="")
-
-            def progress(done: int, total: int) -> None:
-                elapsed = bar.tasks[task].elapsed or 1e-9
-                bar.update(task, completed=done, total=total, info=f"{done / elapsed:,.0f} rows/s")
-
-            if workers == 0:
-                workers = auto_workers(input, default_batch_size(ex.bundle.preprocessor.width) if batch_size is None else batch_size)
-            if workers > 1:
-                summary = explain_parquet_parallel(ex, input, output, workers, batch_size, id_column, progress)
-            else:
-                summary = ex.explain_parquet(input, output, batch_size=batch_size, id_column=id_column, progress=progress)
-    except GmcfError as exc:
-        fail(str(exc))
+    record = RunRecord(input, output, bundle)
+    with stops.stop_on_signals():
+        try:
+            if summary_json is not None:
+                publish.check_output(summary_json, True, input, output)
+            summary = _explain_file(input, output, bundle, record, force=force, threshold=threshold, tol=tol,
+                                    steps=steps, refine=refine, extrapolate=extrapolate, batch_size=batch_size,
+                                    threads=threads, workers=workers, id_column=id_column, num_cfs=num_cfs,
+                                    constraints=constraints, immutable=immutable, increase_only=increase_only,
+                                    decrease_only=decrease_only, range_=range_, allow=allow, range_margin=range_margin)
+            status, code, message = "ok", 0, None
+        except GmcfError as exc:
+            status, code, message, summary = "error", 1, str(exc), None
+        except stops.Stopped as stop:
+            status, code, message, summary = "stopped", stop.exit_code, f"{stop}; no output written", None
+        stops.disarm()  # from here on the run only reports how it ended
+        if summary_json is not None:
+            counts = summary.to_dict() | {"searched": summary.searched} if summary is not None else None
+            try:
+                write_summary_json(summary_json, record.to_dict(status, code, message, counts, summary is not None))
+            except GmcfError as exc:
+                if message is None:
+                    status, code, message = "error", 1, f"{exc} (the output itself was written)"
+        if message is not None:
+            fail(message, code)
+    assert summary is not None
     s = summary
     out.print(
         f"{s.rows:,} rows in {s.seconds:.2f} s ({s.rows / max(s.seconds, 1e-9):,.0f} rows/s): "
@@ -128,6 +130,53 @@ def explain(
         highlight=False, markup=False, soft_wrap=True,
     )
     out.print(f"wrote {output}", highlight=False, markup=False, soft_wrap=True)
+
+
+def _explain_file(
+    input: Path, output: Path, bundle: Path, record: Any, *, force: bool, threshold: float | None,
+    tol: float | None, steps: int | None, refine: bool | None, extrapolate: bool | None, batch_size: int | None,
+    threads: int, workers: int, id_column: str | None, num_cfs: int, constraints: Path | None,
+    immutable: list[str] | None, increase_only: list[str] | None, decrease_only: list[str] | None,
+    range_: list[str] | None, allow: list[str] | None, range_margin: float | None,
+) -> Any:
+    """The explain run itself; raises GmcfError (one line) or Stopped."""
+    from gmcf.runtime import publish
+    from gmcf.runtime.constraints import Constraints
+    from gmcf.runtime.explainer import Explainer, default_batch_size
+    from gmcf.runtime.parallel import auto_workers, count_batches, explain_parquet_parallel
+
+    publish.check_output(output, force, input)
+    if workers < 0:
+        raise GmcfError(f"workers must be 0 (one per core) or more, got {workers}")
+    for tmp in publish.remove_stale_temps(output):
+        err.print(f"note: removed {tmp}, left by a run that no longer runs", highlight=False, markup=False,
+                  soft_wrap=True)
+    wanted = Constraints.from_file(constraints) if constraints else Constraints()
+    wanted = wanted.merge(Constraints.from_options(
+        immutable or (), increase_only or (), decrease_only or (), range_ or (), allow or ()
+    ))
+    ex = Explainer.from_bundle(bundle, threads=threads, constraints=wanted, num_cfs=num_cfs, threshold=threshold,
+                               tol=tol, steps=steps, refine=refine, extrapolate=extrapolate,
+                               range_margin=range_margin)
+    record.manifest = ex.bundle.manifest
+    batch = default_batch_size(ex.bundle.preprocessor.width) if batch_size is None else batch_size
+    if workers == 0:
+        workers = auto_workers(input, batch)
+    workers = min(workers, max(1, count_batches(input, batch)))
+    record.settings = {**ex.settings.to_dict(), "range_margin": ex.range_margin, "num_cfs": num_cfs,
+                       "constraints": ex.constraints.to_dict(), "batch_size": batch, "workers": workers,
+                       "threads": threads, "id_column": id_column}
+    with _progress() as bar:
+        task = bar.add_task("explaining", total=None, info="")
+
+        def progress(done: int, total: int) -> None:
+            elapsed = bar.tasks[task].elapsed or 1e-9
+            bar.update(task, completed=done, total=total, info=f"{done / elapsed:,.0f} rows/s")
+
+        if workers > 1:
+            return explain_parquet_parallel(ex, input, output, workers, batch_size, id_column, progress, force)
+        return ex.explain_parquet(input, output, batch_size=batch_size, id_column=id_column, progress=progress,
+                                  force=force)
 
 
 @app.command()

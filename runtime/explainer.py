@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -14,11 +13,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from gmcf.runtime import publish
 from gmcf.runtime.bundle import Bundle, SearchDefaults, load_bundle
 from gmcf.runtime.constraints import Constraints
 from gmcf.runtime.errors import GmcfError, InputError
 from gmcf.runtime.output import output_batch, output_schema, result_columns
-from gmcf.runtime.schema import ImagePreprocessor, usable_rows
+from gmcf.runtime.schema import DEFAULT_RANGE_MARGIN, ImagePreprocessor, usable_rows
 from gmcf.runtime.search import ALREADY, FOUND, INVALID, NOT_FOUND, Engine, SearchResult, search
 
 #: Queries per call of the fused graph: B * steps candidate rows stay in cache.
@@ -101,6 +101,7 @@ class Explainer:
     threads: int = 1
     constraints: Constraints = field(default_factory=Constraints)
     num_cfs: int = 1
+    range_margin: float = DEFAULT_RANGE_MARGIN
     _engine: Engine | None = field(default=None, init=False, repr=False)
 
     @classmethod
@@ -110,6 +111,7 @@ class Explainer:
         threads: int = 1,
         constraints: Constraints | dict[str, Any] | None = None,
         num_cfs: int = 1,
+        range_margin: float | None = None,
         **overrides: Any,
     ) -> Explainer:
         """Load and verify a bundle. ``overrides`` replace its search defaults
@@ -117,10 +119,16 @@ class Explainer:
         tol keeps the bundle's band: when it reaches 1 (any score from T up to 1 is accepted),
         tol becomes 1 - threshold. ``constraints`` are merged
         over the bundle's default constraints (see ``gmcf.runtime.constraints``); ``num_cfs``
-        asks for up to that many distinct counterfactuals per rejected query."""
+        asks for up to that many distinct counterfactuals per rejected query. ``range_margin``
+        (default ``DEFAULT_RANGE_MARGIN``): a numeric value more than this share of the training
+        range beyond it makes its row invalid (docs/nightly.md)."""
         if num_cfs < 1:
             raise GmcfError(f"num_cfs must be at least 1, got {num_cfs}")
+        margin = DEFAULT_RANGE_MARGIN if range_margin is None else float(range_margin)
+        if not margin >= 0.0:
+            raise GmcfError(f"range margin must be 0 or more, got {range_margin}")
         bundle = load_bundle(path)
+        bundle = replace(bundle, preprocessor=replace(bundle.preprocessor, range_margin=margin))
         unknown = sorted(set(overrides) - set(SearchDefaults.__dataclass_fields__))
         if unknown:
             raise GmcfError(f"unknown search setting(s) {unknown}; valid: {', '.join(SearchDefaults.__dataclass_fields__)}")
@@ -134,7 +142,7 @@ class Explainer:
         if constraints:
             merged = merged.merge(constraints)
         merged.validate(bundle.preprocessor)
-        return cls(bundle, settings, threads, merged, num_cfs)
+        return cls(bundle, settings, threads, merged, num_cfs, margin)
 
     @property
     def _chunk(self) -> int:
@@ -257,20 +265,24 @@ class Explainer:
         batch_size: int | None = None,
         id_column: str | None = None,
         progress: Callable[[int, int], None] | None = None,
+        force: bool = False,
     ) -> Summary:
         """Stream ``src`` through the search into ``dst``, ``batch_size`` rows at a time
         (default: ``default_batch_size`` of the bundle's input width).
 
         Memory is bounded by the batch size, not the file. The output is written to a temporary
-        file beside ``dst`` and renamed into place when complete. ``progress(done, total)`` is
-        called after each batch.
+        file beside ``dst`` and moved into place when complete; an existing ``dst`` (even one
+        that appears during the run) is replaced only with ``force``, and never when it is
+        ``src`` itself (see ``gmcf.runtime.publish``). ``progress(done, total)`` is called after
+        each batch.
         """
         src, dst = Path(src), Path(dst)
+        publish.check_output(dst, force, src)
         batch_size = default_batch_size(self.bundle.preprocessor.width) if batch_size is None else batch_size
         pf, total, schema, columns = self._open_input(src, batch_size, id_column)
         summary = Summary(output=dst)
         t0 = time.perf_counter()
-        with atomic_parquet_writer(dst, schema) as writer:
+        with atomic_parquet_writer(dst, schema, force) as writer:
             for batch in read_batches(pf, src, batch_size, columns):
                 writer.write_batch(self._explain_batch(batch, schema, id_column, summary))
                 if progress:
@@ -295,17 +307,11 @@ class Explainer:
 
 
 @contextmanager
-def atomic_parquet_writer(dst: Path, schema: pa.Schema) -> Iterator[pq.ParquetWriter]:
-    """A lean Parquet writer on a temporary file beside ``dst``, renamed into place on success
-    and removed on any failure: no half-written output is ever left."""
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-    try:
-        with pq.ParquetWriter(tmp, schema, **writer_options(schema)) as writer:
-            yield writer
-        os.replace(tmp, dst)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+def atomic_parquet_writer(dst: Path, schema: pa.Schema, force: bool = False) -> Iterator[publish.ParquetOutput]:
+    """A lean Parquet writer on a temporary file beside ``dst``, moved into place on success
+    and removed on any failure: no half-written output is ever left (``gmcf.runtime.publish``)."""
+    with publish.atomic_parquet_writer(dst, schema, force, **writer_options(schema)) as writer:
+        yield writer
 
 
 def rank_options(

@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from gmcf.runtime import publish, stops
 from gmcf.runtime.errors import InputError
 from gmcf.runtime.explainer import (
     Explainer,
@@ -36,11 +37,13 @@ _worker: Explainer | None = None
 
 
 def _init(
-    bundle: str, settings: dict[str, object], threads: int, constraints: dict[str, object], num_cfs: int
+    parent: int, bundle: str, settings: dict[str, object], threads: int, constraints: dict[str, object],
+    num_cfs: int, range_margin: float,
 ) -> None:
     global _worker
+    stops.worker_setup(parent)  # dies with the parent, even on kill -9
     _worker = Explainer.from_bundle(
-        bundle, threads=threads, constraints=constraints, num_cfs=num_cfs, **settings
+        bundle, threads=threads, constraints=constraints, num_cfs=num_cfs, range_margin=range_margin, **settings
     )
 
 
@@ -64,6 +67,17 @@ def auto_workers(src: str | Path, batch_size: int) -> int:
     return max(1, min(cores, -(-rows // max(batch_size, 1))))
 
 
+def count_batches(src: str | Path, batch_size: int) -> int:
+    """How many batches ``read_batches`` cuts the file into (it reads one row group at a time);
+    0 when the metadata cannot be read (the explain itself reports why)."""
+    try:
+        meta = pq.read_metadata(src)
+    except (OSError, pa.ArrowInvalid):
+        return 0
+    size = max(batch_size, 1)
+    return sum(-(-meta.row_group(g).num_rows // size) for g in range(meta.num_row_groups))
+
+
 def explain_parquet_parallel(
     ex: Explainer,
     src: str | Path,
@@ -72,22 +86,48 @@ def explain_parquet_parallel(
     batch_size: int | None = None,
     id_column: str | None = None,
     progress: Callable[[int, int], None] | None = None,
+    force: bool = False,
 ) -> Summary:
-    """Like ``Explainer.explain_parquet``, with ``workers`` processes. Same output, same order."""
+    """Like ``Explainer.explain_parquet``, with up to ``workers`` processes (no more than there
+    are batches; one is run in-process). Same output, same order. On any error or stop the
+    workers are killed at once; they also die with this process, even on kill -9."""
     src, dst = Path(src), Path(dst)
     if workers < 1:
         raise InputError(f"workers must be at least 1, got {workers}")
+    publish.check_output(dst, force, src)
     batch_size = default_batch_size(ex.bundle.preprocessor.width) if batch_size is None else batch_size
     pf, total, schema, columns = ex._open_input(src, batch_size, id_column)
-    features = ex.bundle.preprocessor.names
+    workers = min(workers, max(1, count_batches(src, batch_size)))
+    if workers == 1:
+        return ex.explain_parquet(src, dst, batch_size, id_column, progress, force)
     settings: dict[str, object] = ex.settings.to_dict()
     method = "fork" if sys.platform.startswith("linux") else "spawn"
     summary = Summary(output=dst)
     t0 = time.perf_counter()
-    with ProcessPoolExecutor(
+    pool = ProcessPoolExecutor(
         workers, mp_context=mp.get_context(method), initializer=_init,
-        initargs=(str(ex.bundle.path), settings, ex.threads, ex.constraints.to_dict(), ex.num_cfs),
-    ) as pool, atomic_parquet_writer(dst, schema) as writer:
+        initargs=(os.getpid(), str(ex.bundle.path), settings, ex.threads, ex.constraints.to_dict(), ex.num_cfs,
+                  ex.range_margin),
+    )
+    try:
+        _stream(ex, pool, workers, pf, src, dst, batch_size, columns, schema, id_column, total, summary,
+                progress, force)
+    except BaseException:
+        stops.end_pool(pool)  # no waiting for queued batches whose results nobody wants
+        raise
+    pool.shutdown()
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def _stream(
+    ex: Explainer, pool: ProcessPoolExecutor, workers: int, pf: pq.ParquetFile, src: Path, dst: Path,
+    batch_size: int, columns: list[str], schema: pa.Schema, id_column: str | None, total: int,
+    summary: Summary, progress: Callable[[int, int], None] | None, force: bool,
+) -> None:
+    """Read batches, have the pool explain them, write the results in input order."""
+    features = ex.bundle.preprocessor.names
+    with atomic_parquet_writer(dst, schema, force) as writer:
         pending: deque[tuple[pa.RecordBatch, Future[tuple[np.ndarray | None, list[pa.Array], np.ndarray]]]] = deque()
         pre = ex.bundle.preprocessor
 
@@ -109,5 +149,3 @@ def explain_parquet_parallel(
                 drain_one()
         while pending:
             drain_one()
-    summary.seconds = time.perf_counter() - t0
-    return summary
