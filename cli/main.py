@@ -97,10 +97,13 @@ def explain(
     bundle = bundle or default_bundle()
     output = output or input.with_name(input.stem + ".explained.parquet")
     record = RunRecord(input, output, bundle)
+    if summary_json is not None:
+        try:  # a summary that cannot be written, or would land on the input or output, is not written
+            publish.check_output(summary_json, True, input, output)
+        except GmcfError as exc:
+            fail(f"summary: {exc}")
     with stops.stop_on_signals():
         try:
-            if summary_json is not None:
-                publish.check_output(summary_json, True, input, output)
             summary = _explain_file(input, output, bundle, record, force=force, threshold=threshold, tol=tol,
                                     steps=steps, refine=refine, extrapolate=extrapolate, batch_size=batch_size,
                                     threads=threads, workers=workers, id_column=id_column, num_cfs=num_cfs,
