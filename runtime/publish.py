@@ -102,7 +102,9 @@ def check_output(dst: Path, force: bool = False, *inputs: Path) -> None:
     (without ``force``), or in a folder that does not exist."""
     for src in inputs:
         if same_file(src, dst):
-            raise OutputError(f"output {dst} is the input file {src}; the output must differ from the input")
+            raise OutputError(
+                f"output {dst} is the input file {src}; the output must differ from the input"
+            )
     if dst.is_dir():
         raise OutputError(f"output {dst} is a folder; give a file name")
     if (dst.exists() or dst.is_symlink()) and not force:
@@ -149,7 +151,9 @@ def _base(name: str) -> str:
 def temp_path(dst: Path) -> Path:
     """The temporary file this process writes ``dst`` through."""
     pid = os.getpid()
-    return dst.with_name(f".{_base(dst.name)}{_MARK}{_host()}.{pid}.{_start_time(pid) or '0'}{_SUFFIX}")
+    return dst.with_name(
+        f".{_base(dst.name)}{_MARK}{_host()}.{pid}.{_start_time(pid) or '0'}{_SUFFIX}"
+    )
 
 
 def owner_gone(tmp: Path, dst: Path) -> bool:
@@ -161,7 +165,7 @@ def owner_gone(tmp: Path, dst: Path) -> bool:
     stem = name[: -len(_SUFFIX)]
     prefix = f".{_base(dst.name)}{_MARK}"
     if stem.startswith(prefix):
-        parts = stem[len(prefix):].rsplit(".", 2)
+        parts = stem[len(prefix) :].rsplit(".", 2)
         if len(parts) != 3 or not parts[1].isdigit():
             return False
         host, pid, start = parts
@@ -169,8 +173,8 @@ def owner_gone(tmp: Path, dst: Path) -> bool:
             return False
         return _start_time(int(pid)) != start
     legacy = f".{dst.name}."
-    if stem.startswith(legacy) and stem[len(legacy):].isdigit():
-        return not _pid_alive(int(stem[len(legacy):]))
+    if stem.startswith(legacy) and stem[len(legacy) :].isdigit():
+        return not _pid_alive(int(stem[len(legacy) :]))
     return False
 
 
@@ -305,8 +309,9 @@ class ParquetOutput:
 
 
 @contextlib.contextmanager
-def atomic_parquet_writer(dst: str | Path, schema: pa.Schema, force: bool = False,
-                          **options: Any) -> Iterator[ParquetOutput]:
+def atomic_parquet_writer(
+    dst: str | Path, schema: pa.Schema, force: bool = False, **options: Any
+) -> Iterator[ParquetOutput]:
     """A Parquet writer on a temporary file beside ``dst``, published by ``atomic_output``."""
     dst = Path(dst)
     with atomic_output(dst, force) as tmp:

@@ -33,12 +33,21 @@ def bundle_identity(path: Path, manifest: dict[str, Any] | None) -> dict[str, An
     """The bundle's folder, id (its dataset and creation time) and checksum: the sha256 of its
     manifest, which holds the sha256 of every other file, so it pins the whole bundle."""
     manifest_file = path / MANIFEST
-    checksum = sha256_file(manifest_file) if manifest is not None and manifest_file.is_file() else None
+    checksum = (
+        sha256_file(manifest_file) if manifest is not None and manifest_file.is_file() else None
+    )
     ident = None
     if manifest is not None:
-        ident = manifest.get("id") or f"{manifest.get('dataset', path.name)}@{manifest.get('created', '?')}"
-    return {"path": str(path.resolve()), "id": ident, "checksum": f"sha256:{checksum}" if checksum else None,
-            "format_version": None if manifest is None else manifest.get("format_version")}
+        ident = (
+            manifest.get("id")
+            or f"{manifest.get('dataset', path.name)}@{manifest.get('created', '?')}"
+        )
+    return {
+        "path": str(path.resolve()),
+        "id": ident,
+        "checksum": f"sha256:{checksum}" if checksum else None,
+        "format_version": None if manifest is None else manifest.get("format_version"),
+    }
 
 
 @dataclass
@@ -52,8 +61,14 @@ class RunRecord:
     manifest: dict[str, Any] | None = None
     settings: dict[str, Any] = field(default_factory=dict)
 
-    def to_dict(self, status: str, exit_code: int, error: str | None, counts: dict[str, Any] | None,
-                published: bool) -> dict[str, Any]:
+    def to_dict(
+        self,
+        status: str,
+        exit_code: int,
+        error: str | None,
+        counts: dict[str, Any] | None,
+        published: bool,
+    ) -> dict[str, Any]:
         now = time.time()
         counts = dict(counts or {})
         validity = counts.get("validity")

@@ -121,7 +121,9 @@ def die_with_parent(parent: int) -> None:
             if os.getppid() != parent:  # the parent died before the request took effect
                 os._exit(1)
             return
-    threading.Thread(target=_watch_parent, args=(parent,), name="gmcf-parent-watch", daemon=True).start()
+    threading.Thread(
+        target=_watch_parent, args=(parent,), name="gmcf-parent-watch", daemon=True
+    ).start()
 
 
 def _watch_parent(parent: int, every: float = 1.0) -> None:
@@ -145,8 +147,10 @@ def end_pool(pool: ProcessPoolExecutor, wait: float = 10.0) -> None:
     for p in processes:
         with contextlib.suppress(Exception):
             p.join(timeout=5)
-    for queue, end in ((getattr(pool, "_call_queue", None), "_reader"),
-                       (getattr(pool, "_result_queue", None), "_writer")):
+    for queue, end in (
+        (getattr(pool, "_call_queue", None), "_reader"),
+        (getattr(pool, "_result_queue", None), "_writer"),
+    ):
         with contextlib.suppress(Exception):
             getattr(queue, end).close()
     with contextlib.suppress(Exception):

@@ -36,7 +36,9 @@ def repeated(rows: pa.Table, n: int) -> pa.Table:
     """``rows`` repeated up to ``n`` rows, with a fresh id 0..n-1: fast to make, real values."""
     reps = -(-n // rows.num_rows)
     table = pa.concat_tables([rows] * reps).slice(0, n).combine_chunks()
-    return table.set_column(table.schema.get_field_index("id"), "id", pa.array(np.arange(n, dtype=np.int64)))
+    return table.set_column(
+        table.schema.get_field_index("id"), "id", pa.array(np.arange(n, dtype=np.int64))
+    )
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +58,18 @@ def small_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 # -- processes ------------------------------------------------------------------------------------
 def explain_cmd(src: Path, dst: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "gmcf.cli.main", "explain", str(src), "-o", str(dst), "--id-column", "id", *args]
+    return [
+        sys.executable,
+        "-m",
+        "gmcf.cli.main",
+        "explain",
+        str(src),
+        "-o",
+        str(dst),
+        "--id-column",
+        "id",
+        *args,
+    ]
 
 
 def start(cmd: list[str]) -> subprocess.Popen[str]:
@@ -92,7 +105,9 @@ def temps(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.name.startswith(".") and p.name.endswith(".tmp"))
 
 
-def wait_until_writing(proc: subprocess.Popen[str], folder: Path, workers: int, timeout: float = 90.0) -> list[int]:
+def wait_until_writing(
+    proc: subprocess.Popen[str], folder: Path, workers: int, timeout: float = 90.0
+) -> list[int]:
     """Wait until the run has its workers and has written into its temporary file; its workers."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -117,18 +132,32 @@ def finish(proc: subprocess.Popen[str], timeout: float = 60.0) -> tuple[int, str
     return proc.returncode, out, err
 
 
-needs_proc = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc to find the workers")
+needs_proc = pytest.mark.skipif(
+    not Path("/proc/self/stat").exists(), reason="needs Linux /proc to find the workers"
+)
 
 
 # -- signals --------------------------------------------------------------------------------------
 @needs_proc
-@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130), (signal.SIGHUP, 129)])
-def test_a_signal_stops_the_run_cleanly(big_file: Path, tmp_path: Path, sig: signal.Signals, code: int) -> None:
+@pytest.mark.parametrize(
+    ("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130), (signal.SIGHUP, 129)]
+)
+def test_a_signal_stops_the_run_cleanly(
+    big_file: Path, tmp_path: Path, sig: signal.Signals, code: int
+) -> None:
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     summary = tmp_path / "summary.json"
-    proc = start(explain_cmd(big_file, out_dir / "explained.parquet", "--workers", "2",
-                             "--summary-json", str(summary)))
+    proc = start(
+        explain_cmd(
+            big_file,
+            out_dir / "explained.parquet",
+            "--workers",
+            "2",
+            "--summary-json",
+            str(summary),
+        )
+    )
     workers = wait_until_writing(proc, out_dir, 2)
     sent = time.monotonic()
     proc.send_signal(sig)
@@ -140,7 +169,11 @@ def test_a_signal_stops_the_run_cleanly(big_file: Path, tmp_path: Path, sig: sig
     assert stdout == ""
     assert list(out_dir.iterdir()) == []  # no output, no temporary file
     record = json.loads(summary.read_text())
-    assert (record["status"], record["exit_code"], record["output_written"]) == ("stopped", code, False)
+    assert (record["status"], record["exit_code"], record["output_written"]) == (
+        "stopped",
+        code,
+        False,
+    )
 
 
 @needs_proc
@@ -157,7 +190,7 @@ def test_kill_9_takes_the_workers_along_and_the_next_run_removes_the_stale_temp(
     assert len(left) == 1 and left[0].name.startswith(".explained.parquet.")  # what kill -9 leaves
     assert not dst.exists()
 
-    rc, stdout, stderr = finish(start(explain_cmd(small_file, dst)))
+    rc, _stdout, stderr = finish(start(explain_cmd(small_file, dst)))
     assert rc == 0, stderr
     assert f"removed {left[0]}" in stderr
     assert temps(tmp_path) == []
@@ -197,8 +230,11 @@ def small_disk() -> Iterator[Path]:
     """A 1 MiB tmpfs, mounted for the test (root only)."""
     folder = Path(tempfile.mkdtemp(prefix="gmcf-full-"))
     try:
-        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)],
-                                 capture_output=True, text=True)
+        mounted = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)],
+            capture_output=True,
+            text=True,
+        )
     except OSError as exc:
         folder.rmdir()
         pytest.skip(f"cannot run mount: {exc}")
@@ -217,7 +253,9 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(small_disk: Path, tmp_path: 
     pq.write_table(repeated(adult_queries(5_000, seed=7), 60_000), src)  # about 2 MB of output
     dst = small_disk / "explained.parquet"
     for workers in ("1", "2"):
-        rc, stdout, stderr = finish(start(explain_cmd(src, dst, "--workers", workers, "--batch-size", "8192")))
+        rc, _stdout, stderr = finish(
+            start(explain_cmd(src, dst, "--workers", workers, "--batch-size", "8192"))
+        )
         lines = stderr.strip().splitlines()
         assert rc == 1, stderr
         assert len(lines) == 1 and "Traceback" not in stderr, stderr

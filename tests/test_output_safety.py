@@ -70,8 +70,10 @@ SAME = ["same path", "another spelling", "symlink", "symlinked folder", "hard li
 def test_api_never_writes_over_its_input(how: str, explainer: Explainer, query_file: Path) -> None:
     before = query_file.read_bytes()
     dst = _same_as_input(query_file, how)
-    for run in (lambda: explainer.explain_parquet(query_file, dst, force=True),
-                lambda: explain_parquet_parallel(explainer, query_file, dst, 2, 100, force=True)):
+    for run in (
+        lambda: explainer.explain_parquet(query_file, dst, force=True),
+        lambda: explain_parquet_parallel(explainer, query_file, dst, 2, 100, force=True),
+    ):
         with pytest.raises(OutputError, match="is the input file") as info:
             run()
         assert "\n" not in str(info.value)
@@ -82,15 +84,18 @@ def test_api_never_writes_over_its_input(how: str, explainer: Explainer, query_f
 def test_cli_never_writes_over_its_input(how: str, query_file: Path, adult_bundle: Path) -> None:
     before = query_file.read_bytes()
     dst = _same_as_input(query_file, how)
-    code, stdout, stderr = invoke("explain", str(query_file), "-o", str(dst), "--bundle", str(adult_bundle), "--force")
+    code, _stdout, stderr = invoke(
+        "explain", str(query_file), "-o", str(dst), "--bundle", str(adult_bundle), "--force"
+    )
     assert code == 1 and len(stderr.strip().splitlines()) == 1
     assert "is the input file" in stderr and "must differ" in stderr
     assert query_file.read_bytes() == before
 
 
 # -- an existing output ---------------------------------------------------------------------------
-def test_api_replaces_an_existing_output_only_with_force(explainer: Explainer, query_file: Path,
-                                                         tmp_path: Path) -> None:
+def test_api_replaces_an_existing_output_only_with_force(
+    explainer: Explainer, query_file: Path, tmp_path: Path
+) -> None:
     dst = tmp_path / "out.parquet"
     dst.write_bytes(b"precious")
     with pytest.raises(OutputError, match="exists; pass --force"):
@@ -101,15 +106,18 @@ def test_api_replaces_an_existing_output_only_with_force(explainer: Explainer, q
 
 
 @pytest.mark.parametrize("renameat2", [True, False], ids=["renameat2", "hard link"])
-def test_a_file_that_appears_during_the_run_is_kept(renameat2: bool, tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_file_that_appears_during_the_run_is_kept(
+    renameat2: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     if not renameat2:
         monkeypatch.setattr(publish, "_rename_noreplace", lambda src, dst: None)
     dst = tmp_path / "out.txt"
-    with pytest.raises(OutputError, match="appeared while this run was writing it") as info:
-        with publish.atomic_output(dst) as tmp:
-            tmp.write_text("this run")
-            dst.write_text("another run")
+    with (
+        pytest.raises(OutputError, match="appeared while this run was writing it") as info,
+        publish.atomic_output(dst) as tmp,
+    ):
+        tmp.write_text("this run")
+        dst.write_text("another run")
     assert "--force" in str(info.value)
     assert dst.read_text() == "another run"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]
@@ -132,8 +140,12 @@ def test_a_failed_run_leaves_no_temporary_file(tmp_path: Path) -> None:
 
 # -- stale temporary files ------------------------------------------------------------------------
 def _dead_pid() -> int:
-    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
-                          check=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return int(proc.stdout)
 
 
@@ -143,10 +155,10 @@ def test_stale_temporary_files_are_recognised(tmp_path: Path) -> None:
     host, pid, start = mine.name[: -len(".tmp")].rsplit(".", 3)[1:]
     dead = _dead_pid()
     names = {
-        "own": mine.name,                                                   # this process: running
+        "own": mine.name,  # this process: running
         "dead owner": f".out.parquet.gmcf.{host}.{dead}.{start}.tmp",
         "reused pid": f".out.parquet.gmcf.{host}.{pid}.{int(start) + 1}.tmp",  # same pid, other start
-        "other host": f".out.parquet.gmcf.elsewhere.{dead}.{start}.tmp",     # cannot be judged here
+        "other host": f".out.parquet.gmcf.elsewhere.{dead}.{start}.tmp",  # cannot be judged here
         "earlier version": f".out.parquet.{dead}.tmp",
         "other output": f".other.parquet.gmcf.{host}.{dead}.{start}.tmp",
         "not ours": ".out.parquet.notes.tmp",
@@ -154,7 +166,9 @@ def test_stale_temporary_files_are_recognised(tmp_path: Path) -> None:
     for name in names.values():
         (tmp_path / name).write_text("x")
     removed = publish.remove_stale_temps(dst)
-    assert sorted(p.name for p in removed) == sorted(names[k] for k in ("dead owner", "reused pid", "earlier version"))
+    assert sorted(p.name for p in removed) == sorted(
+        names[k] for k in ("dead owner", "reused pid", "earlier version")
+    )
     left = sorted(p.name for p in tmp_path.iterdir())
     assert left == sorted(names[k] for k in ("own", "other host", "other output", "not ours"))
 
@@ -170,26 +184,44 @@ def test_a_long_output_name_gets_a_temporary_name_that_fits(tmp_path: Path) -> N
 
 # -- OS errors around the output ------------------------------------------------------------------
 @pytest.mark.parametrize("workers", ["1", "2"])
-def test_a_missing_output_folder_is_one_line(workers: str, query_file: Path, adult_bundle: Path,
-                                             tmp_path: Path) -> None:
+def test_a_missing_output_folder_is_one_line(
+    workers: str, query_file: Path, adult_bundle: Path, tmp_path: Path
+) -> None:
     dst = tmp_path / "no" / "such" / "out.parquet"
-    code, stdout, stderr = invoke("explain", str(query_file), "-o", str(dst), "--bundle", str(adult_bundle),
-                                  "--workers", workers, "--batch-size", "100")
+    code, _stdout, stderr = invoke(
+        "explain",
+        str(query_file),
+        "-o",
+        str(dst),
+        "--bundle",
+        str(adult_bundle),
+        "--workers",
+        workers,
+        "--batch-size",
+        "100",
+    )
     lines = stderr.strip().splitlines()
-    assert code == 1 and lines == [f"error: cannot write {dst}: the folder {dst.parent} does not exist"], stderr
+    assert code == 1 and lines == [
+        f"error: cannot write {dst}: the folder {dst.parent} does not exist"
+    ], stderr
     assert not (tmp_path / "no").exists()
 
 
-def test_api_a_missing_output_folder_is_one_line(explainer: Explainer, query_file: Path, tmp_path: Path) -> None:
+def test_api_a_missing_output_folder_is_one_line(
+    explainer: Explainer, query_file: Path, tmp_path: Path
+) -> None:
     with pytest.raises(OutputError, match="does not exist"):
         explainer.explain_parquet(query_file, tmp_path / "missing" / "out.parquet")
 
 
-def test_an_output_that_is_a_folder_is_one_line(query_file: Path, adult_bundle: Path, tmp_path: Path) -> None:
+def test_an_output_that_is_a_folder_is_one_line(
+    query_file: Path, adult_bundle: Path, tmp_path: Path
+) -> None:
     folder = tmp_path / "out.parquet"
     folder.mkdir()
-    code, stdout, stderr = invoke("explain", str(query_file), "-o", str(folder), "--bundle", str(adult_bundle),
-                                  "--force")
+    code, stdout, stderr = invoke(
+        "explain", str(query_file), "-o", str(folder), "--bundle", str(adult_bundle), "--force"
+    )
     assert_clean_failure(code, stdout, stderr, folder, str(folder), "is a folder")
 
 
@@ -198,8 +230,11 @@ def read_only_folder() -> Iterator[Path]:
     """A read-only tmpfs (root only; skipped where it cannot be mounted)."""
     folder = Path(tempfile.mkdtemp(prefix="gmcf-ro-"))
     try:
-        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)],
-                                 capture_output=True, text=True)
+        mounted = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)],
+            capture_output=True,
+            text=True,
+        )
     except OSError as exc:
         folder.rmdir()
         pytest.skip(f"cannot run mount: {exc}")
@@ -214,12 +249,25 @@ def read_only_folder() -> Iterator[Path]:
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
-def test_a_read_only_file_system_is_one_line(workers: str, read_only_folder: Path, query_file: Path,
-                                             adult_bundle: Path) -> None:
+def test_a_read_only_file_system_is_one_line(
+    workers: str, read_only_folder: Path, query_file: Path, adult_bundle: Path
+) -> None:
     dst = read_only_folder / "out.parquet"
-    code, stdout, stderr = invoke("explain", str(query_file), "-o", str(dst), "--bundle", str(adult_bundle),
-                                  "--workers", workers, "--batch-size", "100")
-    assert_clean_failure(code, stdout, stderr, read_only_folder, f"cannot write {dst}: read-only file system")
+    code, stdout, stderr = invoke(
+        "explain",
+        str(query_file),
+        "-o",
+        str(dst),
+        "--bundle",
+        str(adult_bundle),
+        "--workers",
+        workers,
+        "--batch-size",
+        "100",
+    )
+    assert_clean_failure(
+        code, stdout, stderr, read_only_folder, f"cannot write {dst}: read-only file system"
+    )
 
 
 def _drop_dac_override() -> None:
@@ -231,7 +279,9 @@ def _drop_dac_override() -> None:
         os._exit(97)
 
 
-def test_a_folder_without_write_permission_is_one_line(query_file: Path, adult_bundle: Path) -> None:
+def test_a_folder_without_write_permission_is_one_line(
+    query_file: Path, adult_bundle: Path
+) -> None:
     """As an ordinary user; root is not stopped by permissions, so as root the run is done
     without the capability that lets it ignore them."""
     base = Path(tempfile.mkdtemp(prefix="gmcf-perm-"))
@@ -243,8 +293,17 @@ def test_a_folder_without_write_permission_is_one_line(query_file: Path, adult_b
         (base / "queries.parquet").chmod(0o644)
         locked.chmod(0o555)
         dst = locked / "out.parquet"
-        cmd = [sys.executable, "-m", "gmcf.cli.main", "explain", str(base / "queries.parquet"), "-o", str(dst),
-               "--bundle", str(adult_bundle)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "gmcf.cli.main",
+            "explain",
+            str(base / "queries.parquet"),
+            "-o",
+            str(dst),
+            "--bundle",
+            str(adult_bundle),
+        ]
         drop = _drop_dac_override if os.geteuid() == 0 else None
         if drop is not None:
             probe = subprocess.run(["true"], preexec_fn=drop)
@@ -253,7 +312,10 @@ def test_a_folder_without_write_permission_is_one_line(query_file: Path, adult_b
         done = subprocess.run(cmd, preexec_fn=drop, capture_output=True, text=True, cwd=base)
         lines = done.stderr.strip().splitlines()
         assert done.returncode == 1 and len(lines) == 1, done.stderr
-        assert lines[0] == f"error: cannot write {dst}: permission denied (cannot create files in {locked})"
+        assert (
+            lines[0]
+            == f"error: cannot write {dst}: permission denied (cannot create files in {locked})"
+        )
         assert list(locked.iterdir()) == []
     finally:
         shutil.rmtree(base)
@@ -265,20 +327,46 @@ def test_output_errors_name_the_cause() -> None:
     dst = Path(tempfile.gettempdir()) / "out.parquet"
     assert publish.os_cause(OSError(errno.ENOSPC, "x")) == "no space left on device"
     # pyarrow's I/O errors carry the errno in their text only
-    assert publish.os_cause(OSError("Error writing bytes to file. Detail: [errno 28] No space left on device")) \
+    assert (
+        publish.os_cause(
+            OSError("Error writing bytes to file. Detail: [errno 28] No space left on device")
+        )
         == "no space left on device"
-    assert str(publish.output_error(OSError(errno.EROFS, "x"), dst)) == f"cannot write {dst}: read-only file system"
-    assert str(publish.output_error(OSError(errno.EDQUOT, "x"), dst)) == f"cannot write {dst}: disk quota exceeded"
+    )
+    assert (
+        str(publish.output_error(OSError(errno.EROFS, "x"), dst))
+        == f"cannot write {dst}: read-only file system"
+    )
+    assert (
+        str(publish.output_error(OSError(errno.EDQUOT, "x"), dst))
+        == f"cannot write {dst}: disk quota exceeded"
+    )
 
 
 # -- the run's summary ----------------------------------------------------------------------------
-def test_summary_json_says_what_ran_and_how_it_ended(query_file: Path, adult_bundle: Path, tmp_path: Path) -> None:
+def test_summary_json_says_what_ran_and_how_it_ended(
+    query_file: Path, adult_bundle: Path, tmp_path: Path
+) -> None:
     dst, summary = tmp_path / "out.parquet", tmp_path / "reports" / "run.json"
     summary.parent.mkdir()
-    code, stdout, stderr = invoke("explain", str(query_file), "-o", str(dst), "--bundle", str(adult_bundle),
-                                  "--id-column", "id", "--workers", "2", "--batch-size", "100",
-                                  "--summary-json", str(summary))
+    code, stdout, stderr = invoke(
+        "explain",
+        str(query_file),
+        "-o",
+        str(dst),
+        "--bundle",
+        str(adult_bundle),
+        "--id-column",
+        "id",
+        "--workers",
+        "2",
+        "--batch-size",
+        "100",
+        "--summary-json",
+        str(summary),
+    )
     assert code == 0, stderr
+    assert f"wrote {dst}" in stdout
     record = json.loads(summary.read_text())
     status = pq.read_table(dst, columns=["status"]).column("status").to_pylist()
     assert record["status"] == "ok" and record["exit_code"] == 0 and record["error"] is None
@@ -295,30 +383,57 @@ def test_summary_json_says_what_ran_and_how_it_ended(query_file: Path, adult_bun
     assert record["bundle"]["id"] == f"adult@{manifest['created']}"
     assert record["version"] == package_version()
     assert record["settings"]["workers"] == 2 and record["settings"]["range_margin"] == 0.05
-    assert sorted(p.name for p in summary.parent.iterdir()) == ["run.json"]  # no temporary file left
+    assert sorted(p.name for p in summary.parent.iterdir()) == [
+        "run.json"
+    ]  # no temporary file left
 
     # a failed run says so, and replaces the previous summary
-    code, stdout, stderr = invoke("explain", str(query_file), "-o", str(dst), "--bundle", str(adult_bundle),
-                                  "--summary-json", str(summary))
+    code, _stdout, stderr = invoke(
+        "explain",
+        str(query_file),
+        "-o",
+        str(dst),
+        "--bundle",
+        str(adult_bundle),
+        "--summary-json",
+        str(summary),
+    )
     assert code == 1
     record = json.loads(summary.read_text())
     assert record["status"] == "error" and record["exit_code"] == 1 and "exists" in record["error"]
     assert record["output_written"] is False and "rows" not in record
 
 
-def test_summary_json_is_never_the_input_or_the_output(query_file: Path, adult_bundle: Path, tmp_path: Path) -> None:
+def test_summary_json_is_never_the_input_or_the_output(
+    query_file: Path, adult_bundle: Path, tmp_path: Path
+) -> None:
     before = query_file.read_bytes()
     for target in (query_file, tmp_path / "out.parquet"):
-        code, stdout, stderr = invoke("explain", str(query_file), "-o", str(tmp_path / "out.parquet"),
-                                      "--bundle", str(adult_bundle), "--summary-json", str(target))
-        assert code == 1 and "is the input file" in stderr and len(stderr.strip().splitlines()) == 1, stderr
+        code, _stdout, stderr = invoke(
+            "explain",
+            str(query_file),
+            "-o",
+            str(tmp_path / "out.parquet"),
+            "--bundle",
+            str(adult_bundle),
+            "--summary-json",
+            str(target),
+        )
+        assert (
+            code == 1 and "is the input file" in stderr and len(stderr.strip().splitlines()) == 1
+        ), stderr
     assert query_file.read_bytes() == before
     assert not (tmp_path / "out.parquet").exists()
 
 
 # -- workers --------------------------------------------------------------------------------------
-def test_workers_are_capped_by_the_number_of_batches(explainer: Explainer, query_file: Path, tmp_path: Path,
-                                                     adult_bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_workers_are_capped_by_the_number_of_batches(
+    explainer: Explainer,
+    query_file: Path,
+    tmp_path: Path,
+    adult_bundle: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     # three row groups of 100 rows: 3 batches of 100, 6 of 50, 1 of 1,000 per group (3)
     assert [count_batches(query_file, b) for b in (100, 50, 1000)] == [3, 6, 3]
     import gmcf.runtime.parallel as parallel
@@ -340,8 +455,18 @@ def test_workers_are_capped_by_the_number_of_batches(explainer: Explainer, query
     explain_parquet_parallel(explainer, one, tmp_path / "c.parquet", 100)
     assert started == [3, 3]  # one batch: in-process, no pool at all
     summary = tmp_path / "run.json"
-    code, _, stderr = invoke("explain", str(one), "-o", str(tmp_path / "d.parquet"), "--bundle", str(adult_bundle),
-                             "--workers", "100", "--summary-json", str(summary))
+    code, _, stderr = invoke(
+        "explain",
+        str(one),
+        "-o",
+        str(tmp_path / "d.parquet"),
+        "--bundle",
+        str(adult_bundle),
+        "--workers",
+        "100",
+        "--summary-json",
+        str(summary),
+    )
     assert code == 0, stderr
     assert json.loads(summary.read_text())["settings"]["workers"] == 1
     assert started == [3, 3]
