@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import shlex
 import sys
+from dataclasses import replace
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -22,6 +23,11 @@ from rich.progress import (
 )
 
 from gmcf.runtime.errors import GmcfError
+from gmcf.runtime.settings import DEFAULT_BATCH_SIZE
+
+if TYPE_CHECKING:
+    from gmcf.runtime.run_summary import RunRecord
+    from gmcf.runtime.status import Summary
 
 app = typer.Typer(
     help="Counterfactual explanations at scale: what would have to change for the decision to go the other way.",
@@ -72,7 +78,7 @@ def explain(
     steps: Annotated[int | None, typer.Option(help="Points on the alpha grid in (0, 1].")] = None,
     refine: Annotated[bool | None, typer.Option("--refine/--no-refine", help="Bisect a crossing that overshoots T + tol.")] = None,
     extrapolate: Annotated[bool | None, typer.Option("--extrapolate/--no-extrapolate", help="Walk past mu_1 when the path never crosses T.")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Rows read, searched and written at a time \\[default: 65,536 tabular rows; ~2,700 images].")] = None,
+    batch_size: Annotated[int | None, typer.Option(help=f"Rows read, searched and written at a time \\[default: {DEFAULT_BATCH_SIZE:,} tabular rows; ~2,700 images].")] = None,
     threads: Annotated[int, typer.Option(help="onnxruntime intra-op threads per worker.")] = 1,
     workers: Annotated[int, typer.Option(help="Worker processes [default 0: one per core, at most one per batch].")] = 0,
     id_column: Annotated[str | None, typer.Option(help="Column passed through to the output to identify rows.")] = None,
@@ -136,17 +142,19 @@ def explain(
 
 
 def _explain_file(
-    input: Path, output: Path, bundle: Path, record: Any, *, force: bool, threshold: float | None,
+    input: Path, output: Path, bundle: Path, record: RunRecord, *, force: bool, threshold: float | None,
     tol: float | None, steps: int | None, refine: bool | None, extrapolate: bool | None, batch_size: int | None,
     threads: int, workers: int, id_column: str | None, num_cfs: int, constraints: Path | None,
     immutable: list[str] | None, increase_only: list[str] | None, decrease_only: list[str] | None,
     range_: list[str] | None, allow: list[str] | None, range_margin: float | None,
-) -> Any:
+) -> Summary:
     """The explain run itself; raises GmcfError (one line) or Stopped."""
     from gmcf.runtime import publish
     from gmcf.runtime.constraints import Constraints
-    from gmcf.runtime.explainer import Explainer, default_batch_size
-    from gmcf.runtime.parallel import auto_workers, count_batches, explain_parquet_parallel
+    from gmcf.runtime.explainer import Explainer
+    from gmcf.runtime.parallel import auto_workers, explain_parquet_parallel
+    from gmcf.runtime.read import count_batches
+    from gmcf.runtime.settings import batch_size_for
 
     publish.check_output(output, force, input)
     if workers < 0:
@@ -162,7 +170,7 @@ def _explain_file(
                                tol=tol, steps=steps, refine=refine, extrapolate=extrapolate,
                                range_margin=range_margin)
     record.manifest = ex.bundle.manifest
-    batch = default_batch_size(ex.bundle.preprocessor.width) if batch_size is None else batch_size
+    batch = batch_size_for(batch_size, ex.bundle.preprocessor.width)
     if workers == 0:
         workers = auto_workers(input, batch)
     workers = min(workers, max(1, count_batches(input, batch)))
@@ -195,17 +203,17 @@ def inspect(
     except GmcfError as exc:
         fail(str(exc))
     if as_json:
-        out.print_json(json.dumps({"manifest": b.manifest, "report": b.report}))
+        out.print_json(json.dumps({"manifest": b.manifest.to_dict(), "report": b.report}))
         return
     m, r = b.manifest, b.report
     pre = b.preprocessor
-    out.print(f"[bold]{b.path}[/]  format {m['format_version']}, dataset {m.get('dataset')}, checksums ok")
-    out.print(f"command: {m.get('command')}", highlight=False)
-    out.print(f"label {m['schema']['label']!r}, positive class {m['schema']['positive_class']!r}", highlight=False)
+    out.print(f"[bold]{b.path}[/]  format {m.format_version}, dataset {m.dataset}, checksums ok")
+    out.print(f"command: {m.command}", highlight=False)
+    out.print(f"label {m.label!r}, positive class {m.positive_class!r}", highlight=False)
     for f in pre.features:
-        detail = f"[{f.lo:g}, {f.hi:g}]" if f.is_numeric else f"{len(f.categories)} categories"
+        detail = f"[{f.lo:g}, {f.hi:g}]" if not f.is_categorical else f"{len(f.categories)} categories"
         out.print(f"  {f.name:<20} {f.kind:<12} {detail}", highlight=False)
-    out.print(f"latent z {m['latent']['dim']} dims, z_u {m['latent']['u_dim']} dims; mu_1 = {b.mu_1}", highlight=False)
+    out.print(f"latent z {m.latent.dim} dims, z_u {m.latent.u_dim} dims; mu_1 = {b.mu_1}", highlight=False)
     out.print(f"search defaults: {b.search.to_dict()}", highlight=False)
     if r:
         out.print(_report_lines(r), highlight=False)
@@ -226,7 +234,7 @@ def train(
     dataset: Annotated[str | None, typer.Argument(help="Shipped dataset: adult, lending-club or mnist-1-to-7.")] = None,
     data: Annotated[Path | None, typer.Option(help="Your own CSV or Parquet file (with --schema).")] = None,
     schema: Annotated[Path | None, typer.Option(help="JSON or TOML feature schema for --data.")] = None,
-    output: Annotated[Path | None, typer.Option("-o", "--output", help="Bundle folder \\[default: exported/DATASET].")] = None,
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Bundle folder \\[default: ./DATASET, in the current folder].")] = None,
     classifier: Annotated[Path | None, typer.Option(help="ONNX classifier to explain \\[default: train the paper's MLP].")] = None,
     epochs: Annotated[int | None, typer.Option(help="Epochs of Algorithm 1 [paper: 100; MNIST 20].")] = None,
     lambda_adv: Annotated[float | None, typer.Option(help="Weight of the adversarial loss [paper: 0.05].")] = None,
@@ -238,7 +246,7 @@ def train(
     """Train the classifier (unless given) and the explainer; export an ONNX bundle."""
     try:
         from gmcf.trainer.fit import TrainConfig
-        from gmcf.trainer.images import default_settings
+        from gmcf.trainer.images import dataset_config
         from gmcf.trainer.pipeline import Callbacks, train_bundle
     except ImportError as exc:
         if exc.name in ("torch", "onnx"):
@@ -259,10 +267,14 @@ def train(
         else:
             assert dataset is not None
             ds = load_dataset(dataset)
-        overrides = {k: v for k, v in {"epochs": epochs, "lambda_adv": lambda_adv, "lambda_lkd": lambda_lkd}.items() if v is not None}
-        settings = {**default_settings(ds.schema), **overrides}
-        cfg = TrainConfig(seed=seed, threads=threads, **settings)  # type: ignore[arg-type]
-        dest = output or EXPORTED / ds.name
+        cfg = dataset_config(ds.schema, TrainConfig(seed=seed, threads=threads))
+        cfg = replace(
+            cfg,
+            epochs=cfg.epochs if epochs is None else epochs,
+            lambda_adv=cfg.lambda_adv if lambda_adv is None else lambda_adv,
+            lambda_lkd=cfg.lambda_lkd if lambda_lkd is None else lambda_lkd,
+        )
+        dest = output or Path(ds.name)
         command = shlex.join(["gmcf-batch", *sys.argv[1:]]) if sys.argv[0].endswith("gmcf-batch") else None
         with _progress() as bar:
             tasks: dict[str, Any] = {}
@@ -303,7 +315,6 @@ def evaluate(
     """Reproduce the paper's evaluation: train on 80%, explain the held-out rows f rejects, and
     report mean ± SD over repetitions for GMCF, GDL and the peers."""
     import time
-    from dataclasses import replace
 
     try:
         from gmcf.trainer.evaluate import EvalConfig, check_methods, write_results
@@ -324,13 +335,12 @@ def evaluate(
         ds = load_dataset(dataset)
         wanted = tuple(m.strip() for m in methods.split(",") if m.strip())
         check_methods(wanted)
-        from gmcf.trainer.images import default_settings
+        from gmcf.trainer.images import dataset_config
 
         # The dataset's own training settings (images: the paper's MNIST settings), as `train` uses.
-        settings: dict[str, Any] = {**default_settings(ds.schema), "threads": threads}
+        train = dataset_config(ds.schema, TrainConfig(threads=threads))
         if epochs is not None:
-            settings["epochs"] = epochs
-        train = TrainConfig(**settings)
+            train = replace(train, epochs=epochs)
         cfg = EvalConfig(reps=reps, methods=wanted, seed=seed, max_queries=max_queries,
                          single_queries=single_queries, slow_queries=slow_queries, cfrl_steps=cfrl_steps,
                          rows=rows, train=train)
@@ -410,8 +420,7 @@ def plot(
 
     path = Path(bundle) if Path(bundle).is_dir() else EXPORTED / bundle
     try:
-        settings = {k: v for k, v in (("threshold", threshold), ("tol", tol)) if v is not None}
-        written = plot_figures(path, out_dir, seed=seed, **settings)
+        written = plot_figures(path, out_dir, seed=seed, threshold=threshold, tol=tol)
     except GmcfError as exc:
         fail(str(exc))
     for p in written:

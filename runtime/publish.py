@@ -29,10 +29,6 @@ import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
-
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from gmcf.runtime import stops
 from gmcf.runtime.errors import OutputError
@@ -292,50 +288,3 @@ def atomic_output(dst: str | Path, force: bool = False) -> Iterator[Path]:
         with contextlib.suppress(OSError):  # a clean-up error must not hide the real one
             tmp.unlink()
         _OWN.discard(tmp)
-
-
-class ParquetOutput:
-    """A ``pq.ParquetWriter`` whose OS errors (disk full, I/O) are one-line ``OutputError``s."""
-
-    def __init__(self, writer: pq.ParquetWriter, dst: Path) -> None:
-        self._writer = writer
-        self.dst = dst
-
-    def write_batch(self, batch: pa.RecordBatch) -> None:
-        try:
-            self._writer.write_batch(batch)
-        except OSError as exc:
-            raise output_error(exc, self.dst) from exc
-
-
-@contextlib.contextmanager
-def atomic_parquet_writer(
-    dst: str | Path, schema: pa.Schema, force: bool = False, **options: Any
-) -> Iterator[ParquetOutput]:
-    """A Parquet writer on a temporary file beside ``dst``, published by ``atomic_output``."""
-    dst = Path(dst)
-    with atomic_output(dst, force) as tmp:
-        try:
-            writer = pq.ParquetWriter(tmp, schema, **options)
-        except OSError as exc:
-            raise output_error(exc, dst) from exc
-        try:
-            yield ParquetOutput(writer, dst)
-        except BaseException:
-            with contextlib.suppress(Exception):
-                writer.close()
-            raise
-        try:
-            writer.close()
-        except OSError as exc:
-            raise output_error(exc, dst) from exc
-
-
-def write_text_atomically(dst: str | Path, text: str) -> None:
-    """Write a small text file (a run summary) through a temporary file; replaces ``dst``."""
-    dst = Path(dst)
-    with atomic_output(dst, force=True) as tmp:
-        try:
-            tmp.write_text(text)
-        except OSError as exc:
-            raise output_error(exc, dst) from exc

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from gmcf.runtime.bundle import MANIFEST, sha256_file
-from gmcf.runtime.publish import write_text_atomically
+from gmcf.runtime.manifest import Manifest
+from gmcf.runtime.write import write_text
 
 #: Version of the summary's layout; a new key does not change it, a changed meaning does.
 SUMMARY_FORMAT = 1
@@ -29,24 +30,18 @@ def package_version() -> str:
         return "unknown"
 
 
-def bundle_identity(path: Path, manifest: dict[str, Any] | None) -> dict[str, Any]:
+def bundle_identity(path: Path, manifest: Manifest | None) -> dict[str, Any]:
     """The bundle's folder, id (its dataset and creation time) and checksum: the sha256 of its
-    manifest, which holds the sha256 of every other file, so it pins the whole bundle."""
+    manifest, which holds the sha256 of every other file, so it pins the whole bundle. Without
+    a loaded manifest (the bundle could not be read) only the folder is known."""
     manifest_file = path / MANIFEST
-    checksum = (
-        sha256_file(manifest_file) if manifest is not None and manifest_file.is_file() else None
-    )
-    ident = None
-    if manifest is not None:
-        ident = (
-            manifest.get("id")
-            or f"{manifest.get('dataset', path.name)}@{manifest.get('created', '?')}"
-        )
+    if manifest is None or not manifest_file.is_file():
+        return {"path": str(path.resolve()), "id": None, "checksum": None, "format_version": None}
     return {
         "path": str(path.resolve()),
-        "id": ident,
-        "checksum": f"sha256:{checksum}" if checksum else None,
-        "format_version": None if manifest is None else manifest.get("format_version"),
+        "id": f"{manifest.dataset or path.name}@{manifest.created or '?'}",
+        "checksum": f"sha256:{sha256_file(manifest_file)}",
+        "format_version": manifest.format_version,
     }
 
 
@@ -58,7 +53,7 @@ class RunRecord:
     output: Path
     bundle: Path
     started: float = field(default_factory=time.time)
-    manifest: dict[str, Any] | None = None
+    manifest: Manifest | None = None
     settings: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(
@@ -97,4 +92,4 @@ def _iso(t: float) -> str:
 
 
 def write_summary_json(path: str | Path, summary: dict[str, Any]) -> None:
-    write_text_atomically(path, json.dumps(summary, indent=2, allow_nan=False) + "\n")
+    write_text(Path(path), json.dumps(summary, indent=2, allow_nan=False) + "\n")

@@ -3,6 +3,7 @@ and export parity of the convolutional graphs."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,7 @@ def mnist() -> pa.Table:
 
 @pytest.fixture(scope="module")
 def pre() -> ImagePreprocessor:
-    p = Preprocessor.from_dict(Explainer.from_bundle(MNIST).bundle.manifest["preprocessing"])
+    p = Preprocessor.from_dict(Explainer.from_bundle(MNIST).bundle.manifest.preprocessing.to_dict())
     assert isinstance(p, ImagePreprocessor)
     return p
 
@@ -207,7 +208,7 @@ def test_image_graphs_match_torch() -> None:
 
     from gmcf.trainer.export import PlainSearchFront, export_classifier, export_graphs
     from gmcf.trainer.fit import TrainConfig, fit_gmcf
-    from gmcf.trainer.images import MNIST_SETTINGS
+    from gmcf.trainer.images import mnist_config
     from gmcf.trainer.model import ReferenceClassifier
     from gmcf.trainer.pipeline import networks_for
 
@@ -217,7 +218,7 @@ def test_image_graphs_match_torch() -> None:
     pre = Preprocessor.fit(ds.table, ds.schema.features)
     x, _ = pre.transform(ds.table.take(pa.array(rows)))
     y = (ds.table.column("digit").to_numpy()[rows] == 7).astype(np.int64)
-    cfg = TrainConfig(**{**MNIST_SETTINGS, "epochs": 1, "select_every": 0})
+    cfg = replace(mnist_config(TrainConfig()), epochs=1, select_every=0)
     model, _ = fit_gmcf(x, y, pre.n_numeric, pre.cat_sizes, cfg, networks=networks_for(pre, cfg))
     clf = ReferenceClassifier(784, cfg.classifier_hidden).eval()
     graphs = export_graphs(model, pre, export_classifier(clf, 784))
