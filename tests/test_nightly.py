@@ -140,10 +140,16 @@ needs_proc = pytest.mark.skipif(
 # -- signals --------------------------------------------------------------------------------------
 @needs_proc
 @pytest.mark.parametrize(
-    ("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130), (signal.SIGHUP, 129)]
+    ("sig", "code", "workers"),
+    [
+        (signal.SIGTERM, 143, 2),
+        (signal.SIGINT, 130, 2),
+        (signal.SIGHUP, 129, 2),
+        (signal.SIGTERM, 143, 1),
+    ],
 )
 def test_a_signal_stops_the_run_cleanly(
-    big_file: Path, tmp_path: Path, sig: signal.Signals, code: int
+    big_file: Path, tmp_path: Path, sig: signal.Signals, code: int, workers: int
 ) -> None:
     out_dir = tmp_path / "out"
     out_dir.mkdir()
@@ -153,16 +159,16 @@ def test_a_signal_stops_the_run_cleanly(
             big_file,
             out_dir / "explained.parquet",
             "--workers",
-            "2",
+            str(workers),
             "--summary-json",
             str(summary),
         )
     )
-    workers = wait_until_writing(proc, out_dir, 2)
+    pids = wait_until_writing(proc, out_dir, workers if workers > 1 else 0)
     sent = time.monotonic()
     proc.send_signal(sig)
     rc, stdout, stderr = finish(proc, timeout=WORKERS_GONE_WITHIN)
-    assert wait_gone(workers, WORKERS_GONE_WITHIN - (time.monotonic() - sent)) == []
+    assert wait_gone(pids, WORKERS_GONE_WITHIN - (time.monotonic() - sent)) == []
     assert rc == code
     lines = stderr.strip().splitlines()
     assert lines == [f"error: stopped by {sig.name}; no output written"], stderr
