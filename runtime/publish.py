@@ -35,8 +35,6 @@ from gmcf.runtime.errors import OutputError
 
 _SUFFIX = ".tmp"
 _MARK = ".gmcf."
-#: Temporary files this process owns right now (removed by ``remove_own_temps`` on a stop).
-_OWN: set[Path] = set()
 
 _CAUSES = {
     errno.ENOENT: "no such file or folder",
@@ -185,18 +183,12 @@ def remove_stale_temps(dst: Path) -> list[Path]:
         if name.startswith(".") and name.endswith(_SUFFIX):
             tmp = dst.parent / name
             if owner_gone(tmp, dst):
-                with contextlib.suppress(FileNotFoundError):
+                try:
                     tmp.unlink()
-                    removed.append(tmp)
+                except OSError:  # gone meanwhile, or a folder the write will report on
+                    continue
+                removed.append(tmp)
     return removed
-
-
-def remove_own_temps() -> None:
-    """Remove every temporary file this process is writing (a stop that skips normal unwinding)."""
-    for tmp in list(_OWN):
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        _OWN.discard(tmp)
 
 
 # -- publication ----------------------------------------------------------------------------------
@@ -273,7 +265,6 @@ def atomic_output(dst: str | Path, force: bool = False) -> Iterator[Path]:
         os.close(fd)
     except OSError as exc:
         raise output_error(exc, dst) from exc
-    _OWN.add(tmp)
     try:
         yield tmp
         try:
@@ -287,4 +278,3 @@ def atomic_output(dst: str | Path, force: bool = False) -> Iterator[Path]:
     finally:
         with contextlib.suppress(OSError):  # a clean-up error must not hide the real one
             tmp.unlink()
-        _OWN.discard(tmp)
