@@ -27,6 +27,9 @@ import pyarrow.parquet as pq
 import pytest
 from helpers import adult_queries
 
+#: Subprocess runs on millions of rows: a few seconds each.
+pytestmark = pytest.mark.slow
+
 BIG_ROWS = 2_000_000
 WORKERS_GONE_WITHIN = 10.0
 

@@ -17,7 +17,7 @@ from gmcf.runtime import Explainer
 from gmcf.runtime.errors import ConstraintError, InputError, SchemaError
 from gmcf.runtime.schema import DataSchema, ImagePreprocessor, Preprocessor, usable_rows
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 MNIST = ROOT / "exported" / "mnist-1-to-7"
 N = 12
 
@@ -282,6 +282,7 @@ def _png_size(path: Path) -> tuple[int, int]:
     return int.from_bytes(head[:4], "big"), int.from_bytes(head[4:], "big")
 
 
+@pytest.mark.slow
 def test_plot_at_the_boundary_draws_one_counterfactual_row_and_checks_its_threshold(tmp_path: Path) -> None:
     """The bundle's T = 0.99 adds a row of boundary counterfactuals to Figure 2; at T = 0.5 there
     is nothing to compare with, so the figure is shorter. A bad threshold is a one-line error."""
