@@ -105,9 +105,9 @@ def explain(
     record = RunRecord(input, output, bundle)
     if summary_json is not None:
         try:  # a summary that cannot be written, or would land on the input or output, is not written
-            publish.check_output(summary_json, True, input, output)
+            publish.check_output(summary_json, True, input, output, label="summary")
         except GmcfError as exc:
-            fail(f"summary: {exc}")
+            fail(str(exc))
     with stops.stop_on_signals():
         try:
             summary = _explain_file(input, output, bundle, record, force=force, threshold=threshold, tol=tol,

@@ -91,18 +91,20 @@ def same_file(a: str | Path, b: str | Path) -> bool:
         return Path(a).resolve() == Path(b).resolve()
 
 
-def check_output(dst: Path, force: bool = False, *inputs: Path) -> None:
+def check_output(dst: Path, force: bool = False, *inputs: Path, label: str = "output") -> None:
     """Refuse, before any work, an output that is one of ``inputs``, a folder, already there
-    (without ``force``), or in a folder that does not exist."""
+    (without ``force``), or in a folder that does not exist. ``label`` names it in the message."""
     for src in inputs:
         if same_file(src, dst):
             raise OutputError(
-                f"output {dst} is the input file {src}; the output must differ from the input"
+                f"{label} {dst} is the input file {src}; the {label} must differ from the input"
+                if label == "output" or src == inputs[0]
+                else f"{label} {dst} is the output file {src}; they must differ"
             )
     if dst.is_dir():
-        raise OutputError(f"output {dst} is a folder; give a file name")
+        raise OutputError(f"{label} {dst} is a folder; give a file name")
     if (dst.exists() or dst.is_symlink()) and not force:
-        raise OutputError(f"output {dst} exists; pass --force (force=True) to overwrite it")
+        raise OutputError(f"{label} {dst} exists; pass --force (force=True) to overwrite it")
     if not dst.parent.is_dir():
         what = "does not exist" if not dst.parent.exists() else "is not a folder"
         raise OutputError(f"cannot write {dst}: the folder {dst.parent} {what}")

@@ -408,7 +408,10 @@ def test_summary_json_is_never_the_input_or_the_output(
     query_file: Path, adult_bundle: Path, tmp_path: Path
 ) -> None:
     before = query_file.read_bytes()
-    for target in (query_file, tmp_path / "out.parquet"):
+    for target, words in (
+        (query_file, "is the input file"),
+        (tmp_path / "out.parquet", "is the output file"),
+    ):
         code, _stdout, stderr = invoke(
             "explain",
             str(query_file),
@@ -419,9 +422,9 @@ def test_summary_json_is_never_the_input_or_the_output(
             "--summary-json",
             str(target),
         )
-        assert (
-            code == 1 and "is the input file" in stderr and len(stderr.strip().splitlines()) == 1
-        ), stderr
+        lines = stderr.strip().splitlines()
+        assert code == 1 and len(lines) == 1, stderr
+        assert lines[0].startswith(f"error: summary {target} ") and words in lines[0], lines
     assert query_file.read_bytes() == before
     assert not (tmp_path / "out.parquet").exists()
 
