@@ -30,6 +30,8 @@ EXIT_CODES: dict[str, int] = {s.name: 128 + int(s) for s in STOP_SIGNALS}
 
 _PR_SET_PDEATHSIG = 1
 _armed = False
+_holding = False
+_pending: int | None = None
 
 
 class Stopped(BaseException):
@@ -50,10 +52,14 @@ class Stopped(BaseException):
 
 
 def _on_signal(signum: int, frame: FrameType | None) -> None:
-    global _armed
-    if _armed:
-        _armed = False
-        raise Stopped(signum)
+    global _armed, _pending
+    if not _armed:
+        return
+    if _holding:
+        _pending = _pending or signum
+        return
+    _armed = False
+    raise Stopped(signum)
 
 
 def _in_main_thread() -> bool:
@@ -80,22 +86,29 @@ def stop_on_signals() -> Iterator[None]:
 
 def disarm() -> None:
     """The run's result is in place: from now on a signal no longer stops it."""
-    global _armed
+    global _armed, _pending
     _armed = False
+    _pending = None
 
 
 @contextlib.contextmanager
 def held() -> Iterator[None]:
-    """Hold the stop signals back during a step that must not be cut in two (a rename and its
-    bookkeeping); they are delivered when the block ends."""
-    if not (_in_main_thread() and hasattr(signal, "pthread_sigmask")):
-        yield
-        return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    """Hold a stop back during a step that must not be cut in two (a rename and its
+    bookkeeping): a signal that arrives meanwhile stops the run when the step is done, unless the
+    step disarmed it. (Held in Python, not with a signal mask: the kernel would hand a masked
+    signal to another thread, and Python runs every handler in the main thread anyway.)"""
+    global _holding, _pending, _armed
+    outer = _holding
+    _holding = True
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        _holding = outer
+    if not outer and _pending is not None:
+        signum, _pending = _pending, None
+        if _armed:
+            _armed = False
+            raise Stopped(signum)
 
 
 # -- workers --------------------------------------------------------------------------------------
