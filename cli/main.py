@@ -119,6 +119,7 @@ def explain(
         except GmcfError as exc:
             status, code, message, summary = "error", 1, str(exc), None
         except stops.Stopped as stop:
+            stops.exit_within(stop.exit_code)  # even if a pool thread was cut at a bad moment
             status, code, message, summary = "stopped", stop.exit_code, f"{stop}; no output written", None
         stops.disarm()  # from here on the run only reports how it ended
         if summary_json is not None:

@@ -111,6 +111,21 @@ def held() -> Iterator[None]:
             raise Stopped(signum)
 
 
+def exit_within(code: int, seconds: float = 5.0) -> None:
+    """A safety net for a stopped process: end it with ``code`` after ``seconds`` if it has not
+    ended by itself (a library thread cut by the signal at a bad moment could otherwise keep the
+    interpreter waiting at exit). A daemon thread: it never delays a normal exit."""
+
+    def end() -> None:
+        time.sleep(seconds)
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(code)
+
+    threading.Thread(target=end, name="gmcf-exit-within", daemon=True).start()
+
+
 # -- workers --------------------------------------------------------------------------------------
 def worker_setup(parent: int) -> None:
     """First thing in a worker process: default handling of SIGTERM and SIGHUP (a worker has

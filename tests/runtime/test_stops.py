@@ -100,3 +100,22 @@ def test_a_worker_dies_with_its_parent(fallback: bool) -> None:
     while _alive(child) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not _alive(child)
+
+
+def test_a_stopped_process_ends_even_if_a_thread_hangs() -> None:
+    """The interpreter waits for non-daemon threads at exit; after a stop it must not wait long."""
+    script = textwrap.dedent(
+        """
+        import threading
+        from gmcf.runtime import stops
+        threading.Thread(target=threading.Event().wait).start()  # never ends
+        stops.exit_within(143, 0.2)
+        print("stopping", flush=True)
+        """
+    )
+    t0 = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 143 and done.stdout == "stopping\n", done
+    assert time.monotonic() - t0 < 10
