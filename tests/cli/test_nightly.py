@@ -16,7 +16,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from helpers import adult_queries
+from helpers import adult_queries, tmpfs
 
 #: Subprocess runs on millions of rows: a few seconds each.
 pytestmark = pytest.mark.slow
@@ -237,24 +236,8 @@ def test_two_runs_to_one_path_never_both_succeed(tmp_path: Path) -> None:
 @pytest.fixture
 def small_disk() -> Iterator[Path]:
     """A 1 MiB tmpfs, mounted for the test (root only)."""
-    folder = Path(tempfile.mkdtemp(prefix="gmcf-full-"))
-    try:
-        mounted = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)],
-            capture_output=True,
-            text=True,
-        )
-    except OSError as exc:
-        folder.rmdir()
-        pytest.skip(f"cannot run mount: {exc}")
-    if mounted.returncode != 0:
-        folder.rmdir()
-        pytest.skip(f"cannot mount a small tmpfs here (needs root): {mounted.stderr.strip()}")
-    try:
+    with tmpfs("size=1m") as folder:
         yield folder
-    finally:
-        subprocess.run(["umount", str(folder)], check=False)
-        folder.rmdir()
 
 
 def test_a_full_disk_is_one_line_and_leaves_nothing(small_disk: Path, tmp_path: Path) -> None:

@@ -24,13 +24,18 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from helpers import adult_queries, assert_clean_failure, invoke
+from helpers import adult_queries, assert_clean_failure, invoke, tmpfs
 
 from gmcf.runtime import Explainer, publish
 from gmcf.runtime.bundle import sha256_file
 from gmcf.runtime.errors import OutputError
 from gmcf.runtime.parallel import count_batches, explain_parquet_parallel
 from gmcf.runtime.run_summary import package_version
+
+
+def explain(src: Path, dst: Path, bundle: Path, *args: str) -> tuple[int, str, str]:
+    """``gmcf-batch explain SRC -o DST --bundle BUNDLE ARGS`` through typer's CliRunner."""
+    return invoke("explain", str(src), "-o", str(dst), "--bundle", str(bundle), *args)
 
 
 @pytest.fixture(scope="module")
@@ -188,17 +193,8 @@ def test_a_missing_output_folder_is_one_line(
     workers: str, query_file: Path, adult_bundle: Path, tmp_path: Path
 ) -> None:
     dst = tmp_path / "no" / "such" / "out.parquet"
-    code, _stdout, stderr = invoke(
-        "explain",
-        str(query_file),
-        "-o",
-        str(dst),
-        "--bundle",
-        str(adult_bundle),
-        "--workers",
-        workers,
-        "--batch-size",
-        "100",
+    code, _stdout, stderr = explain(
+        query_file, dst, adult_bundle, "--workers", workers, "--batch-size", "100"
     )
     lines = stderr.strip().splitlines()
     assert code == 1 and lines == [
@@ -228,24 +224,8 @@ def test_an_output_that_is_a_folder_is_one_line(
 @pytest.fixture
 def read_only_folder() -> Iterator[Path]:
     """A read-only tmpfs (root only; skipped where it cannot be mounted)."""
-    folder = Path(tempfile.mkdtemp(prefix="gmcf-ro-"))
-    try:
-        mounted = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)],
-            capture_output=True,
-            text=True,
-        )
-    except OSError as exc:
-        folder.rmdir()
-        pytest.skip(f"cannot run mount: {exc}")
-    if mounted.returncode != 0:
-        folder.rmdir()
-        pytest.skip(f"cannot mount a read-only tmpfs here (needs root): {mounted.stderr.strip()}")
-    try:
+    with tmpfs("ro,size=1m") as folder:
         yield folder
-    finally:
-        subprocess.run(["umount", str(folder)], check=False)
-        folder.rmdir()
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
@@ -253,17 +233,8 @@ def test_a_read_only_file_system_is_one_line(
     workers: str, read_only_folder: Path, query_file: Path, adult_bundle: Path
 ) -> None:
     dst = read_only_folder / "out.parquet"
-    code, stdout, stderr = invoke(
-        "explain",
-        str(query_file),
-        "-o",
-        str(dst),
-        "--bundle",
-        str(adult_bundle),
-        "--workers",
-        workers,
-        "--batch-size",
-        "100",
+    code, stdout, stderr = explain(
+        query_file, dst, adult_bundle, "--workers", workers, "--batch-size", "100"
     )
     assert_clean_failure(
         code, stdout, stderr, read_only_folder, f"cannot write {dst}: read-only file system"
@@ -349,13 +320,10 @@ def test_summary_json_says_what_ran_and_how_it_ended(
 ) -> None:
     dst, summary = tmp_path / "out.parquet", tmp_path / "reports" / "run.json"
     summary.parent.mkdir()
-    code, stdout, stderr = invoke(
-        "explain",
-        str(query_file),
-        "-o",
-        str(dst),
-        "--bundle",
-        str(adult_bundle),
+    code, stdout, stderr = explain(
+        query_file,
+        dst,
+        adult_bundle,
         "--id-column",
         "id",
         "--workers",
@@ -388,16 +356,7 @@ def test_summary_json_says_what_ran_and_how_it_ended(
     ]  # no temporary file left
 
     # a failed run says so, and replaces the previous summary
-    code, _stdout, stderr = invoke(
-        "explain",
-        str(query_file),
-        "-o",
-        str(dst),
-        "--bundle",
-        str(adult_bundle),
-        "--summary-json",
-        str(summary),
-    )
+    code, _stdout, stderr = explain(query_file, dst, adult_bundle, "--summary-json", str(summary))
     assert code == 1
     record = json.loads(summary.read_text())
     assert record["status"] == "error" and record["exit_code"] == 1 and "exists" in record["error"]
@@ -412,15 +371,8 @@ def test_summary_json_is_never_the_input_or_the_output(
         (query_file, "is the input file"),
         (tmp_path / "out.parquet", "is the output file"),
     ):
-        code, _stdout, stderr = invoke(
-            "explain",
-            str(query_file),
-            "-o",
-            str(tmp_path / "out.parquet"),
-            "--bundle",
-            str(adult_bundle),
-            "--summary-json",
-            str(target),
+        code, _stdout, stderr = explain(
+            query_file, tmp_path / "out.parquet", adult_bundle, "--summary-json", str(target)
         )
         lines = stderr.strip().splitlines()
         assert code == 1 and len(lines) == 1, stderr
@@ -458,13 +410,10 @@ def test_workers_are_capped_by_the_number_of_batches(
     explain_parquet_parallel(explainer, one, tmp_path / "c.parquet", 100)
     assert started == [3, 3]  # one batch: in-process, no pool at all
     summary = tmp_path / "run.json"
-    code, _, stderr = invoke(
-        "explain",
-        str(one),
-        "-o",
-        str(tmp_path / "d.parquet"),
-        "--bundle",
-        str(adult_bundle),
+    code, _, stderr = explain(
+        one,
+        tmp_path / "d.parquet",
+        adult_bundle,
         "--workers",
         "100",
         "--summary-json",
