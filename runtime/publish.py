@@ -269,6 +269,7 @@ def atomic_output(dst: str | Path, force: bool = False) -> Iterator[Path]:
         raise output_error(exc, dst) from exc
     try:
         yield tmp
+        stops.check()  # a stop asked for before the output is in place stops the run
         try:
             _fsync(tmp)
             with stops.held():  # a signal waits until the output is in place (or not)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
+from gmcf.runtime import stops
 from gmcf.runtime.decode import ExplainedBatch
 from gmcf.runtime.output import output_batch
 from gmcf.runtime.publish import check_output
@@ -61,6 +62,7 @@ def explain_file(
             del batch, explained
             if progress:
                 progress(summary.rows, queries.rows)
+            stops.check()  # a stop whose signal landed where its exception was lost
     summary.seconds = time.perf_counter() - t0
     return summary
 

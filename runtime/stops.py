@@ -3,7 +3,9 @@
 - ``stop_on_signals()`` (the CLI's run) turns SIGTERM, SIGINT and SIGHUP into ``Stopped`` in the
   main thread: the stack unwinds through the writer (its temporary file is removed) and the
   process pool (its workers are killed), and the caller exits with ``128 + signal``: 143, 130,
-  129. Only the first signal stops; later ones are ignored while the run cleans up.
+  129. Only the first signal stops; later ones are ignored while the run cleans up. A handler's
+  exception can be lost (when the signal lands in a finalizer, Python reports and drops it):
+  ``check()``, called after every batch and before publication, raises the stop again.
 - Once the output is in place (``disarm()``, called by the publication), a signal no longer
   undoes the run: it finishes and reports success.
 - ``worker_setup(parent)`` runs first in every worker: the worker leaves SIGINT to its parent and
@@ -31,7 +33,7 @@ EXIT_CODES: dict[str, int] = {s.name: 128 + int(s) for s in STOP_SIGNALS}
 _PR_SET_PDEATHSIG = 1
 _armed = False
 _holding = False
-_pending: int | None = None
+_requested: int | None = None
 
 
 class Stopped(BaseException):
@@ -52,14 +54,19 @@ class Stopped(BaseException):
 
 
 def _on_signal(signum: int, frame: FrameType | None) -> None:
-    global _armed, _pending
-    if not _armed:
-        return
-    if _holding:
-        _pending = _pending or signum
-        return
-    _armed = False
-    raise Stopped(signum)
+    global _requested
+    if not _armed or _requested is not None:
+        return  # no run to stop, or already stopping
+    _requested = signum
+    if not _holding:
+        raise Stopped(signum)
+
+
+def check() -> None:
+    """Raise ``Stopped`` if a stop was asked for and the run still goes on (the handler's own
+    exception was lost, or held back)."""
+    if _armed and _requested is not None and not _holding:
+        raise Stopped(_requested)
 
 
 def _in_main_thread() -> bool:
@@ -70,25 +77,24 @@ def _in_main_thread() -> bool:
 def stop_on_signals() -> Iterator[None]:
     """Within the block, the first SIGTERM, SIGINT or SIGHUP raises ``Stopped`` in the main
     thread. Outside the main thread (signals cannot be handled there) this does nothing."""
-    global _armed
+    global _armed, _requested
     if not _in_main_thread():
         yield
         return
     previous = {s: signal.signal(s, _on_signal) for s in STOP_SIGNALS}
-    _armed = True
+    _armed, _requested = True, None
     try:
         yield
     finally:
-        _armed = False
+        _armed, _requested = False, None
         for s, handler in previous.items():
             signal.signal(s, handler)
 
 
 def disarm() -> None:
     """The run's result is in place: from now on a signal no longer stops it."""
-    global _armed, _pending
+    global _armed
     _armed = False
-    _pending = None
 
 
 @contextlib.contextmanager
@@ -97,18 +103,14 @@ def held() -> Iterator[None]:
     bookkeeping): a signal that arrives meanwhile stops the run when the step is done, unless the
     step disarmed it. (Held in Python, not with a signal mask: the kernel would hand a masked
     signal to another thread, and Python runs every handler in the main thread anyway.)"""
-    global _holding, _pending, _armed
+    global _holding
     outer = _holding
     _holding = True
     try:
         yield
     finally:
         _holding = outer
-    if not outer and _pending is not None:
-        signum, _pending = _pending, None
-        if _armed:
-            _armed = False
-            raise Stopped(signum)
+    check()
 
 
 def exit_within(code: int, seconds: float = 5.0) -> None:

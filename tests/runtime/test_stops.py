@@ -42,10 +42,28 @@ def test_the_first_signal_stops_later_ones_are_ignored(sig: signal.Signals, code
     assert signal.getsignal(sig) is before
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_stop_lost_in_a_finalizer_is_raised_at_the_next_check() -> None:
+    """A signal handled while a finalizer runs: Python reports the handler's exception and drops
+    it, and the run would go on. The run's next check raises it again."""
+
+    class Finalized:
+        def __del__(self) -> None:
+            _signal_self(signal.SIGHUP)
+
+    with stops.stop_on_signals():
+        obj = Finalized()
+        del obj  # the stop is raised inside __del__, and lost there
+        with pytest.raises(stops.Stopped) as info:
+            stops.check()
+        assert info.value.exit_code == 129
+
+
 def test_once_the_output_is_in_place_a_signal_no_longer_stops() -> None:
     with stops.stop_on_signals():
         stops.disarm()
         _signal_self(signal.SIGTERM)
+        stops.check()
 
 
 def test_a_held_signal_arrives_when_the_step_is_done() -> None:
