@@ -8,7 +8,7 @@ import sys
 from dataclasses import replace
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -24,6 +24,10 @@ from rich.progress import (
 
 from gmcf.runtime.errors import GmcfError
 from gmcf.runtime.settings import DEFAULT_BATCH_SIZE
+
+if TYPE_CHECKING:
+    from gmcf.runtime.run_summary import RunRecord
+    from gmcf.runtime.status import Summary
 
 app = typer.Typer(
     help="Counterfactual explanations at scale: what would have to change for the decision to go the other way.",
@@ -86,56 +90,54 @@ def explain(
     decrease_only: Annotated[list[str] | None, typer.Option(help="Numeric feature that may only decrease (repeatable).")] = None,
     range_: Annotated[list[str] | None, typer.Option("--range", help="Allowed range in raw units, feature=lo:hi (repeatable).")] = None,
     allow: Annotated[list[str] | None, typer.Option(help="Allowed categories, feature=a,b,c (repeatable).")] = None,
+    range_margin: Annotated[float | None, typer.Option(help="A numeric value more than this share of the training range beyond it makes its row invalid \\[default: 0.05].")] = None,
+    summary_json: Annotated[Path | None, typer.Option(help="Also write the run's summary as JSON here (atomically; also when the run fails or is stopped).")] = None,
     resume: Annotated[bool, typer.Option(help="Folder input: keep the parts an interrupted run completed, explain the rest.")] = False,
 ) -> None:
-    """Explain every row of INPUT: a counterfactual for each row the classifier rejects."""
-    from gmcf.runtime.constraints import Constraints
-    from gmcf.runtime.explainer import Explainer
+    """Explain every row of INPUT (a Parquet file, or a folder of Parquet parts): a counterfactual for each row the classifier rejects.
+
+    Exit codes: 0 done; 1 an error (one line on stderr, no output left); 2 bad usage; 143, 130,
+    129 stopped by SIGTERM, SIGINT, SIGHUP (see docs/nightly.md)."""
+    from gmcf.runtime import publish, stops
     from gmcf.runtime.folders import FolderSummary
-    from gmcf.runtime.parallel import auto_workers, explain_parquet_parallel
-    from gmcf.runtime.settings import batch_size_for
-    from gmcf.runtime.status import Summary
+    from gmcf.runtime.run_summary import RunRecord, write_summary_json
 
     bundle = bundle or default_bundle()
     folder = input.is_dir()
     output = output or input.with_name(input.stem + (".explained" if folder else ".explained.parquet"))
     if resume and not folder:
         fail("--resume needs a folder of Parquet parts as input")
-    if output.exists() and not force and not folder:
-        fail(f"output {output} exists; pass --force to overwrite it")
-    if output.resolve() == input.resolve():
-        fail("output must differ from the input file")
-    if workers < 0:
-        fail(f"workers must be 0 (one per core) or more, got {workers}")
-    try:
-        wanted = Constraints.from_file(constraints) if constraints else Constraints()
-        wanted = wanted.merge(Constraints.from_options(
-            immutable or (), increase_only or (), decrease_only or (), range_ or (), allow or ()
-        ))
-        ex = Explainer.from_bundle(bundle, threads=threads, constraints=wanted, num_cfs=num_cfs, threshold=threshold,
-                                   tol=tol, steps=steps, refine=refine, extrapolate=extrapolate)
-        with _progress() as bar:
-            task = bar.add_task("explaining", total=None, info="")
-
-            def progress(done: int, total: int) -> None:
-                elapsed = bar.tasks[task].elapsed or 1e-9
-                bar.update(task, completed=done, total=total, info=f"{done / elapsed:,.0f} rows/s")
-
-            summary: Summary
-            if folder:
-                from gmcf.runtime.folders import cores, explain_folder
-
-                summary = explain_folder(ex, input, output, workers=workers or cores(), batch_size=batch_size,
-                                         id_column=id_column, resume=resume, force=force, progress=progress)
-            else:
-                if workers == 0:
-                    workers = auto_workers(input, batch_size_for(batch_size, ex.bundle.preprocessor.width))
-                if workers > 1:
-                    summary = explain_parquet_parallel(ex, input, output, workers, batch_size, id_column, progress)
-                else:
-                    summary = ex.explain_parquet(input, output, batch_size=batch_size, id_column=id_column, progress=progress)
-    except GmcfError as exc:
-        fail(str(exc))
+    record = RunRecord(input, output, bundle)
+    if summary_json is not None:
+        try:  # a summary that cannot be written, or would land on the input or output, is not written
+            publish.check_output(summary_json, True, input, output, label="summary")
+        except GmcfError as exc:
+            fail(str(exc))
+    with stops.stop_on_signals():
+        try:
+            summary = _explain_file(input, output, bundle, record, force=force, threshold=threshold, tol=tol,
+                                    steps=steps, refine=refine, extrapolate=extrapolate, batch_size=batch_size,
+                                    threads=threads, workers=workers, id_column=id_column, num_cfs=num_cfs,
+                                    constraints=constraints, immutable=immutable, increase_only=increase_only,
+                                    decrease_only=decrease_only, range_=range_, allow=allow, range_margin=range_margin,
+                                    resume=resume)
+            status, code, message = "ok", 0, None
+        except GmcfError as exc:
+            status, code, message, summary = "error", 1, str(exc), None
+        except stops.Stopped as stop:
+            stops.exit_within(stop.exit_code)  # even if a pool thread was cut at a bad moment
+            status, code, message, summary = "stopped", stop.exit_code, f"{stop}; no output written", None
+        stops.disarm()  # from here on the run only reports how it ended
+        if summary_json is not None:
+            counts = summary.to_dict() | {"searched": summary.searched} if summary is not None else None
+            try:
+                write_summary_json(summary_json, record.to_dict(status, code, message, counts, summary is not None))
+            except GmcfError as exc:
+                if message is None:
+                    status, code, message = "error", 1, f"{exc} (the output itself was written)"
+        if message is not None:
+            fail(message, code)
+    assert summary is not None
     s = summary
     out.print(
         f"{s.rows:,} rows in {s.seconds:.2f} s ({s.rows / max(s.seconds, 1e-9):,.0f} rows/s): "
@@ -147,6 +149,69 @@ def explain(
         out.print(f"{s.parts:,} parts: {s.parts - s.skipped:,} explained, {s.skipped:,} kept from an earlier run "
                   f"({s.skipped_rows:,} rows)", highlight=False, markup=False, soft_wrap=True)
     out.print(f"wrote {output}", highlight=False, markup=False, soft_wrap=True)
+
+
+def _explain_file(
+    input: Path, output: Path, bundle: Path, record: RunRecord, *, force: bool, threshold: float | None,
+    tol: float | None, steps: int | None, refine: bool | None, extrapolate: bool | None, batch_size: int | None,
+    threads: int, workers: int, id_column: str | None, num_cfs: int, constraints: Path | None,
+    immutable: list[str] | None, increase_only: list[str] | None, decrease_only: list[str] | None,
+    range_: list[str] | None, allow: list[str] | None, range_margin: float | None, resume: bool = False,
+) -> Summary:
+    """The explain run itself; raises GmcfError (one line) or Stopped."""
+    from gmcf.runtime import publish
+    from gmcf.runtime.constraints import Constraints
+    from gmcf.runtime.explainer import Explainer
+    from gmcf.runtime.parallel import auto_workers, explain_parquet_parallel
+    from gmcf.runtime.read import count_batches
+    from gmcf.runtime.settings import batch_size_for
+
+    folder = input.is_dir()
+    if not folder:
+        publish.check_output(output, force, input)
+    if workers < 0:
+        raise GmcfError(f"workers must be 0 (one per core) or more, got {workers}")
+    for tmp in [] if folder else publish.remove_stale_temps(output):
+        err.print(f"note: removed {tmp}, left by a run that no longer runs", highlight=False, markup=False,
+                  soft_wrap=True)
+    wanted = Constraints.from_file(constraints) if constraints else Constraints()
+    wanted = wanted.merge(Constraints.from_options(
+        immutable or (), increase_only or (), decrease_only or (), range_ or (), allow or ()
+    ))
+    ex = Explainer.from_bundle(bundle, threads=threads, constraints=wanted, num_cfs=num_cfs, threshold=threshold,
+                               tol=tol, steps=steps, refine=refine, extrapolate=extrapolate,
+                               range_margin=range_margin)
+    record.manifest = ex.bundle.manifest
+    batch = batch_size_for(batch_size, ex.bundle.preprocessor.width)
+    if folder:
+        from gmcf.runtime.folders import cores, explain_folder
+
+        with _progress() as bar:
+            task = bar.add_task("explaining", total=None, info="")
+
+            def folder_progress(done: int, total: int) -> None:
+                elapsed = bar.tasks[task].elapsed or 1e-9
+                bar.update(task, completed=done, total=total, info=f"{done / elapsed:,.0f} rows/s")
+
+            return explain_folder(ex, input, output, workers=workers or cores(), batch_size=batch_size,
+                                  id_column=id_column, resume=resume, force=force, progress=folder_progress)
+    if workers == 0:
+        workers = auto_workers(input, batch)
+    workers = min(workers, max(1, count_batches(input, batch)))
+    record.settings = {**ex.settings.to_dict(), "range_margin": ex.range_margin, "num_cfs": num_cfs,
+                       "constraints": ex.constraints.to_dict(), "batch_size": batch, "workers": workers,
+                       "threads": threads, "id_column": id_column}
+    with _progress() as bar:
+        task = bar.add_task("explaining", total=None, info="")
+
+        def progress(done: int, total: int) -> None:
+            elapsed = bar.tasks[task].elapsed or 1e-9
+            bar.update(task, completed=done, total=total, info=f"{done / elapsed:,.0f} rows/s")
+
+        if workers > 1:
+            return explain_parquet_parallel(ex, input, output, workers, batch_size, id_column, progress, force)
+        return ex.explain_parquet(input, output, batch_size=batch_size, id_column=id_column, progress=progress,
+                                  force=force)
 
 
 @app.command()

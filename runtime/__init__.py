@@ -1,7 +1,7 @@
 """gmcf-batch runtime: counterfactual search with onnxruntime on CPU. Imports no torch."""
 
 from gmcf.runtime.bundle import Bundle, load_bundle
-from gmcf.runtime.errors import BundleError, GmcfError, InputError, SchemaError
+from gmcf.runtime.errors import BundleError, GmcfError, InputError, OutputError, SchemaError
 from gmcf.runtime.explainer import Explainer
 from gmcf.runtime.manifest import Manifest
 from gmcf.runtime.output import RESULT_COLUMNS, output_schema
@@ -16,6 +16,7 @@ __all__ = [
     "GmcfError",
     "InputError",
     "Manifest",
+    "OutputError",
     "RunSettings",
     "SchemaError",
     "SearchDefaults",

@@ -19,3 +19,8 @@ class BundleError(GmcfError):
 
 class ConstraintError(GmcfError, ValueError):
     """A constraint does not fit the bundle's features."""
+
+
+class OutputError(GmcfError):
+    """The output cannot be written or published: a missing folder, permissions, a read-only or
+    full disk, the input's own file, or a file that is already there."""

@@ -11,7 +11,7 @@ imported from here.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,10 +22,12 @@ from gmcf.runtime.constraints import Constraints
 from gmcf.runtime.decode import ExplainedBatch, decode
 from gmcf.runtime.encode import as_arrow, encode
 from gmcf.runtime.engine import Engine
+from gmcf.runtime.errors import GmcfError
 from gmcf.runtime.output import output_batch, output_schema
 from gmcf.runtime.read import check_input
 from gmcf.runtime.read import open_parquet as open_parquet
 from gmcf.runtime.read import read_batches as read_batches
+from gmcf.runtime.schema import DEFAULT_RANGE_MARGIN
 from gmcf.runtime.search import SEARCH_CHUNK as SEARCH_CHUNK
 from gmcf.runtime.search import TARGET_SPREAD as TARGET_SPREAD
 from gmcf.runtime.search import BatchResult, search_batch
@@ -56,6 +58,7 @@ class Explainer:
     threads: int = 1
     constraints: Constraints = field(default_factory=Constraints)
     num_cfs: int = 1
+    range_margin: float = DEFAULT_RANGE_MARGIN
     _engine: Engine | None = field(default=None, init=False, repr=False)
 
     @classmethod
@@ -65,21 +68,29 @@ class Explainer:
         threads: int = 1,
         constraints: Constraints | dict[str, Any] | None = None,
         num_cfs: int = 1,
+        range_margin: float | None = None,
         **overrides: Any,
     ) -> Explainer:
         """Load and verify a bundle. ``overrides`` replace its run settings (threshold, tol,
         steps, refine, extrapolate, max_alpha, ...; see ``RunSettings.override``).
         ``constraints`` are merged over the bundle's default constraints (see
         ``gmcf.runtime.constraints``); ``num_cfs`` asks for up to that many distinct
-        counterfactuals per rejected query."""
+        counterfactuals per rejected query. ``range_margin`` (default ``DEFAULT_RANGE_MARGIN``):
+        a numeric value more than this share of the training range beyond it makes its row
+        invalid (docs/nightly.md)."""
         check_num_cfs(num_cfs)
+        margin = DEFAULT_RANGE_MARGIN if range_margin is None else float(range_margin)
+        if not margin >= 0.0:
+            raise GmcfError(f"range margin must be 0 or more, got {range_margin}")
         bundle = load_bundle(path)
+        pre = replace(bundle.preprocessor, range_margin=margin)
+        bundle = replace(bundle, manifest=replace(bundle.manifest, preprocessing=pre))
         settings = bundle.search.override(overrides)
         merged = Constraints.from_dict(bundle.manifest.constraints)
         if constraints:
             merged = merged.merge(constraints)
         merged.validate(bundle.preprocessor)
-        return cls(bundle, settings, threads, merged, num_cfs)
+        return cls(bundle, settings, threads, merged, num_cfs, margin)
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickled without its onnxruntime sessions (they cannot be pickled): a copy reopens
@@ -138,17 +149,20 @@ class Explainer:
         batch_size: int | None = None,
         id_column: str | None = None,
         progress: Callable[[int, int], None] | None = None,
+        force: bool = False,
     ) -> Summary:
         """Stream ``src`` through the search into ``dst``, ``batch_size`` rows at a time
         (default: ``default_batch_size`` of the bundle's input width).
 
         Memory is bounded by the batch size, not the file. The output is written to a temporary
-        file beside ``dst`` and renamed into place when complete. ``progress(done, total)`` is
-        called after each batch.
+        file beside ``dst`` and moved into place when complete; an existing ``dst`` (even one
+        that appears during the run) is replaced only with ``force``, and never when it is
+        ``src`` itself (``runtime.publish``). ``progress(done, total)`` is called after each
+        batch.
         """
         from gmcf.runtime.run import explain_file
 
-        return explain_file(self, src, dst, batch_size, id_column, progress)
+        return explain_file(self, src, dst, batch_size, id_column, progress, force=force)
 
 
 def validate_settings(s: RunSettings) -> None:

@@ -6,6 +6,9 @@ batches and writes results in input order; each worker holds its own sessions an
 public ``Explainer.explain_batch`` on whole batches, sending back only the result columns (the
 parent already holds the query's columns, so they never cross a pipe). At most ``2 * workers``
 batches are in flight, so memory stays bounded by the batch size.
+
+Workers die with their parent, even on kill -9, and a pool that ends early (an error, a stop) has
+its workers killed at once rather than waiting for the batches in flight (``runtime.stops``).
 """
 
 from __future__ import annotations
@@ -23,22 +26,28 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from gmcf.runtime import stops
 from gmcf.runtime.decode import ExplainedBatch
 from gmcf.runtime.explainer import Explainer
+from gmcf.runtime.read import count_batches
 from gmcf.runtime.run import BatchMap, explain_file
-from gmcf.runtime.settings import RunSettings, check_workers
+from gmcf.runtime.settings import RunSettings, batch_size_for, check_workers
 from gmcf.runtime.status import Summary
 
 _worker: Explainer | None = None
 
 
 def start_worker(
-    bundle: str, settings: RunSettings, threads: int, constraints: dict[str, Any], num_cfs: int
+    parent: int, bundle: str, settings: RunSettings, threads: int, constraints: dict[str, Any], num_cfs: int,
+    range_margin: float,
 ) -> None:
-    """In a new worker: load the bundle with the parent's run settings."""
+    """In a new worker: die with the parent (even on kill -9), then load the bundle with the
+    parent's run settings."""
     global _worker
+    stops.worker_setup(parent)
     _worker = Explainer.from_bundle(
-        bundle, threads=threads, constraints=constraints, num_cfs=num_cfs, **settings.to_dict()
+        bundle, threads=threads, constraints=constraints, num_cfs=num_cfs, range_margin=range_margin,
+        **settings.to_dict(),
     )
 
 
@@ -67,10 +76,12 @@ def process_pool(ex: Explainer, workers: int) -> Callable[[], AbstractContextMan
     def open_pool() -> Iterator[BatchMap]:
         method = "fork" if sys.platform.startswith("linux") else "spawn"
         features = ex.bundle.preprocessor.names
-        with ProcessPoolExecutor(
+        pool = ProcessPoolExecutor(
             workers, mp_context=mp.get_context(method), initializer=start_worker,
-            initargs=(str(ex.bundle.path), ex.settings, ex.threads, ex.constraints.to_dict(), ex.num_cfs),
-        ) as pool:
+            initargs=(os.getpid(), str(ex.bundle.path), ex.settings, ex.threads, ex.constraints.to_dict(),
+                      ex.num_cfs, ex.range_margin),
+        )
+        try:
 
             def explain_batches(batches: Iterable[pa.RecordBatch]) -> Iterator[tuple[pa.RecordBatch, ExplainedBatch]]:
                 pending: deque[tuple[pa.RecordBatch, Future[ExplainedBatch]]] = deque()
@@ -83,6 +94,10 @@ def process_pool(ex: Explainer, workers: int) -> Callable[[], AbstractContextMan
                     yield _collect(pending.popleft())
 
             yield explain_batches
+        except BaseException:
+            stops.end_pool(pool)  # no waiting for batches in flight whose results nobody wants
+            raise
+        pool.shutdown()
 
     return open_pool
 
@@ -100,7 +115,11 @@ def explain_parquet_parallel(
     batch_size: int | None = None,
     id_column: str | None = None,
     progress: Callable[[int, int], None] | None = None,
+    force: bool = False,
 ) -> Summary:
-    """Like ``Explainer.explain_parquet``, with ``workers`` processes. Same output, same order."""
+    """Like ``Explainer.explain_parquet``, with up to ``workers`` processes: no more than there
+    are batches, and a file of one batch is explained in-process. Same output, same order."""
     check_workers(workers)
-    return explain_file(ex, src, dst, batch_size, id_column, progress, pool=process_pool(ex, workers))
+    workers = min(workers, max(1, count_batches(src, batch_size_for(batch_size, ex.bundle.preprocessor.width))))
+    pool = process_pool(ex, workers) if workers > 1 else None
+    return explain_file(ex, src, dst, batch_size, id_column, progress, pool=pool, force=force)

@@ -44,6 +44,17 @@ def open_queries(src: Path, pre: Preprocessor, id_column: str | None, batch_size
     return QueryFile(src, pf, total, columns, batch_size)
 
 
+def count_batches(src: str | Path, batch_size: int) -> int:
+    """How many batches ``read_batches`` cuts a file into (it reads one row group at a time);
+    0 when the metadata cannot be read (the explain itself reports why)."""
+    try:
+        meta = pq.read_metadata(src)
+    except (OSError, pa.ArrowInvalid):
+        return 0
+    size = max(batch_size, 1)
+    return sum(-(-meta.row_group(g).num_rows // size) for g in range(meta.num_row_groups))
+
+
 def check_input(pre: Preprocessor, schema: pa.Schema, id_column: str | None) -> None:
     pre.check_columns(schema)
     if id_column is not None and id_column not in schema.names:

@@ -12,8 +12,10 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
+from gmcf.runtime import stops
 from gmcf.runtime.decode import ExplainedBatch
 from gmcf.runtime.output import output_batch
+from gmcf.runtime.publish import check_output
 from gmcf.runtime.read import open_queries
 from gmcf.runtime.settings import batch_size_for
 from gmcf.runtime.status import Summary
@@ -34,12 +36,15 @@ def explain_file(
     id_column: str | None = None,
     progress: Callable[[int, int], None] | None = None,
     pool: Callable[[], AbstractContextManager[BatchMap]] | None = None,
+    force: bool = False,
 ) -> Summary:
     """Stream ``src`` through the explainer into ``dst``. ``pool`` opens the batch map of a
     process pool (``runtime.parallel``); without it every batch is explained in this process.
-    The output appears at ``dst`` only when complete; ``progress(done, total)`` is called after
+    The output appears at ``dst`` only when complete, never over ``src`` and over an existing
+    file only with ``force`` (``runtime.publish``); ``progress(done, total)`` is called after
     each batch."""
     src, dst = Path(src), Path(dst)
+    check_output(dst, force, src)
     pre = ex.bundle.preprocessor
     queries = open_queries(src, pre, id_column, batch_size_for(batch_size, pre.width))
     schema = ex.output_schema(queries.schema, id_column)
@@ -48,7 +53,7 @@ def explain_file(
     opened: AbstractContextManager[BatchMap] = (
         pool() if pool is not None else nullcontext(in_process(ex))
     )
-    with opened as explain_batches, atomic_parquet_writer(dst, schema) as writer:
+    with opened as explain_batches, atomic_parquet_writer(dst, schema, force) as writer:
         for batch, explained in explain_batches(queries.batches()):
             writer.write_batch(output_batch(schema, pre, batch, id_column, explained))
             summary.add(explained.counted)
@@ -57,6 +62,7 @@ def explain_file(
             del batch, explained
             if progress:
                 progress(summary.rows, queries.rows)
+            stops.check()  # a stop whose signal landed where its exception was lost
     summary.seconds = time.perf_counter() - t0
     return summary
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,10 @@ from gmcf.runtime.errors import InputError, SchemaError
 
 KINDS = ("continuous", "integer", "categorical", "image")
 IMAGE = "image"
+#: How far beyond its training range [lo, hi] a query's numeric value may lie, as a share of
+#: hi - lo, before its row is invalid (explain's default; ``--range-margin``). A declared domain
+#: (``"domain": {"capital-gain": [0, null]}`` in the schema) is a hard limit within that.
+DEFAULT_RANGE_MARGIN = 0.05
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,9 @@ class Feature:
     categories: tuple[str, ...] = ()
     shape: tuple[int, ...] = ()
     """Image features only: the image's shape, e.g. (28, 28)."""
+    domain: tuple[float | None, float | None] = (None, None)
+    """Numeric features only: the values that can exist at all (e.g. (0, None): non-negative),
+    as declared in the schema; None is no limit."""
 
     @property
     def is_numeric(self) -> bool:
@@ -63,6 +70,8 @@ class Feature:
             out["lo"], out["hi"] = self.lo, self.hi
         else:
             out["categories"] = list(self.categories)
+        if self.domain != (None, None):
+            out["domain"] = list(self.domain)
         return out
 
     @classmethod
@@ -80,7 +89,24 @@ class Feature:
             lo=None if d.get("lo") is None else float(d["lo"]),
             hi=None if d.get("hi") is None else float(d["hi"]),
             categories=tuple(str(c) for c in d.get("categories", ())),
+            domain=_domain(d.get("name"), kind, d.get("domain")),
         )
+
+
+def _domain(name: object, kind: object, value: object) -> tuple[float | None, float | None]:
+    """A declared domain: [lo, hi] with null for no limit, e.g. [0, null] for non-negative."""
+    if value is None:
+        return (None, None)
+    if kind not in ("continuous", "integer"):
+        raise SchemaError(f"feature {name!r}: a domain applies to numeric features only, not {kind}")
+    if not isinstance(value, list | tuple) or len(value) != 2 or not all(
+        v is None or (isinstance(v, int | float) and not isinstance(v, bool) and np.isfinite(v)) for v in value
+    ):
+        raise SchemaError(f"feature {name!r}: domain must be [lo, hi] with numbers or null, got {value!r}")
+    lo, hi = (None if v is None else float(v) for v in value)
+    if lo is not None and hi is not None and lo > hi:
+        raise SchemaError(f"feature {name!r}: domain [{lo:g}, {hi:g}] has lo > hi")
+    return (lo, hi)
 
 
 def _image_feature(d: Mapping[str, Any]) -> Feature:
@@ -146,6 +172,7 @@ class DataSchema:
             feats = [Feature.from_dict(f) for f in raw]
         if not feats:
             raise SchemaError("schema: no features declared")
+        feats = _with_domains(feats, d.get("domain"))
         names = [f.name for f in feats]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
@@ -168,6 +195,20 @@ class DataSchema:
         except Exception as exc:
             raise SchemaError(f"schema {path}: cannot parse: {exc}") from exc
         return cls.from_dict(data)
+
+
+def _with_domains(feats: list[Feature], domains: object) -> list[Feature]:
+    """Apply the schema's ``"domain": {"feature": [lo, hi]}`` to its features."""
+    if domains is None:
+        return feats
+    if not isinstance(domains, Mapping):
+        raise SchemaError(f"schema: domain must map feature names to [lo, hi], got {domains!r}")
+    kinds = {f.name: f.kind for f in feats}
+    unknown = sorted(set(domains) - set(kinds))
+    if unknown:
+        raise SchemaError(f"schema: domain names unknown feature(s) {unknown}")
+    return [replace(f, domain=_domain(f.name, f.kind, domains[f.name])) if f.name in domains else f
+            for f in feats]
 
 
 def usable_rows(reason: np.ndarray) -> np.ndarray:
@@ -271,7 +312,13 @@ class Preprocessor:
                     raise InputError(
                         f"column {f.name!r} is declared integer but holds non-integer values"
                     )
-                fitted.append(Feature(f.name, f.kind, float(finite.min()), float(finite.max())))
+                dlo, dhi = f.domain
+                if (dlo is not None and finite.min() < dlo) or (dhi is not None and finite.max() > dhi):
+                    raise InputError(
+                        f"column {f.name!r}: training values {finite.min():g}..{finite.max():g} lie outside "
+                        f"the declared domain {_domain_text(f.domain)}"
+                    )
+                fitted.append(Feature(f.name, f.kind, float(finite.min()), float(finite.max()), domain=f.domain))
             else:
                 cats = pc.unique(pc.drop_null(col.cast(pa.string()))).to_pylist()
                 if not cats:
@@ -281,7 +328,9 @@ class Preprocessor:
 
     # -- apply --------------------------------------------------------------------------------
     def check_columns(self, schema: pa.Schema) -> None:
-        """Raise an InputError naming every missing feature column (sklearn style, capped at 5)."""
+        """Raise an InputError naming every missing feature column (sklearn style, capped at 5),
+        a column named twice, or a feature column whose type does not fit its kind."""
+        check_unique_names(schema)
         missing = [n for n in self.names if n not in schema.names]
         if missing:
             shown = ", ".join(repr(m) for m in missing[:5]) + (" ..." if len(missing) > 5 else "")
@@ -304,8 +353,14 @@ class Preprocessor:
                                      or pa.types.is_null(t)):
                 raise InputError(f"column {f.name!r}: expected a number, got {t}")
             if f.is_categorical and not (pa.types.is_string(t) or pa.types.is_large_string(t)
-                                         or pa.types.is_integer(t) or pa.types.is_null(t)):
-                raise InputError(f"column {f.name!r}: expected a string category, got {t}")
+                                         or pa.types.is_null(t)
+                                         or (pa.types.is_integer(t) and _integer_categories(f))):
+                example = f" such as {f.categories[0]!r}" if f.categories else ""
+                raise InputError(
+                    f"column {f.name!r}: expected a string category{example}, got {t}"
+                    + (" (the bundle's categories are text, so numbers cannot match them)"
+                       if pa.types.is_integer(t) or pa.types.is_floating(t) else "")
+                )
 
     def transform(
         self, table: pa.Table | pa.RecordBatch
@@ -331,9 +386,15 @@ class Preprocessor:
             span = hi - lo if hi > lo else 1.0
             flag(np.isnan(v), f"{f.name}: missing value")
             flag(np.isinf(v), f"{f.name}: infinite value")
+            dlo, dhi = f.domain
+            if dlo is not None or dhi is not None:
+                out = (v < (-np.inf if dlo is None else dlo)) | (v > (np.inf if dhi is None else dhi))
+                if out.any():
+                    flag(out & np.isfinite(v), f"{f.name}: value outside the declared domain {_domain_text(f.domain)}")
             far = (v < lo - self.range_margin * span) | (v > hi + self.range_margin * span)
             if far.any():
-                flag(far & np.isfinite(v), f"{f.name}: value far outside the training range [{lo:g}, {hi:g}]")
+                flag(far & np.isfinite(v), f"{f.name}: value far outside the training range [{lo:g}, {hi:g}] "
+                                           f"(more than {100 * self.range_margin:g}% of its width beyond it)")
             scaled = (v - lo) / span
             x[:, j] = np.where(np.isfinite(scaled), scaled, 0.0)
         offset = self.n_numeric
@@ -397,6 +458,30 @@ class Preprocessor:
         _check_image_schema(feats)
         kind = ImagePreprocessor if feats and feats[0].kind == IMAGE else cls
         return kind(feats, range_margin=float(d.get("range_margin", 0.5)))
+
+
+def check_unique_names(schema: pa.Schema) -> None:
+    """Refuse a table that names a column twice: which of the two is the feature?"""
+    seen: set[str] = set()
+    dup: list[str] = []
+    for name in schema.names:
+        if name in seen and name not in dup:
+            dup.append(name)
+        seen.add(name)
+    if dup:
+        shown = ", ".join(repr(n) for n in dup[:5]) + (" ..." if len(dup) > 5 else "")
+        raise InputError(f"input has duplicate column names: {shown}; each column must have its own name")
+
+
+def _integer_categories(f: Feature) -> bool:
+    """True when every category is an integer written plainly ('0', '12'): then a column of
+    integers can name them."""
+    return bool(f.categories) and all(c.lstrip("-").isdigit() and str(int(c)) == c for c in f.categories)
+
+
+def _domain_text(domain: tuple[float | None, float | None]) -> str:
+    lo, hi = domain
+    return f"[{'-inf' if lo is None else f'{lo:g}'}, {'inf' if hi is None else f'{hi:g}'}]"
 
 
 #: Arrow type of an image column in the output (query echo and ``cf_<name>``): float32 in [0, 1].
@@ -463,6 +548,7 @@ class ImagePreprocessor(Preprocessor):
         return f"{f.size} pixels ({'x'.join(map(str, f.shape))}), fixed_size_list<float32>[{f.size}] in [0, 1] or 8-bit integers 0..255"
 
     def check_columns(self, schema: pa.Schema) -> None:
+        check_unique_names(schema)
         f = self.image
         if f.name not in schema.names:
             shown = ", ".join(repr(n) for n in schema.names[:5]) + (" ..." if len(schema.names) > 5 else "")

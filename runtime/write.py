@@ -3,12 +3,15 @@ left where a reader could take it for a result.
 
 ``atomic_path`` is the one way to write a file or a folder: the content goes to a temporary
 sibling that is renamed into place on success and removed on any failure. The runtime's Parquet
-output, the trainer's bundle folder and the evaluation's result files all use it.
+output, the trainer's bundle folder and the evaluation's result files all use it. A file is
+published by ``runtime.publish``: a temporary name that the next run recognises when its owner is
+gone, never over a file that appeared meanwhile unless asked to (``force``), OS errors as one
+line naming the path and the cause.
 """
 
 from __future__ import annotations
 
-import os
+import contextlib
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -19,47 +22,80 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from gmcf.runtime.publish import atomic_output, output_error
+
 
 @contextmanager
-def atomic_path(dst: Path, folder: bool = False) -> Iterator[Path]:
-    """A temporary path beside ``dst`` to write to; renamed to ``dst`` when the block ends
-    without error (replacing what was there), removed when it raises. With ``folder`` the
-    temporary path is a new empty folder (mode 755)."""
-    if folder:
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
-    else:
-        tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+def atomic_path(dst: Path, folder: bool = False, force: bool = True) -> Iterator[Path]:
+    """A temporary path beside ``dst`` to write to; moved to ``dst`` when the block ends
+    without error, removed when it raises. A file replaces what was there only with ``force``
+    (the default here; the explain output passes False). With ``folder`` the temporary path is
+    a new empty folder (mode 755) that replaces the old one."""
+    if not folder:
+        with atomic_output(dst, force) as tmp:
+            yield tmp
+        return
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
     try:
         yield tmp
-        if folder:
-            tmp.chmod(0o755)
-            if dst.exists():
-                shutil.rmtree(dst)
-            tmp.rename(dst)
-        else:
-            os.replace(tmp, dst)
+        tmp.chmod(0o755)
+        if dst.exists():
+            shutil.rmtree(dst)
+        tmp.rename(dst)
     except BaseException:
-        if folder:
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            tmp.unlink(missing_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
 def write_text(dst: Path, text: str) -> Path:
     """``text`` as the file ``dst`` (its folder created), written atomically."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise output_error(exc, dst) from exc
     with atomic_path(dst) as tmp:
-        tmp.write_text(text)
+        try:
+            tmp.write_text(text)
+        except OSError as exc:
+            raise output_error(exc, dst) from exc
     return dst
 
 
+class ParquetOutput:
+    """A ``pq.ParquetWriter`` whose OS errors (disk full, I/O) are one-line ``OutputError``s."""
+
+    def __init__(self, writer: pq.ParquetWriter, dst: Path) -> None:
+        self._writer = writer
+        self.dst = dst
+
+    def write_batch(self, batch: pa.RecordBatch) -> None:
+        try:
+            self._writer.write_batch(batch)
+        except OSError as exc:
+            raise output_error(exc, self.dst) from exc
+
+
 @contextmanager
-def atomic_parquet_writer(dst: Path, schema: pa.Schema) -> Iterator[pq.ParquetWriter]:
-    """A lean Parquet writer whose file appears at ``dst`` only when the block ends without error."""
-    with atomic_path(dst) as tmp, pq.ParquetWriter(tmp, schema, **writer_options(schema)) as writer:
-        yield writer
+def atomic_parquet_writer(dst: Path, schema: pa.Schema, force: bool = False) -> Iterator[ParquetOutput]:
+    """A lean Parquet writer whose file appears at ``dst`` only when the block ends without
+    error, and not over an existing file unless ``force``."""
+    dst = Path(dst)
+    with atomic_path(dst, force=force) as tmp:
+        try:
+            writer = pq.ParquetWriter(tmp, schema, **writer_options(schema))
+        except OSError as exc:
+            raise output_error(exc, dst) from exc
+        try:
+            yield ParquetOutput(writer, dst)
+        except BaseException:
+            with contextlib.suppress(Exception):  # closing a broken file must not hide why
+                writer.close()
+            raise
+        try:
+            writer.close()
+        except OSError as exc:
+            raise output_error(exc, dst) from exc
 
 
 def writer_options(schema: pa.Schema) -> dict[str, Any]:

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pytest
 from typer.testing import CliRunner
 
 from gmcf.cli.main import app
@@ -55,3 +60,27 @@ def cf_table(out: pa.Table, pre: Preprocessor, rows: np.ndarray) -> pa.Table:
             col = col.cast(col.type.value_type)
         cols[f.name] = col
     return pa.table(cols)
+
+
+@contextmanager
+def tmpfs(options: str) -> Iterator[Path]:
+    """A tmpfs mounted with ``options`` (e.g. ``size=1m``) for the test; the test is skipped,
+    with the reason, where it cannot be mounted (mounting needs root)."""
+    folder = Path(tempfile.mkdtemp(prefix="gmcf-tmpfs-"))
+    try:
+        mounted = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)],
+            capture_output=True,
+            text=True,
+        )
+    except OSError as exc:
+        folder.rmdir()
+        pytest.skip(f"cannot run mount: {exc}")
+    if mounted.returncode != 0:
+        folder.rmdir()
+        pytest.skip(f"cannot mount a tmpfs ({options}) here (needs root): {mounted.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=False)
+        folder.rmdir()

@@ -93,6 +93,20 @@ def _age_strings(folder: Path, q: pa.Table) -> Path:
     return path
 
 
+def _duplicate_names(folder: Path, q: pa.Table) -> Path:
+    path = folder / "twice.parquet"
+    pq.write_table(pa.Table.from_arrays([*q.columns, q.column("age")], names=[*q.column_names, "age"]), path)
+    return path
+
+
+def _categories_as_integers(folder: Path, q: pa.Table) -> Path:
+    """education stored as the integer codes of its categories (a common export)."""
+    path = folder / "coded.parquet"
+    codes = q.column("education").combine_chunks().dictionary_encode().indices.cast(pa.int64())
+    pq.write_table(replace_column(q, "education", codes), path)
+    return path
+
+
 def _corrupt(folder: Path, q: pa.Table) -> Path:
     """A valid footer over a broken data page: fails while streaming, not when opened."""
     path = folder / "corrupt.parquet"
@@ -115,6 +129,8 @@ FILE_PROBLEMS: dict[str, tuple[Callable[[Path, pa.Table], Path], tuple[str, ...]
     "zero rows": (_empty, ("empty.parquet", "no rows")),
     "missing column": (_no_age, ("'age'", "lacks")),
     "wrong type": (_age_strings, ("'age'", "expected a number", "string")),
+    "duplicate names": (_duplicate_names, ("duplicate column names", "'age'")),
+    "categories as integers": (_categories_as_integers, ("'education'", "expected a string category", "int64")),
     "a folder": (_folder, ("a-folder.parquet", "folder")),
     "corrupt data": (_corrupt, ("corrupt.parquet", "cannot read")),
 }
@@ -184,6 +200,7 @@ ROW_PROBLEMS: dict[str, tuple[Callable[[pa.Table], pa.Table], dict[int, tuple[st
                          {13: ("education", "unknown category")}),
     "far too large": (lambda q: with_value(q, "capital-loss", 17, 10**9), {17: ("capital-loss", "far outside")}),
     "far too small": (lambda q: with_value(q, "age", 19, -500), {19: ("age", "far outside")}),
+    "negative age": (lambda q: with_value(q, "age", 23, -5), {23: ("age", "far outside the training range [17, 90]")}),
     "several": (
         lambda q: with_value(with_value(q, "age", 2, None), "education", 30, "Kindergarten"),
         {2: ("age", "missing"), 30: ("education", "unknown category")},
@@ -325,3 +342,65 @@ def test_bad_settings_are_one_line_errors(adult_bundle: Path, dirs: tuple[Path, 
         code, stdout, stderr = invoke("explain", str(src), "-o", str(out_dir / "r.parquet"),
                                       "--bundle", str(adult_bundle), *args)
         assert_clean_failure(code, stdout, stderr, out_dir, word)
+
+
+# -- the range policy -----------------------------------------------------------------------------
+def _ages(explainer: Explainer, queries: pa.Table, ages: list[int]) -> list[str | None]:
+    """The reason of each of ``ages`` put into the first rows (None: the row is usable)."""
+    table = queries.slice(0, len(ages))
+    out = explainer.explain(replace_column(table, "age", pa.array(ages, pa.int64())))
+    return [r if s == "invalid" else None
+            for r, s in zip(out.column("reason").to_pylist(), out.column("status").to_pylist(), strict=True)]
+
+
+def test_values_beyond_the_training_range_by_more_than_the_margin_are_invalid(
+    adult_bundle: Path, explainer: Explainer, queries: pa.Table
+) -> None:
+    # age was trained on 17..90 (width 73): the default margin of 5% accepts 13.35..93.65
+    assert explainer.range_margin == 0.05
+    reasons = _ages(explainer, queries, [17, 90, 14, 93, 13, 94, -5])
+    assert reasons[:4] == [None] * 4
+    for r in reasons[4:]:
+        assert r == "age: value far outside the training range [17, 90] (more than 5% of its width beyond it)"
+    wide = Explainer.from_bundle(adult_bundle, range_margin=0.5)  # the margin is a setting
+    assert _ages(wide, queries, [-5, 126])[0] is None and _ages(wide, queries, [-5, 128])[1] is not None
+    reasons = _ages(Explainer.from_bundle(adult_bundle, range_margin=0), queries, [17, 90, 16, 91])
+    assert reasons[:2] == [None, None] and all(r is not None and "more than 0%" in r for r in reasons[2:])
+    with pytest.raises(GmcfError, match="range margin must be 0 or more"):
+        Explainer.from_bundle(adult_bundle, range_margin=-0.1)
+
+
+def test_cli_range_margin(dirs: tuple[Path, Path], queries: pa.Table, adult_bundle: Path) -> None:
+    in_dir, out_dir = dirs
+    src = in_dir / "q.parquet"
+    pq.write_table(with_value(queries, "age", 4, -5), src)
+    for margin, invalid in (("0.05", 1), ("0.5", 0)):
+        dst = out_dir / f"r{margin}.parquet"
+        code, stdout, stderr = invoke("explain", str(src), "-o", str(dst), "--bundle", str(adult_bundle),
+                                      "--range-margin", margin)
+        assert code == 0, stderr
+        assert f"{invalid} invalid" in stdout
+        assert (pq.read_table(dst).column("status")[4].as_py() == "invalid") == bool(invalid)
+
+
+def test_a_declared_domain_is_a_hard_limit(adult_bundle: Path, tmp_path: Path, queries: pa.Table) -> None:
+    """capital-gain was trained on 0..99,999: a margin of 5% would accept -5,000. Declared
+    non-negative (``"domain": {"capital-gain": [0, null]}`` in the training schema, kept in the
+    manifest), any negative value makes its row invalid."""
+    plain = Explainer.from_bundle(adult_bundle)
+    bad = with_value(queries, "capital-gain", 6, -1)
+    assert plain.explain(bad).column("status")[6].as_py() != "invalid"
+    copy = tmp_path / "bundle"
+    shutil.copytree(adult_bundle, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    for f in manifest["preprocessing"]["features"]:
+        if f["name"] == "capital-gain":
+            f["domain"] = [0, None]
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    strict = Explainer.from_bundle(copy)
+    out = strict.explain(bad)
+    assert out.column("status")[6].as_py() == "invalid"
+    assert out.column("reason")[6].as_py() == "capital-gain: value outside the declared domain [0, inf]"
+    others = [i for i in range(N_ROWS) if i != 6]
+    assert (out.column("status").take(pa.array(others)).to_pylist()
+            == plain.explain(bad).column("status").take(pa.array(others)).to_pylist())
