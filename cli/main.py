@@ -84,6 +84,7 @@ def explain(
     decrease_only: Annotated[list[str] | None, typer.Option(help="Numeric feature that may only decrease (repeatable).")] = None,
     range_: Annotated[list[str] | None, typer.Option("--range", help="Allowed range in raw units, feature=lo:hi (repeatable).")] = None,
     allow: Annotated[list[str] | None, typer.Option(help="Allowed categories, feature=a,b,c (repeatable).")] = None,
+    revert: Annotated[bool, typer.Option("--revert/--no-revert", help="Put back the changes f does not need (--no-revert: the latent walk's answer).")] = True,
 ) -> None:
     """Explain every row of INPUT: a counterfactual for each row the classifier rejects."""
     from gmcf.runtime.constraints import Constraints
@@ -103,7 +104,7 @@ def explain(
         wanted = wanted.merge(Constraints.from_options(
             immutable or (), increase_only or (), decrease_only or (), range_ or (), allow or ()
         ))
-        ex = Explainer.from_bundle(bundle, threads=threads, constraints=wanted, num_cfs=num_cfs, threshold=threshold,
+        ex = Explainer.from_bundle(bundle, threads=threads, constraints=wanted, num_cfs=num_cfs, revert=revert, threshold=threshold,
                                    tol=tol, steps=steps, refine=refine, extrapolate=extrapolate)
         with _progress() as bar:
             task = bar.add_task("explaining", total=None, info="")

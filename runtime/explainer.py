@@ -18,6 +18,8 @@ from gmcf.runtime.bundle import Bundle, SearchDefaults, load_bundle
 from gmcf.runtime.constraints import Constraints
 from gmcf.runtime.errors import GmcfError, InputError
 from gmcf.runtime.output import output_batch, output_schema, result_columns
+from gmcf.runtime.plausibility import log_density
+from gmcf.runtime.revert import revert_changes
 from gmcf.runtime.schema import ImagePreprocessor, usable_rows
 from gmcf.runtime.search import ALREADY, FOUND, INVALID, NOT_FOUND, Engine, SearchResult, search
 
@@ -101,6 +103,8 @@ class Explainer:
     threads: int = 1
     constraints: Constraints = field(default_factory=Constraints)
     num_cfs: int = 1
+    revert: bool = True
+    """Put back the changes f does not need (``gmcf.runtime.revert``); False: the latent answer."""
     _engine: Engine | None = field(default=None, init=False, repr=False)
 
     @classmethod
@@ -110,6 +114,7 @@ class Explainer:
         threads: int = 1,
         constraints: Constraints | dict[str, Any] | None = None,
         num_cfs: int = 1,
+        revert: bool = True,
         **overrides: Any,
     ) -> Explainer:
         """Load and verify a bundle. ``overrides`` replace its search defaults
@@ -117,7 +122,8 @@ class Explainer:
         tol keeps the bundle's band: when it reaches 1 (any score from T up to 1 is accepted),
         tol becomes 1 - threshold. ``constraints`` are merged
         over the bundle's default constraints (see ``gmcf.runtime.constraints``); ``num_cfs``
-        asks for up to that many distinct counterfactuals per rejected query."""
+        asks for up to that many distinct counterfactuals per rejected query; ``revert=False``
+        returns the latent walk's answer without putting back the changes f does not need."""
         if num_cfs < 1:
             raise GmcfError(f"num_cfs must be at least 1, got {num_cfs}")
         bundle = load_bundle(path)
@@ -134,7 +140,7 @@ class Explainer:
         if constraints:
             merged = merged.merge(constraints)
         merged.validate(bundle.preprocessor)
-        return cls(bundle, settings, threads, merged, num_cfs)
+        return cls(bundle, settings, threads, merged, num_cfs, revert)
 
     @property
     def _chunk(self) -> int:
@@ -191,19 +197,22 @@ class Explainer:
             score = self.engine.score(xr) if len(targets) > 1 else None
             for res, target in zip(walks, targets, strict=True):
                 tgt = None if target is None else np.broadcast_to(target, (rows.size, target.size)).copy()
-                res.assign(rows, search(self.engine, xr, self.settings, bounds, tgt, score))
+                part = search(self.engine, xr, self.settings, bounds, tgt, score)
+                if self.revert:
+                    self._revert(part, xr, bounds)
+                res.assign(rows, part)
         upper = self.settings.threshold + self.settings.tol
         constrained = bool(self.constraints)
         if self.num_cfs == 1:
             res = walks[0]
             if summary is not None:
                 summary.add(res.status)
-            return None, result_columns(pre, x, reason, res, self._recon(res), upper, constrained=constrained)
+            return None, result_columns(pre, x, reason, res, *self._quality(res), upper, constrained=constrained)
         src, rank, res = rank_options(walks, x, self.num_cfs)
         if summary is not None:
             summary.add(res.status[rank <= 1])
         return src, result_columns(
-            pre, x[src], reason[src], res, self._recon(res), upper, rank=rank, constrained=constrained
+            pre, x[src], reason[src], res, *self._quality(res), upper, rank=rank, constrained=constrained
         )
 
     def _set_aside_unmeetable(
@@ -226,14 +235,31 @@ class Explainer:
         reason[stuck[rejected]] = why[stuck_at][rejected]
         return ok[~stuck_at], reason
 
-    def _recon(self, res: SearchResult) -> np.ndarray:
+    def _revert(self, part: SearchResult, x: np.ndarray, bounds: tuple[np.ndarray, np.ndarray] | None) -> None:
+        """The revert step on the found rows of one searched chunk (in place)."""
+        hit = np.nonzero(part.status == FOUND)[0]
+        if hit.size == 0:
+            return
+        s = self.settings
+        b = None if bounds is None else (bounds[0][hit], bounds[1][hit])
+        part.cf[hit], part.cf_score[hit], part.reverted[hit] = revert_changes(
+            self.bundle.preprocessor, self.engine.score, x[hit], part.cf[hit], part.cf_score[hit],
+            s.threshold, s.threshold + s.tol, b,
+        )
+
+    def _quality(self, res: SearchResult) -> tuple[np.ndarray, np.ndarray]:
+        """Per row: the reconstruction error and the plausibility of the counterfactual."""
         recon = np.full(len(res.status), np.nan, np.float32)
+        plaus = np.full(len(res.status), np.nan, np.float32)
         hit = np.nonzero(res.status == FOUND)[0]
         chunk = self._chunk
+        latent = self.bundle.manifest["latent"]
+        mu, var = np.asarray(latent["mu"][1], np.float32), np.asarray(latent["var"][1], np.float32)
         for start in range(0, hit.size, chunk):
             rows = hit[start: start + chunk]
             recon[rows] = self.engine.reconstruction_error(res.cf[rows])
-        return recon
+            plaus[rows] = log_density(self.engine.latent(res.cf[rows]), mu, var)
+        return recon, plaus
 
     def _targets(self) -> list[np.ndarray | None]:
         """Latent points the walks head for: mu_1 first, then points on the edge of the target

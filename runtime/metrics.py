@@ -33,7 +33,7 @@ def changed_features(pre: Preprocessor, x: np.ndarray, cf: np.ndarray) -> np.nda
     n_num = pre.n_numeric
     lo, hi = pre.lo_hi()
     span = np.where(hi > lo, hi - lo, 1.0)
-    raw_diff = np.abs(cf[:, :n_num] - x[:, :n_num]) * span
+    raw_diff = np.abs(pre.raw_values(cf) - pre.raw_values(x))
     count = (raw_diff > 1e-6 * np.maximum(span, 1.0)).sum(axis=1)
     offset = n_num
     for k in pre.cat_sizes:

@@ -35,6 +35,8 @@ RESULT_COLUMNS: tuple[tuple[str, pa.DataType, str], ...] = (
     ("sparsity_l1", pa.float32(), "L1 norm of the change in the model's input space (the paper's sparsity)"),
     ("sparsity_l0", pa.int32(), "number of features whose value changed"),
     ("reconstruction_error", pa.float32(), "the autoencoder's mean squared reconstruction error on the counterfactual"),
+    ("plausibility", pa.float32(), "log-density of the counterfactual's latent code E(x_cf) under the target class's Gaussian (higher: more typical of rows f approves)"),
+    ("reverted", pa.int32(), "changes of the latent answer put back because f did not need them (0 with `--no-revert`)"),
 )
 
 
@@ -127,6 +129,7 @@ def result_columns(
     reason_invalid: np.ndarray,
     res: SearchResult,
     recon: np.ndarray,
+    plausibility: np.ndarray,
     tol_upper: float,
     rank: np.ndarray | None = None,
     constrained: bool = False,
@@ -164,6 +167,8 @@ def result_columns(
         _masked(l1, found, pa.float32()),
         _masked(changed_features(pre, x, res.cf), found, pa.int32()),
         _masked(recon, found, pa.float32()),
+        _masked(plausibility, found, pa.float32()),
+        _masked(res.reverted, found, pa.int32()),
     ]
     return cols
 

@@ -36,11 +36,12 @@ _worker: Explainer | None = None
 
 
 def _init(
-    bundle: str, settings: dict[str, object], threads: int, constraints: dict[str, object], num_cfs: int
+    bundle: str, settings: dict[str, object], threads: int, constraints: dict[str, object], num_cfs: int,
+    revert: bool = True,
 ) -> None:
     global _worker
     _worker = Explainer.from_bundle(
-        bundle, threads=threads, constraints=constraints, num_cfs=num_cfs, **settings
+        bundle, threads=threads, constraints=constraints, num_cfs=num_cfs, revert=revert, **settings
     )
 
 
@@ -86,7 +87,7 @@ def explain_parquet_parallel(
     t0 = time.perf_counter()
     with ProcessPoolExecutor(
         workers, mp_context=mp.get_context(method), initializer=_init,
-        initargs=(str(ex.bundle.path), settings, ex.threads, ex.constraints.to_dict(), ex.num_cfs),
+        initargs=(str(ex.bundle.path), settings, ex.threads, ex.constraints.to_dict(), ex.num_cfs, ex.revert),
     ) as pool, atomic_parquet_writer(dst, schema) as writer:
         pending: deque[tuple[pa.RecordBatch, Future[tuple[np.ndarray | None, list[pa.Array], np.ndarray]]]] = deque()
         pre = ex.bundle.preprocessor

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from gmcf.runtime import arrow
+from gmcf.runtime import arrow, transforms
 from gmcf.runtime.errors import InputError, SchemaError
 
 KINDS = ("continuous", "integer", "categorical", "image")
@@ -40,6 +40,15 @@ class Feature:
     categories: tuple[str, ...] = ()
     shape: tuple[int, ...] = ()
     """Image features only: the image's shape, e.g. (28, 28)."""
+    transform: str = transforms.AUTO
+    """Numeric features: ``minmax`` or ``log`` once fitted (see ``gmcf.runtime.transforms``);
+    ``auto`` when declared: chosen from the training data."""
+    band_lo: float | None = None
+    band_hi: float | None = None
+    """Numeric features: the training distribution's [p0.5, p99.5], which counterfactuals keep to."""
+    determined_by: str | None = None
+    lookup: tuple[float, ...] = ()
+    """A numeric feature determined by a categorical one: its value for each category."""
 
     @property
     def is_numeric(self) -> bool:
@@ -56,6 +65,12 @@ class Feature:
             out["shape"] = list(self.shape)
         if self.is_numeric:
             out["lo"], out["hi"] = self.lo, self.hi
+            if self.kind != IMAGE:
+                out["transform"] = self.transform
+            if self.band_lo is not None:
+                out["band"] = [self.band_lo, self.band_hi]
+            if self.determined_by is not None:
+                out["determined_by"], out["lookup"] = self.determined_by, list(self.lookup)
         else:
             out["categories"] = list(self.categories)
         return out
@@ -69,12 +84,23 @@ class Feature:
             )
         if kind == IMAGE:
             return _image_feature(d)
+        fitted = d.get("lo") is not None
+        band = d.get("band") or (None, None)
+        by = d.get("determined_by")
         return cls(
             name=str(d["name"]),
             kind=str(kind),
             lo=None if d.get("lo") is None else float(d["lo"]),
             hi=None if d.get("hi") is None else float(d["hi"]),
             categories=tuple(str(c) for c in d.get("categories", ())),
+            # a bundle written before transforms existed scaled every numeric feature min-max
+            transform=transforms.check_transform(
+                str(d.get("name")), str(d.get("transform", "minmax" if fitted else transforms.AUTO))
+            ),
+            band_lo=None if band[0] is None else float(band[0]),
+            band_hi=None if band[1] is None else float(band[1]),
+            determined_by=None if by is None else str(by),
+            lookup=tuple(float(v) for v in d.get("lookup", ())),
         )
 
 
@@ -111,6 +137,10 @@ class DataSchema:
     features: tuple[Feature, ...]
     label: str
     positive_class: str
+    determined: Mapping[str, str] = field(default_factory=dict)
+    """Declared dependencies: numeric feature -> the categorical feature that determines it."""
+    detect_determined: bool = True
+    """Also detect, at training, numeric features that map 1:1 to a categorical one."""
 
     @property
     def has_image(self) -> bool:
@@ -148,7 +178,22 @@ class DataSchema:
         if d["label"] in names:
             raise SchemaError(f"schema: label {d['label']!r} is also declared as a feature")
         _check_image_schema(feats)
-        return cls(tuple(feats), str(d["label"]), str(d["positive_class"]))
+        declared = d.get("transforms", {})
+        if not isinstance(declared, Mapping):
+            raise SchemaError("schema: 'transforms' must map feature names to a transform")
+        by_name = {f.name: f for f in feats}
+        for name, t in declared.items():
+            if name not in by_name or not by_name[name].is_numeric:
+                raise SchemaError(f"schema: 'transforms' names {name!r}, which is not a numeric feature")
+            by_name[name] = replace(by_name[name], transform=transforms.check_transform(name, str(t)))
+        feats = [by_name[f.name] for f in feats]
+        determined = d.get("determined", {})
+        if not isinstance(determined, Mapping):
+            raise SchemaError("schema: 'determined' must map a numeric feature to the categorical one that determines it")
+        determined = {str(k): str(v) for k, v in determined.items()}
+        transforms.check_determined(determined, feats)
+        return cls(tuple(feats), str(d["label"]), str(d["positive_class"]), determined,
+                   bool(d.get("detect_determined", True)))
 
     @classmethod
     def from_file(cls, path: Path) -> DataSchema:
@@ -249,7 +294,12 @@ class Preprocessor:
 
     # -- fit ----------------------------------------------------------------------------------
     @classmethod
-    def fit(cls, table: pa.Table, features: Sequence[Feature]) -> Preprocessor:
+    def fit(
+        cls, table: pa.Table, features: Sequence[Feature], determined: Mapping[str, str] | None = None,
+        detect: bool = True,
+    ) -> Preprocessor:
+        """Fit the scaling (transform, range and band of each numeric feature), the categories,
+        and the features determined by others (``determined``, and detected ones if ``detect``)."""
         if any(f.kind == IMAGE for f in features):
             return ImagePreprocessor.fit_image(table, features)
         fitted: list[Feature] = []
@@ -266,13 +316,18 @@ class Preprocessor:
                     raise InputError(
                         f"column {f.name!r} is declared integer but holds non-integer values"
                     )
-                fitted.append(Feature(f.name, f.kind, float(finite.min()), float(finite.max())))
+                transform = transforms.choose_transform(finite) if f.transform == transforms.AUTO else f.transform
+                band = transforms.fit_band(finite)
+                fitted.append(Feature(f.name, f.kind, float(finite.min()), float(finite.max()),
+                                      transform=transform, band_lo=band[0], band_hi=band[1]))
             else:
                 cats = pc.unique(pc.drop_null(col.cast(pa.string()))).to_pylist()
                 if not cats:
                     raise InputError(f"column {f.name!r}: no categories to fit on")
                 fitted.append(Feature(f.name, f.kind, categories=tuple(sorted(cats))))
-        return cls(tuple(fitted))
+        from gmcf.runtime.dependencies import fit_determined
+
+        return cls(tuple(fit_determined(table, fitted, dict(determined or {}), detect)))
 
     # -- apply --------------------------------------------------------------------------------
     def check_columns(self, schema: pa.Schema) -> None:
@@ -329,7 +384,7 @@ class Preprocessor:
             far = (v < lo - self.range_margin * span) | (v > hi + self.range_margin * span)
             if far.any():
                 flag(far & np.isfinite(v), f"{f.name}: value far outside the training range [{lo:g}, {hi:g}]")
-            scaled = (v - lo) / span
+            scaled = transforms.raw_to_model(f, np.where(np.isfinite(v), v, lo))
             x[:, j] = np.where(np.isfinite(scaled), scaled, 0.0)
         offset = self.n_numeric
         for f in self.categorical:
@@ -351,13 +406,29 @@ class Preprocessor:
         return x, reason
 
     # -- invert -------------------------------------------------------------------------------
+    def raw_values(self, x: np.ndarray) -> np.ndarray:
+        """The numeric entries of model-space rows ``x`` [n, >= n_numeric] in raw units, float64
+        [n, n_numeric] (integers not rounded): the exact inverse of the scaling."""
+        u = np.asarray(x[:, : self.n_numeric], dtype=np.float64)
+        return np.stack([transforms.model_to_raw(f, u[:, j]) for j, f in enumerate(self.numeric)], axis=1) \
+            if self.n_numeric else u
+
+    def model_values(self, raw: np.ndarray) -> np.ndarray:
+        """Raw numeric values [n, n_numeric] -> model space (float64): the scaling."""
+        raw = np.asarray(raw, dtype=np.float64)
+        return np.stack([transforms.raw_to_model(f, raw[:, j]) for j, f in enumerate(self.numeric)], axis=1) \
+            if self.n_numeric else raw
+
+    def bands(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per numeric feature, the band [p0.5, p99.5] of training in model space."""
+        b = np.array([transforms.band_of(f) for f in self.numeric], dtype=np.float64).reshape(-1, 2)
+        return b[:, 0], b[:, 1]
+
     def inverse_values(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """Decode model-space rows (already hard: one-hot blocks) to raw values: float64 for a
         continuous feature, int64 for an integer one, the category's index for a categorical."""
         out: dict[str, np.ndarray] = {}
-        lo, hi = self.lo_hi()
-        span = np.where(hi > lo, hi - lo, 1.0)
-        raw = lo + x[:, : self.n_numeric].astype(np.float64) * span
+        raw = self.raw_values(x)
         for j, f in enumerate(self.numeric):
             out[f.name] = np.rint(raw[:, j]).astype(np.int64) if f.kind == "integer" else raw[:, j]
         offset = self.n_numeric
@@ -444,6 +515,15 @@ class ImagePreprocessor(Preprocessor):
         return np.zeros(self.image.size, dtype=bool)
 
     def lo_hi(self) -> tuple[np.ndarray, np.ndarray]:
+        return np.zeros(self.image.size), np.ones(self.image.size)
+
+    def raw_values(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(x[:, : self.n_numeric], dtype=np.float64)
+
+    def model_values(self, raw: np.ndarray) -> np.ndarray:
+        return np.asarray(raw, dtype=np.float64)
+
+    def bands(self) -> tuple[np.ndarray, np.ndarray]:
         return np.zeros(self.image.size), np.ones(self.image.size)
 
     @classmethod

@@ -122,6 +122,10 @@ class Engine:
     def mu_1_rows(self, n: int) -> np.ndarray:
         return np.broadcast_to(self.mu_1, (n, self.mu_1.size)).copy()
 
+    def latent(self, x: np.ndarray) -> np.ndarray:
+        """z = E(x) (the encoder is opened on first use)."""
+        return np.asarray(self._open("encoder").run(None, {"x": x})[0], dtype=np.float32)
+
     def reconstruction_error(self, x: np.ndarray) -> np.ndarray:
         return np.asarray(self.sessions["reconstruct"].run(None, {"x": x})[0], dtype=np.float32)
 
@@ -138,8 +142,9 @@ class SearchResult:
     alpha: np.ndarray  # NaN where none
     evaluations: np.ndarray  # decoder evaluations spent on the row
     overshoot: np.ndarray  # best crossing score where the search crossed T but never within tol
+    reverted: np.ndarray  # changes of the latent answer put back by the revert step
 
-    FIELDS = ("status", "kind", "score", "cf", "cf_score", "alpha", "evaluations", "overshoot")
+    FIELDS = ("status", "kind", "score", "cf", "cf_score", "alpha", "evaluations", "overshoot", "reverted")
 
     def assign(self, rows: np.ndarray, part: SearchResult) -> None:
         """Copy ``part`` (results for ``rows`` of this result, in order) into place."""
@@ -157,6 +162,7 @@ class SearchResult:
             alpha=np.full(n, np.nan, np.float32),
             evaluations=np.zeros(n, np.int32),
             overshoot=np.full(n, np.nan, np.float32),
+            reverted=np.zeros(n, np.int32),
         )
 
 

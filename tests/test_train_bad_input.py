@@ -112,16 +112,10 @@ def case_missing_column(tmp: Path, adult: pa.Table) -> tuple[list[str], str]:
     return data_args(data, write_schema(tmp / "schema.json", schema)), "lacks: 'workclass'"
 
 
-def case_three_classes(tmp: Path, adult: pa.Table) -> tuple[list[str], str]:
-    cols = rows_of(adult, 0, 300, 100)
-    cols["income"] = [["<=50K", ">50K", "unknown"][i % 3] for i in range(100)]
-    return data_args(write_csv(tmp / "d.csv", cols), write_schema(tmp / "s.json")), "exactly two classes, found 3"
-
-
 def case_one_class(tmp: Path, adult: pa.Table) -> tuple[list[str], str]:
     cols = rows_of(adult, 0, 300, 100)
     cols["income"] = ["<=50K"] * 100
-    return data_args(write_csv(tmp / "d.csv", cols), write_schema(tmp / "s.json")), "exactly two classes, found 1"
+    return data_args(write_csv(tmp / "d.csv", cols), write_schema(tmp / "s.json")), "has a single class"
 
 
 def case_positive_class_absent(tmp: Path, adult: pa.Table) -> tuple[list[str], str]:

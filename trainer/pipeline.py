@@ -42,7 +42,7 @@ from gmcf.trainer.fit import (
 )
 from gmcf.trainer.images import default_search, image_networks
 from gmcf.trainer.model import GMCF
-from gmcf.trainer.prepare import Prepared, prepare
+from gmcf.trainer.prepare import Prepared, label_classes, prepare
 
 
 @dataclass
@@ -182,6 +182,7 @@ def train_models(
     cb.stage("report", 1)
     report = build_report(model, p, f_train, f_test, hist.losses, cfg, time.time() - t0)
     report["dataset"] = ds.name
+    report["label"] = {"column": ds.schema.label, **label_classes(ds)}
     report["model_selection"] = {
         "selected_epoch": hist.selected_epoch,
         "checks": [{k: round(v, 4) for k, v in c.items()} for c in hist.checks],
