@@ -70,10 +70,15 @@ class HardDecode(nn.Module):
         )
         blocks = []
         offset = n
+        cat_upper = None
+        if lower is not None and upper is not None:
+            cat_upper = upper[..., n:]
+            mask = self.numeric.category_mask(lower[..., :n], upper[..., :n], cat_upper.shape[-1])
+            cat_upper = cat_upper if mask is None else cat_upper * mask
         for lg, ar in zip(logits, self.aranges, strict=True):
             k = lg.shape[-1]
-            if upper is not None:
-                lg = lg - 1e9 * (1.0 - upper[..., offset: offset + k])
+            if cat_upper is not None:
+                lg = lg - 1e9 * (1.0 - cat_upper[..., offset - n: offset - n + k])
             blocks.append((ar == torch.argmax(lg, dim=-1, keepdim=True)).to(torch.float32))
             offset += k
         if blocks:
@@ -254,10 +259,15 @@ class ColumnSearch(nn.Module):
         cont = cont.reshape(self.n, s * b)
         blocks, codes = [], []
         offset = self.n
+        cat_up = None
+        if lo_t is not None and up_t is not None:
+            cat_up = up_t[self.n:]
+            mask = self.numeric.category_mask(lo_t[: self.n], up_t[: self.n], cat_up.shape[0])
+            cat_up = cat_up if mask is None else cat_up * mask
         for k in self.cat_sizes:
             lg = out[offset: offset + k]
-            if up_t is not None:
-                lg = (lg.reshape(k, s, b) - 1e9 * (1.0 - up_t[offset: offset + k])).reshape(k, s * b)
+            if cat_up is not None:
+                lg = (lg.reshape(k, s, b) - 1e9 * (1.0 - cat_up[offset - self.n: offset - self.n + k])).reshape(k, s * b)
             top = lg[0:1]
             for j in range(1, k):
                 top = torch.maximum(top, lg[j: j + 1])

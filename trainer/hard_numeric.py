@@ -59,6 +59,8 @@ class NumericHard(nn.Module):
         self._buffer("band_hi", band_hi)
         keep, table = dependencies.lookup_matrix(pre)
         self.lookup = bool((keep == 0).any())
+        # (numeric column, first and last column of its category block in the categorical part)
+        self.deps = [(j, off - n, off - n + len(v)) for j, off, v in dependencies.determined(pre)]
         self._buffer("keep", keep)
         # [n, categorical width]: rows of the columns layout; transposed for the row layout
         self.register_buffer("table", torch.tensor(table if columns else table.T.copy(), dtype=torch.float32))
@@ -101,6 +103,26 @@ class NumericHard(nn.Module):
         if lower is not None and upper is not None:
             cont = torch.minimum(torch.maximum(cont, lower), upper)
         return cont
+
+    def category_mask(self, lower: torch.Tensor, upper: torch.Tensor, width: int) -> torch.Tensor | None:
+        """1 for a category that a determined feature's bounds allow, else 0, over the
+        categorical part of the row (``lower``/``upper``: the numeric block's bounds); None
+        without determined features."""
+        if not self.deps:
+            return None
+        mask = None
+        for j, start, end in self.deps:
+            if self.columns:
+                values, lo, hi = self.table[j, start:end].reshape(-1, 1, 1), lower[j: j + 1], upper[j: j + 1]
+                ones, dim = torch.ones_like(upper[:1]), 0
+            else:
+                values, lo, hi = self.table[start:end, j], lower[..., j: j + 1], upper[..., j: j + 1]
+                ones, dim = torch.ones_like(upper[..., :1]), -1
+            parts = [ones] * start + [((values >= lo - 1e-6) & (values <= hi + 1e-6)).to(torch.float32)]
+            parts += [ones] * (width - end)
+            part = torch.cat(parts, dim=dim)
+            mask = part if mask is None else mask * part
+        return mask
 
     def follow(self, cont: torch.Tensor, one_hots: torch.Tensor) -> torch.Tensor:
         """Determined features set from their categories' one-hots (same layout as ``cont``)."""
