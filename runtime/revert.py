@@ -52,20 +52,18 @@ def revert_changes(
     reverted = np.zeros(n, np.int32)
     if n == 0:
         return cf, cf_score, reverted
-    groups = dependencies.groups(pre)
+    member = np.zeros((len(dependencies.groups(pre)), pre.width), bool)  # [G, F]: a group's columns
+    for gi, cols in enumerate(dependencies.groups(pre)):
+        member[gi, cols] = True
     n_num = pre.n_numeric
     active = np.arange(n)
     while active.size:
         cur, xq = cf[active], x[active]
-        changed = np.stack([(cur[:, g] != xq[:, g]).any(axis=1) for g in groups], axis=1)  # [a, G]
+        changed = ((cur != xq).astype(np.float32) @ member.T.astype(np.float32)) > 0  # [a, G]
         r_idx, g_idx = np.nonzero(changed)
         if r_idx.size == 0:
             break
-        cand = cur[r_idx].copy()
-        for gi, cols in enumerate(groups):
-            hit = g_idx == gi
-            if hit.any():
-                cand[np.ix_(hit, cols)] = xq[r_idx[hit]][:, cols]
+        cand = np.where(member[g_idx], xq[r_idx], cur[r_idx])
         s = np.concatenate([score(cand[i: i + CHUNK]) for i in range(0, len(cand), CHUNK)])
         ok = (s >= threshold) & (s < upper)
         if bounds is not None:
