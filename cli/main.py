@@ -172,7 +172,7 @@ def _report_lines(r: dict[str, Any]) -> str:
 
 @app.command()
 def train(
-    dataset: Annotated[str | None, typer.Argument(help="Shipped dataset: adult, lending-club or mnist-1-to-7.")] = None,
+    dataset: Annotated[str | None, typer.Argument(help="Shipped dataset: adult, lending-club, lending-club-book or mnist-1-to-7.")] = None,
     data: Annotated[Path | None, typer.Option(help="Your own CSV or Parquet file (with --schema).")] = None,
     schema: Annotated[Path | None, typer.Option(help="JSON or TOML feature schema for --data.")] = None,
     output: Annotated[Path | None, typer.Option("-o", "--output", help="Bundle folder \\[default: exported/DATASET].")] = None,
@@ -234,7 +234,7 @@ def train(
 
 @app.command()
 def evaluate(
-    dataset: Annotated[str, typer.Argument(help="Shipped dataset: adult, lending-club or mnist-1-to-7.")],
+    dataset: Annotated[str, typer.Argument(help="Shipped dataset: adult, lending-club, lending-club-book or mnist-1-to-7.")],
     reps: Annotated[int, typer.Option(help="Repetitions, each a fresh random 80/20 split [paper: 5].")] = 5,
     methods: Annotated[str, typer.Option(help="Comma list of: gmcf, gdl, dice-random, dice-genetic, cfrl, prototype.")] = "gmcf,gdl",
     max_queries: Annotated[int, typer.Option(help="Queries per repetition for every method but GMCF (same rows for each).")] = 200,
@@ -307,7 +307,7 @@ def evaluate(
 @app.command()
 def sample(
     output: Annotated[Path, typer.Argument(help="Parquet file to write.")] = Path("queries.parquet"),
-    dataset: Annotated[str, typer.Option(help="adult, lending-club or mnist-1-to-7.")] = "adult",
+    dataset: Annotated[str, typer.Option(help="adult, lending-club, lending-club-book or mnist-1-to-7.")] = "adult",
     rows: Annotated[int, typer.Option(help="How many rows (taken from the shipped data).")] = 1000,
     seed: Annotated[int, typer.Option(help="Random seed of the draw.")] = 0,
 ) -> None:

@@ -238,8 +238,8 @@ class Explainer:
     def _revert(self, part: SearchResult, x: np.ndarray, bounds: tuple[np.ndarray, np.ndarray] | None) -> None:
         """The revert step on the found rows of one searched chunk (in place)."""
         hit = np.nonzero(part.status == FOUND)[0]
-        if hit.size == 0:
-            return
+        if hit.size == 0 or isinstance(self.bundle.preprocessor, ImagePreprocessor):
+            return  # an image is one feature: putting it back is the query itself
         s = self.settings
         b = None if bounds is None else (bounds[0][hit], bounds[1][hit])
         part.cf[hit], part.cf_score[hit], part.reverted[hit] = revert_changes(
