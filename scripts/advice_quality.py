@@ -114,6 +114,37 @@ def measure(bundle: Path, dataset: str, revert: bool, k: int = 5) -> dict[str, A
     return res
 
 
+def _fmt_value(v: Any) -> str:
+    if isinstance(v, float) and not v.is_integer():
+        return f"{v:,.1f}"
+    if isinstance(v, int | float):
+        return f"{int(v):,}"
+    return str(v)
+
+
+def examples(bundle: Path, dataset: str, n: int, seed: int = 0) -> str:
+    """``n`` held-out applicants f rejects (a seeded draw) and their advice, as a loan officer
+    reads it: each changed feature, from -> to, and f's score before and after."""
+    ds = load_dataset(dataset)
+    ex = Explainer.from_bundle(bundle)
+    pre = ex.bundle.preprocessor
+    tc = ex.bundle.manifest["train_config"]
+    _, test_rows = split(ds.table.num_rows, int(tc["seed"]), float(tc["test_size"]))
+    test = ds.table.take(pa.array(test_rows))
+    x, _ = pre.transform(test)
+    rejected = np.nonzero(ex.engine.score(x) < ex.settings.threshold)[0]
+    pick = np.sort(np.random.default_rng(seed).choice(rejected, n, replace=False))
+    out = ex.explain(test.take(pa.array(pick)))
+    lines = ["| applicant | advice | f before -> after |", "|---|---|---|"]
+    for i, row in enumerate(out.to_pylist()):
+        changes = [f"{f.name} {_fmt_value(row[f.name])} -> {_fmt_value(row['cf_' + f.name])}"
+                   for f in pre.features if row["status"] == "found" and row[f.name] != row["cf_" + f.name]]
+        advice = "; ".join(changes) if changes else f"({row['status']}: {row['reason']})"
+        after = f"{row['cf_score']:.2f}" if row["cf_score"] is not None else "–"
+        lines.append(f"| {int(test_rows[pick[i]])} | {advice} | {row['score']:.2f} -> {after} |")
+    return "\n".join(lines)
+
+
 COLUMNS = (("validity", "validity %", ".1f"), ("l0", "L0", ".2f"), ("l1", "L1", ".3f"), ("l2", "L2", ".3f"),
            ("plausibility", "plausibility", ".2f"), ("ynn", "yNN", ".3f"),
            ("outside_band_rows", "outside band, % of CFs", ".2f"), ("outside_band_values", "outside band, % of values", ".2f"),
@@ -136,7 +167,12 @@ def main() -> None:
     ap.add_argument("bundles", nargs="+", type=Path)
     ap.add_argument("--dataset", required=True, help="shipped dataset the bundles were trained on")
     ap.add_argument("--json", type=Path, help="write the figures here")
+    ap.add_argument("--examples", type=int, default=0, help="print this many applicants and their advice instead")
     args = ap.parse_args()
+    if args.examples:
+        for b in args.bundles:
+            print(examples(b, args.dataset, args.examples))
+        return
     results = [measure(b, args.dataset, rv) for b in args.bundles for rv in (False, True)]
     print(table(results))
     if args.json:
