@@ -22,6 +22,7 @@ from rich.progress import (
 )
 
 from gmcf.runtime.errors import GmcfError
+from gmcf.runtime.settings import DEFAULT_BATCH_SIZE
 
 app = typer.Typer(
     help="Counterfactual explanations at scale: what would have to change for the decision to go the other way.",
@@ -72,7 +73,7 @@ def explain(
     steps: Annotated[int | None, typer.Option(help="Points on the alpha grid in (0, 1].")] = None,
     refine: Annotated[bool | None, typer.Option("--refine/--no-refine", help="Bisect a crossing that overshoots T + tol.")] = None,
     extrapolate: Annotated[bool | None, typer.Option("--extrapolate/--no-extrapolate", help="Walk past mu_1 when the path never crosses T.")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Rows read, searched and written at a time \\[default: 65,536 tabular rows; ~2,700 images].")] = None,
+    batch_size: Annotated[int | None, typer.Option(help=f"Rows read, searched and written at a time \\[default: {DEFAULT_BATCH_SIZE:,} tabular rows; ~2,700 images].")] = None,
     threads: Annotated[int, typer.Option(help="onnxruntime intra-op threads per worker.")] = 1,
     workers: Annotated[int, typer.Option(help="Worker processes [default 0: one per core, at most one per batch].")] = 0,
     id_column: Annotated[str | None, typer.Option(help="Column passed through to the output to identify rows.")] = None,
@@ -88,8 +89,9 @@ def explain(
 ) -> None:
     """Explain every row of INPUT: a counterfactual for each row the classifier rejects."""
     from gmcf.runtime.constraints import Constraints
-    from gmcf.runtime.explainer import Explainer, default_batch_size
+    from gmcf.runtime.explainer import Explainer
     from gmcf.runtime.parallel import auto_workers, explain_parquet_parallel
+    from gmcf.runtime.settings import batch_size_for
 
     bundle = bundle or default_bundle()
     output = output or input.with_name(input.stem + ".explained.parquet")
@@ -114,7 +116,7 @@ def explain(
                 bar.update(task, completed=done, total=total, info=f"{done / elapsed:,.0f} rows/s")
 
             if workers == 0:
-                workers = auto_workers(input, default_batch_size(ex.bundle.preprocessor.width) if batch_size is None else batch_size)
+                workers = auto_workers(input, batch_size_for(batch_size, ex.bundle.preprocessor.width))
             if workers > 1:
                 summary = explain_parquet_parallel(ex, input, output, workers, batch_size, id_column, progress)
             else:
@@ -144,17 +146,17 @@ def inspect(
     except GmcfError as exc:
         fail(str(exc))
     if as_json:
-        out.print_json(json.dumps({"manifest": b.manifest, "report": b.report}))
+        out.print_json(json.dumps({"manifest": b.manifest.to_dict(), "report": b.report}))
         return
     m, r = b.manifest, b.report
     pre = b.preprocessor
-    out.print(f"[bold]{b.path}[/]  format {m['format_version']}, dataset {m.get('dataset')}, checksums ok")
-    out.print(f"command: {m.get('command')}", highlight=False)
-    out.print(f"label {m['schema']['label']!r}, positive class {m['schema']['positive_class']!r}", highlight=False)
+    out.print(f"[bold]{b.path}[/]  format {m.format_version}, dataset {m.dataset}, checksums ok")
+    out.print(f"command: {m.command}", highlight=False)
+    out.print(f"label {m.label!r}, positive class {m.positive_class!r}", highlight=False)
     for f in pre.features:
-        detail = f"[{f.lo:g}, {f.hi:g}]" if f.is_numeric else f"{len(f.categories)} categories"
+        detail = f"[{f.lo:g}, {f.hi:g}]" if not f.is_categorical else f"{len(f.categories)} categories"
         out.print(f"  {f.name:<20} {f.kind:<12} {detail}", highlight=False)
-    out.print(f"latent z {m['latent']['dim']} dims, z_u {m['latent']['u_dim']} dims; mu_1 = {b.mu_1}", highlight=False)
+    out.print(f"latent z {m.latent.dim} dims, z_u {m.latent.u_dim} dims; mu_1 = {b.mu_1}", highlight=False)
     out.print(f"search defaults: {b.search.to_dict()}", highlight=False)
     if r:
         out.print(_report_lines(r), highlight=False)

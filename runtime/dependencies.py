@@ -41,7 +41,7 @@ def fit_determined(
     from gmcf.runtime.schema import _numeric_array
 
     by_name = {f.name: f for f in features}
-    cats = [f for f in features if not f.is_numeric]
+    cats = [f for f in features if f.is_categorical]
     if not cats:
         return features
     index = {c.name: _category_index(table, c) for c in cats}

@@ -156,5 +156,5 @@ def check_determined(declared: Mapping[str, str], features: Sequence[Feature]) -
             raise SchemaError(f"schema: 'determined' names unknown feature {missing!r}")
         if not kinds[num].is_numeric or kinds[num].kind == "image":
             raise SchemaError(f"schema: determined feature {num!r} must be numeric (it follows a category)")
-        if kinds[cat].is_numeric:
+        if not kinds[cat].is_categorical:
             raise SchemaError(f"schema: {num!r} can only be determined by a categorical feature, not {cat!r}")

@@ -65,7 +65,7 @@ def measure(bundle: Path, dataset: str, revert: bool, k: int = 5) -> dict[str, A
     ds = load_dataset(dataset)
     ex = Explainer.from_bundle(bundle, revert=revert)
     pre = ex.bundle.preprocessor
-    tc = ex.bundle.manifest["train_config"]
+    tc = ex.bundle.manifest.train_config
     train_rows, test_rows = split(ds.table.num_rows, int(tc["seed"]), float(tc["test_size"]))
     test = ds.table.take(pa.array(test_rows))
     x, reason = pre.transform(test)
@@ -128,7 +128,7 @@ def examples(bundle: Path, dataset: str, n: int, seed: int = 0) -> str:
     ds = load_dataset(dataset)
     ex = Explainer.from_bundle(bundle)
     pre = ex.bundle.preprocessor
-    tc = ex.bundle.manifest["train_config"]
+    tc = ex.bundle.manifest.train_config
     _, test_rows = split(ds.table.num_rows, int(tc["seed"]), float(tc["test_size"]))
     test = ds.table.take(pa.array(test_rows))
     x, _ = pre.transform(test)

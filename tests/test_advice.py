@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
+from helpers import adult_queries
 
 from gmcf.datasets import Dataset, load_dataset
 from gmcf.runtime import transforms
@@ -18,7 +19,6 @@ from gmcf.runtime.explainer import Explainer
 from gmcf.runtime.metrics import changed_features, outside_band, ynn
 from gmcf.runtime.revert import revert_changes
 from gmcf.runtime.schema import DataSchema, Feature, Preprocessor
-from helpers import adult_queries
 
 
 @pytest.fixture(scope="module")

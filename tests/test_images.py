@@ -31,7 +31,7 @@ def mnist() -> pa.Table:
 
 @pytest.fixture(scope="module")
 def pre() -> ImagePreprocessor:
-    p = Preprocessor.from_dict(Explainer.from_bundle(MNIST).bundle.manifest["preprocessing"])
+    p = Preprocessor.from_dict(Explainer.from_bundle(MNIST).bundle.manifest.preprocessing.to_dict())
     assert isinstance(p, ImagePreprocessor)
     return p
 

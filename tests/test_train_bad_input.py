@@ -274,8 +274,8 @@ def test_train_writes_a_loadable_bundle_and_prints_the_report(tmp_path: Path, ad
     code, stdout, stderr, exc = invoke([*data_args(data, schema), "-o", str(out)])
     assert code == 0, f"{stderr}\n{exc!r}"
     b = load_bundle(out)
-    assert b.manifest["dataset"] == "small"
-    assert b.manifest["train_config"]["epochs"] == 1
+    assert b.manifest.dataset == "small"
+    assert b.manifest.train_config["epochs"] == 1
     kinds = {f.name: f.kind for f in b.preprocessor.features}
     assert kinds["hours-per-week"] == "continuous" and kinds["education"] == "categorical"
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".b.")] == []

@@ -35,6 +35,7 @@ from gmcf.runtime.explainer import Explainer
 from gmcf.runtime.metrics import changed_features, outside_band, proximity_l2, sparsity_l1, ynn
 from gmcf.runtime.plausibility import log_density
 from gmcf.runtime.schema import ImagePreprocessor
+from gmcf.runtime.write import write_text
 from gmcf.trainer.baselines import (
     AEConfig,
     Autoencoder,
@@ -376,8 +377,8 @@ def _advice_metrics(rep: Rep, x: np.ndarray, cf: np.ndarray) -> dict[str, np.nda
     lies outside the training band [p0.5, p99.5] where the query's was inside (%, per row)."""
     ex = rep.explainer
     pre = ex.bundle.preprocessor
-    latent = ex.bundle.manifest["latent"]
-    out = {"plausibility": log_density(ex.engine.latent(cf), np.asarray(latent["mu"][1]), np.asarray(latent["var"][1]))
+    latent = ex.bundle.manifest.latent
+    out = {"plausibility": log_density(ex.engine.latent(cf), np.asarray(latent.mu_1), np.asarray(latent.var_1))
            .astype(float)}
     if isinstance(pre, ImagePreprocessor):
         return out
@@ -647,10 +648,7 @@ def write_results(ev: Evaluation, path: Path) -> tuple[Path, Path]:
     """``path`` as JSON and the same stem as Markdown, each written to a temporary file and
     renamed."""
     js, md = path.with_suffix(".json"), path.with_suffix(".md")
-    for dst, text in ((js, json.dumps(ev.to_json(), indent=2) + "\n"), (md, ev.to_markdown())):
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, dst)
+    write_text(js, json.dumps(ev.to_json(), indent=2) + "\n")
+    write_text(md, ev.to_markdown())
     return js, md
 

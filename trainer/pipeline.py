@@ -5,12 +5,10 @@ from __future__ import annotations
 import contextlib
 import json
 import platform
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -21,17 +19,12 @@ import onnx
 import torch
 
 from gmcf.datasets import Dataset
-from gmcf.runtime.bundle import (
-    FORMAT,
-    FORMAT_VERSION,
-    GRAPHS,
-    MANIFEST,
-    OPSET,
-    SearchDefaults,
-    sha256_file,
-)
+from gmcf.runtime.bundle import GRAPHS, MANIFEST, sha256_file
 from gmcf.runtime.errors import InputError
+from gmcf.runtime.manifest import Latent, Manifest
 from gmcf.runtime.schema import ImagePreprocessor, Preprocessor
+from gmcf.runtime.settings import RunSettings
+from gmcf.runtime.write import atomic_path
 from gmcf.trainer.export import adapt_classifier, export_classifier, export_graphs, save
 from gmcf.trainer.fit import (
     TrainConfig,
@@ -57,7 +50,7 @@ class Callbacks:
 class TrainResult:
     path: Path
     report: dict[str, Any]
-    manifest: dict[str, Any] = field(default_factory=dict)
+    manifest: Manifest
 
 
 def _run_onnx(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
@@ -196,45 +189,31 @@ def write_bundle(
 ) -> TrainResult:
     """Export ``trained`` to the bundle folder ``out`` (written beside it, then renamed)."""
     p, model, report = trained.prepared, trained.model, trained.report
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_path(out, folder=True) as tmp:
         graphs = export_graphs(model, p.pre, trained.classifier_onnx, trained.classifier)
         files = save(graphs, tmp)
         (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-        manifest = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "command": command or " ".join(["gmcf-batch", *sys.argv[1:]]),
-            "producer": _versions(),
-            "dataset": ds.name,
-            "schema": {"label": ds.schema.label, "positive_class": ds.schema.positive_class},
-            "preprocessing": p.pre.to_dict(),
-            "latent": {
-                "dim": cfg.latent_dim,
-                "u_dim": cfg.latent_u_dim,
-                "mu": model.mu.detach().numpy().astype(float).round(7).tolist(),
-                "var": model.var.detach().numpy().astype(float).round(7).tolist(),
-            },
-            "opset": OPSET,
-            "search": SearchDefaults(**default_search(ds.schema)).to_dict(),
-            "train_config": cfg.to_dict(),
-            "classifier": "user" if user_classifier else "reference-mlp",
-            "graphs": {name: files[name] for name in GRAPHS},
-            "files": {},
-        }
-        manifest["files"] = {
-            fname: sha256_file(tmp / fname) for fname in [*files.values(), "report.json"]
-        }
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        tmp.chmod(0o755)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        manifest = Manifest(
+            preprocessing=p.pre,
+            latent=Latent(
+                dim=cfg.latent_dim,
+                u_dim=cfg.latent_u_dim,
+                mu=model.mu.detach().numpy().astype(float).round(7).tolist(),
+                var=model.var.detach().numpy().astype(float).round(7).tolist(),
+            ),
+            search=RunSettings(**default_search(ds.schema)),
+            graphs={name: files[name] for name in GRAPHS},
+            files={fname: sha256_file(tmp / fname) for fname in [*files.values(), "report.json"]},
+            dataset=ds.name,
+            label=ds.schema.label,
+            positive_class=ds.schema.positive_class,
+            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            command=command or " ".join(["gmcf-batch", *sys.argv[1:]]),
+            producer=_versions(),
+            train_config=cfg.to_dict(),
+            classifier="user" if user_classifier else "reference-mlp",
+        )
+        (tmp / MANIFEST).write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
     return TrainResult(out, report, manifest)
 
 
