@@ -68,24 +68,26 @@ def log_offset(lo: float) -> float:
     return min(float(lo), 0.0)
 
 
-def _t(transform: str, r: np.ndarray, a: float) -> np.ndarray:
+def _t(transform: str, r: np.ndarray | float, a: float) -> np.ndarray:
+    r = np.asarray(r, np.float64)
     if transform == "log":
         d = r - a
-        return np.sign(d) * np.log1p(np.abs(d))
+        return np.asarray(np.sign(d) * np.log1p(np.abs(d)))
     return r
 
 
 def _t_inv(transform: str, t: np.ndarray, a: float) -> np.ndarray:
+    t = np.asarray(t, np.float64)
     if transform == "log":
-        return a + np.sign(t) * np.expm1(np.abs(t))
+        return np.asarray(a + np.sign(t) * np.expm1(np.abs(t)))
     return t
 
 
 def t_range(f: Feature) -> tuple[float, float]:
     """(T(lo), T(hi) - T(lo)) of a fitted feature; the span is 1 for a constant feature."""
     a = log_offset(f.lo or 0.0)
-    t_lo = float(_t(f.transform, np.float64(f.lo), a))
-    t_hi = float(_t(f.transform, np.float64(f.hi), a))
+    t_lo = float(_t(f.transform, float(f.lo or 0.0), a))
+    t_hi = float(_t(f.transform, float(f.hi or 0.0), a))
     return t_lo, (t_hi - t_lo if t_hi > t_lo else 1.0)
 
 
