@@ -52,18 +52,23 @@ def revert_changes(
     reverted = np.zeros(n, np.int32)
     if n == 0:
         return cf, cf_score, reverted
-    member = np.zeros((len(dependencies.groups(pre)), pre.width), bool)  # [G, F]: a group's columns
-    for gi, cols in enumerate(dependencies.groups(pre)):
-        member[gi, cols] = True
+    groups = [np.array(cols) for cols in dependencies.groups(pre)]
+    member = np.zeros((len(groups), pre.width), np.float32)  # [G, F]: a group's columns
+    for gi, cols in enumerate(groups):
+        member[gi, cols] = 1.0
     n_num = pre.n_numeric
     active = np.arange(n)
     while active.size:
         cur, xq = cf[active], x[active]
-        changed = ((cur != xq).astype(np.float32) @ member.T.astype(np.float32)) > 0  # [a, G]
+        changed = ((cur != xq).astype(np.float32) @ member.T) > 0  # [a, G]
         r_idx, g_idx = np.nonzero(changed)
         if r_idx.size == 0:
             break
-        cand = np.where(member[g_idx], xq[r_idx], cur[r_idx])
+        cand = cur[r_idx]
+        for gi, cols in enumerate(groups):  # put back each candidate's group: few columns each
+            sel = np.nonzero(g_idx == gi)[0]
+            if sel.size:
+                cand[sel[:, None], cols] = xq[r_idx[sel][:, None], cols]
         s = np.concatenate([score(cand[i: i + CHUNK]) for i in range(0, len(cand), CHUNK)])
         ok = (s >= threshold) & (s < upper)
         if bounds is not None:
