@@ -70,8 +70,8 @@ class Feature:
             out["shape"] = list(self.shape)
         if not self.is_categorical:
             out["lo"], out["hi"] = self.lo, self.hi
-            if self.kind != IMAGE:
-                out["transform"] = self.transform
+            if self.kind != IMAGE and self.transform != "minmax":
+                out["transform"] = self.transform  # absent: min-max (as bundles before transforms)
             if self.band_lo is not None:
                 out["band"] = [self.band_lo, self.band_hi]
             if self.determined_by is not None:
