@@ -61,6 +61,8 @@ def revert_changes(
     while active.size:
         cur, xq = cf[active], x[active]
         changed = ((cur != xq).astype(np.float32) @ member.T) > 0  # [a, G]
+        # A row with one change left is the query once it is put back, which f rejects.
+        changed &= changed.sum(axis=1, keepdims=True) > 1
         r_idx, g_idx = np.nonzero(changed)
         if r_idx.size == 0:
             break
