@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shlex
 import sys
+from dataclasses import replace
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -177,7 +178,7 @@ def train(
     dataset: Annotated[str | None, typer.Argument(help="Shipped dataset: adult, lending-club, lending-club-book or mnist-1-to-7.")] = None,
     data: Annotated[Path | None, typer.Option(help="Your own CSV or Parquet file (with --schema).")] = None,
     schema: Annotated[Path | None, typer.Option(help="JSON or TOML feature schema for --data.")] = None,
-    output: Annotated[Path | None, typer.Option("-o", "--output", help="Bundle folder \\[default: exported/DATASET].")] = None,
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Bundle folder \\[default: ./DATASET, in the current folder].")] = None,
     classifier: Annotated[Path | None, typer.Option(help="ONNX classifier to explain \\[default: train the paper's MLP].")] = None,
     epochs: Annotated[int | None, typer.Option(help="Epochs of Algorithm 1 [paper: 100; MNIST 20].")] = None,
     lambda_adv: Annotated[float | None, typer.Option(help="Weight of the adversarial loss [paper: 0.05].")] = None,
@@ -189,7 +190,7 @@ def train(
     """Train the classifier (unless given) and the explainer; export an ONNX bundle."""
     try:
         from gmcf.trainer.fit import TrainConfig
-        from gmcf.trainer.images import default_settings
+        from gmcf.trainer.images import dataset_config
         from gmcf.trainer.pipeline import Callbacks, train_bundle
     except ImportError as exc:
         if exc.name in ("torch", "onnx"):
@@ -210,10 +211,14 @@ def train(
         else:
             assert dataset is not None
             ds = load_dataset(dataset)
-        overrides = {k: v for k, v in {"epochs": epochs, "lambda_adv": lambda_adv, "lambda_lkd": lambda_lkd}.items() if v is not None}
-        settings = {**default_settings(ds.schema), **overrides}
-        cfg = TrainConfig(seed=seed, threads=threads, **settings)  # type: ignore[arg-type]
-        dest = output or EXPORTED / ds.name
+        cfg = dataset_config(ds.schema, TrainConfig(seed=seed, threads=threads))
+        cfg = replace(
+            cfg,
+            epochs=cfg.epochs if epochs is None else epochs,
+            lambda_adv=cfg.lambda_adv if lambda_adv is None else lambda_adv,
+            lambda_lkd=cfg.lambda_lkd if lambda_lkd is None else lambda_lkd,
+        )
+        dest = output or Path(ds.name)
         command = shlex.join(["gmcf-batch", *sys.argv[1:]]) if sys.argv[0].endswith("gmcf-batch") else None
         with _progress() as bar:
             tasks: dict[str, Any] = {}
@@ -254,7 +259,6 @@ def evaluate(
     """Reproduce the paper's evaluation: train on 80%, explain the held-out rows f rejects, and
     report mean ± SD over repetitions for GMCF, GDL and the peers."""
     import time
-    from dataclasses import replace
 
     try:
         from gmcf.trainer.evaluate import EvalConfig, check_methods, write_results
@@ -275,13 +279,12 @@ def evaluate(
         ds = load_dataset(dataset)
         wanted = tuple(m.strip() for m in methods.split(",") if m.strip())
         check_methods(wanted)
-        from gmcf.trainer.images import default_settings
+        from gmcf.trainer.images import dataset_config
 
         # The dataset's own training settings (images: the paper's MNIST settings), as `train` uses.
-        settings: dict[str, Any] = {**default_settings(ds.schema), "threads": threads}
+        train = dataset_config(ds.schema, TrainConfig(threads=threads))
         if epochs is not None:
-            settings["epochs"] = epochs
-        train = TrainConfig(**settings)
+            train = replace(train, epochs=epochs)
         cfg = EvalConfig(reps=reps, methods=wanted, seed=seed, max_queries=max_queries,
                          single_queries=single_queries, slow_queries=slow_queries, cfrl_steps=cfrl_steps,
                          rows=rows, train=train)
@@ -361,8 +364,7 @@ def plot(
 
     path = Path(bundle) if Path(bundle).is_dir() else EXPORTED / bundle
     try:
-        settings = {k: v for k, v in (("threshold", threshold), ("tol", tol)) if v is not None}
-        written = plot_figures(path, out_dir, seed=seed, **settings)
+        written = plot_figures(path, out_dir, seed=seed, threshold=threshold, tol=tol)
     except GmcfError as exc:
         fail(str(exc))
     for p in written:

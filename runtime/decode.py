@@ -93,7 +93,7 @@ def reasons(batch: BatchResult) -> np.ndarray:
     """The ``reason`` of every output row: the encode step's (invalid rows) or the constraints'
     (unmeetable ones), else why a searched row is ``not_found``."""
     res = batch.result
-    out = batch.reason.copy()
+    out: np.ndarray = batch.reason.copy()
     over = (res.status == NOT_FOUND) & ~np.isnan(res.overshoot)
     never = (res.status == NOT_FOUND) & np.isnan(res.overshoot) & (out == None)  # noqa: E711
     if over.any():

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from gmcf.runtime.errors import GmcfError, InputError
+from gmcf.runtime.errors import InputError
 from gmcf.runtime.schema import Preprocessor, usable_rows
 
 
@@ -35,13 +35,16 @@ def encode(pre: Preprocessor, batch: pa.RecordBatch | pa.Table) -> Encoded:
 
 
 def as_arrow(data: Any) -> pa.Table | pa.RecordBatch:
-    """An Arrow table or batch as it is; a pandas DataFrame (when pandas is installed) converted."""
+    """An Arrow table or batch as it is; a pandas DataFrame converted (pandas is an optional
+    extra: without it no DataFrame can be passed, and the runtime never imports it otherwise)."""
     if isinstance(data, pa.Table | pa.RecordBatch):
         return data
     try:
         import pandas as pd
-    except ImportError as exc:  # pragma: no cover - pandas is a dependency
-        raise GmcfError("pandas is needed to explain a DataFrame") from exc
+    except ImportError:
+        raise InputError(
+            f"expected a pyarrow Table or RecordBatch, got {type(data).__name__}"
+        ) from None
     if isinstance(data, pd.DataFrame):
         return pa.Table.from_pandas(data, preserve_index=False)
     raise InputError(f"expected a pyarrow Table or pandas DataFrame, got {type(data).__name__}")

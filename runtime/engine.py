@@ -46,7 +46,10 @@ class Engine:
         if name not in self.sessions:
             sess = open_session(str(self.bundle.graph_path(name)), self.threads)
             check_graph_signature(
-                self.bundle, name, [i.name for i in sess.get_inputs()], [o.name for o in sess.get_outputs()]
+                self.bundle,
+                name,
+                [i.name for i in sess.get_inputs()],
+                [o.name for o in sess.get_outputs()],
             )
             self.sessions[name] = sess
             if name == "search_bounded":
@@ -71,8 +74,12 @@ class Engine:
         return np.asarray(self.sessions["classifier"].run(None, {"x": x})[0], dtype=np.float32)
 
     def candidates(
-        self, x: np.ndarray, alphas: np.ndarray, target: np.ndarray | None = None,
-        lower: np.ndarray | None = None, upper: np.ndarray | None = None,
+        self,
+        x: np.ndarray,
+        alphas: np.ndarray,
+        target: np.ndarray | None = None,
+        lower: np.ndarray | None = None,
+        upper: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Hard-decoded candidates [B, S, F] in model space and their scores [B, S].
 
@@ -83,8 +90,12 @@ class Engine:
         return self.pre.expand_code(code.reshape(b * s, c)).reshape(b, s, -1), score
 
     def codes(
-        self, x: np.ndarray, alphas: np.ndarray, target: np.ndarray | None = None,
-        lower: np.ndarray | None = None, upper: np.ndarray | None = None,
+        self,
+        x: np.ndarray,
+        alphas: np.ndarray,
+        target: np.ndarray | None = None,
+        lower: np.ndarray | None = None,
+        upper: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Like ``candidates``, with each candidate in compact code [B, S, C] (see
         ``Preprocessor.expand_code``): what the search keeps until it has chosen."""
@@ -99,7 +110,7 @@ class Engine:
         return rows.reshape(b, s, -1), score.reshape(b, s)
 
     def mu_1_rows(self, n: int) -> np.ndarray:
-        return np.broadcast_to(self.mu_1, (n, self.mu_1.size)).copy()
+        return np.array(np.broadcast_to(self.mu_1, (n, self.mu_1.size)))
 
     def latent(self, x: np.ndarray) -> np.ndarray:
         """z = E(x) (the encoder is opened on first use)."""

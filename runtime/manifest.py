@@ -55,8 +55,12 @@ class Latent:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Latent:
-        return cls(int(d["dim"]), int(d["u_dim"]), [list(map(float, m)) for m in d["mu"]],
-                   [list(map(float, v)) for v in d["var"]])
+        return cls(
+            int(d["dim"]),
+            int(d["u_dim"]),
+            [list(map(float, m)) for m in d["mu"]],
+            [list(map(float, v)) for v in d["var"]],
+        )
 
 
 @dataclass(frozen=True)
@@ -131,10 +135,27 @@ class Manifest:
             raise BundleError(f"{where}: manifest lists no graph for {', '.join(missing_graphs)}")
         for name, fname in d["graphs"].items():
             if fname not in d["files"]:
-                raise BundleError(f"{where}: graph {name} ({fname}) has no checksum in the manifest")
-        known = {"format", "format_version", "created", "command", "producer", "dataset", "schema",
-                 "preprocessing", "latent", "opset", "search", "train_config", "classifier", "graphs",
-                 "files", "constraints"}
+                raise BundleError(
+                    f"{where}: graph {name} ({fname}) has no checksum in the manifest"
+                )
+        known = {
+            "format",
+            "format_version",
+            "created",
+            "command",
+            "producer",
+            "dataset",
+            "schema",
+            "preprocessing",
+            "latent",
+            "opset",
+            "search",
+            "train_config",
+            "classifier",
+            "graphs",
+            "files",
+            "constraints",
+        }
         schema = d.get("schema") or {}
         try:
             return cls(

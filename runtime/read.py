@@ -61,7 +61,9 @@ def open_parquet(src: Path) -> pq.ParquetFile:
         raise InputError(f"{src} is not a Parquet file ({str(exc).splitlines()[0]})") from exc
 
 
-def read_batches(pf: pq.ParquetFile, src: Path, batch_size: int, columns: list[str]) -> Iterator[pa.RecordBatch]:
+def read_batches(
+    pf: pq.ParquetFile, src: Path, batch_size: int, columns: list[str]
+) -> Iterator[pa.RecordBatch]:
     """Record batches of at most ``batch_size`` rows, one row group at a time.
 
     A single ``iter_batches`` over the whole file lets pyarrow's resident memory creep up with
@@ -75,5 +77,7 @@ def read_batches(pf: pq.ParquetFile, src: Path, batch_size: int, columns: list[s
             except StopIteration:
                 break
             except (pa.ArrowInvalid, OSError) as exc:
-                raise InputError(f"{src}: cannot read the Parquet data ({str(exc).splitlines()[0]})") from exc
+                raise InputError(
+                    f"{src}: cannot read the Parquet data ({str(exc).splitlines()[0]})"
+                ) from exc
             yield batch

@@ -45,7 +45,9 @@ def explain_file(
     schema = ex.output_schema(queries.schema, id_column)
     summary = Summary(output=dst)
     t0 = time.perf_counter()
-    opened: AbstractContextManager[BatchMap] = pool() if pool is not None else nullcontext(in_process(ex))
+    opened: AbstractContextManager[BatchMap] = (
+        pool() if pool is not None else nullcontext(in_process(ex))
+    )
     with opened as explain_batches, atomic_parquet_writer(dst, schema) as writer:
         for batch, explained in explain_batches(queries.batches()):
             writer.write_batch(output_batch(schema, pre, batch, id_column, explained))
@@ -60,7 +62,9 @@ def explain_file(
 
 
 def in_process(ex: Explainer) -> BatchMap:
-    def explain_batches(batches: Iterable[pa.RecordBatch]) -> Iterator[tuple[pa.RecordBatch, ExplainedBatch]]:
+    def explain_batches(
+        batches: Iterable[pa.RecordBatch],
+    ) -> Iterator[tuple[pa.RecordBatch, ExplainedBatch]]:
         for batch in batches:
             yield batch, ex.explain_batch(batch)
 

@@ -205,9 +205,9 @@ class DataSchema:
         text = path.read_text()
         try:
             if path.suffix == ".toml":
-                import tomllib
+                from gmcf.runtime import toml
 
-                data = tomllib.loads(text)
+                data = toml.loads(text)
             else:
                 data = json.loads(text)
         except Exception as exc:

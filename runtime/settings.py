@@ -66,7 +66,9 @@ class RunSettings:
         to 1 is accepted), tol becomes 1 - threshold."""
         unknown = sorted(set(overrides) - set(self.names()))
         if unknown:
-            raise GmcfError(f"unknown search setting(s) {unknown}; valid: {', '.join(self.names())}")
+            raise GmcfError(
+                f"unknown search setting(s) {unknown}; valid: {', '.join(self.names())}"
+            )
         given = {k: v for k, v in overrides.items() if v is not None}
         if "threshold" in given and "tol" not in given and self.score_ceiling >= 1.0:
             given["tol"] = max(1.0 - float(given["threshold"]), 1e-6)

@@ -65,7 +65,11 @@ class Summary:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "rows": self.rows, "found": self.found, "already_target": self.already_target,
-            "not_found": self.not_found, "invalid": self.invalid,
-            "validity": self.validity, "seconds": self.seconds,
+            "rows": self.rows,
+            "found": self.found,
+            "already_target": self.already_target,
+            "not_found": self.not_found,
+            "invalid": self.invalid,
+            "validity": self.validity,
+            "seconds": self.seconds,
         }

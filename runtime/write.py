@@ -65,7 +65,10 @@ def atomic_parquet_writer(dst: Path, schema: pa.Schema) -> Iterator[pq.ParquetWr
 def writer_options(schema: pa.Schema) -> dict[str, Any]:
     """Lean Parquet writer: dictionary encoding only where it pays, no column statistics."""
     dict_cols = [
-        f.name for f in schema
-        if pa.types.is_dictionary(f.type) or pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
+        f.name
+        for f in schema
+        if pa.types.is_dictionary(f.type)
+        or pa.types.is_string(f.type)
+        or pa.types.is_large_string(f.type)
     ]
     return {"compression": "snappy", "use_dictionary": dict_cols, "write_statistics": False}

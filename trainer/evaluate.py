@@ -493,15 +493,17 @@ def run_peers(rep: Rep, cfg: EvalConfig, methods: list[str], ds: Dataset, log: C
 
 
 def _log_training(log: Callable[[str], None], rep: int) -> Callbacks:
-    state = {"stage": "", "done": 0, "total": 0}
+    current = {"stage": ""}
+    steps = {"done": 0, "total": 0}
 
     def stage(name: str, total: int) -> None:
-        state.update(stage=name, done=0, total=total)
+        current["stage"] = name
+        steps.update(done=0, total=total)
 
     def advance(text: str) -> None:
-        state["done"] += 1
-        done, total = state["done"], state["total"]
-        if state["stage"] == "explainer" and (done % 10 == 0 or done == total):
+        steps["done"] += 1
+        done, total = steps["done"], steps["total"]
+        if current["stage"] == "explainer" and (done % 10 == 0 or done == total):
             log(f"rep {rep + 1}: explainer epoch {done}/{total} ({text})")
 
     return Callbacks(stage, advance)

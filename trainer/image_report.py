@@ -307,6 +307,8 @@ def plot_figures(
     plt.close(fig)
 
     # Figure 4: PCA (numpy SVD) of z for held-out images of both classes, with mu_0 and mu_1.
+    if ds.test_mask is None:
+        raise InputError(f"dataset {ds.name} has no held-out images to draw")
     test_rows = np.nonzero(ds.test_mask)[0]
     xt, _ = pre.transform(ds.table.take(pa.array(test_rows)))
     enc = open_session(str(ex.bundle.graph_path("encoder")), 1)

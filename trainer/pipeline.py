@@ -201,7 +201,7 @@ def write_bundle(
                 mu=model.mu.detach().numpy().astype(float).round(7).tolist(),
                 var=model.var.detach().numpy().astype(float).round(7).tolist(),
             ),
-            search=RunSettings(**default_search(ds.schema)),
+            search=RunSettings().override(default_search(ds.schema)),
             graphs={name: files[name] for name in GRAPHS},
             files={fname: sha256_file(tmp / fname) for fname in [*files.values(), "report.json"]},
             dataset=ds.name,

@@ -23,7 +23,7 @@ def test_result_columns_follow_the_schema_by_name(adult_bundle: Path, queries: p
     ex = Explainer.from_bundle(adult_bundle)
     explained = ex.explain_batch(queries)
     names = list(explained.columns)
-    assert names[-len(RESULT_COLUMNS):] == [name for name, _, _ in RESULT_COLUMNS]
+    assert names[-len(RESULT_COLUMNS) :] == [name for name, _, _ in RESULT_COLUMNS]
     assert names[: -len(RESULT_COLUMNS)] == [f"cf_{n}" for n in ex.bundle.preprocessor.names]
     schema = ex.output_schema(queries.schema)
     out = output_batch(schema, ex.bundle.preprocessor, queries, None, explained)
@@ -39,4 +39,6 @@ def test_a_result_column_out_of_place_is_refused(adult_bundle: Path, queries: pa
     cols["score"], cols["cf_score"] = cols.pop("cf_score"), cols.pop("score")
     schema = ex.output_schema(queries.schema)
     with pytest.raises(AssertionError, match="do not match the output schema"):
-        output_batch(schema, ex.bundle.preprocessor, queries, None, replace(explained, columns=cols))
+        output_batch(
+            schema, ex.bundle.preprocessor, queries, None, replace(explained, columns=cols)
+        )
