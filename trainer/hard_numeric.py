@@ -30,6 +30,18 @@ class NumericHard(nn.Module):
     """Hard decoding of the numeric block. ``columns``: features on the first axis ([n, ...]),
     else on the last ([..., n])."""
 
+    scale: torch.Tensor
+    inv_scale: torch.Tensor
+    t_lo: torch.Tensor
+    t_span: torch.Tensor
+    offset: torch.Tensor
+    is_log: torch.Tensor
+    is_int: torch.Tensor
+    band_lo: torch.Tensor
+    band_hi: torch.Tensor
+    keep: torch.Tensor
+    table: torch.Tensor
+
     def __init__(self, pre: Preprocessor, columns: bool = False) -> None:
         super().__init__()
         self.columns = columns
