@@ -272,3 +272,23 @@ def test_a_label_with_three_values_trains_positive_against_the_rest(book: Datase
     status = np.asarray(book.table.column("status").to_pylist())
     np.testing.assert_array_equal(y, (status == "Fully Paid").astype(np.int64))
     assert label_classes(book) == {"positive": ["Fully Paid"], "negative": ["Charged Off", "Default"]}
+
+
+def test_the_torch_inverse_is_the_runtime_inverse_for_every_bundle_kind(adult_pre: Preprocessor) -> None:
+    """``NumericHard.to_raw`` (for graphs that need raw values of a model-space row) matches
+    ``Preprocessor.raw_values`` with or without log features, and ``from_raw`` inverts it."""
+    torch = pytest.importorskip("torch")
+    from gmcf.trainer.hard_numeric import NumericHard
+
+    minmax = Preprocessor(tuple(Feature(f.name, f.kind, f.lo, f.hi, transform="minmax") if f.is_numeric else f
+                                for f in adult_pre.features))
+    u = np.random.default_rng(2).random((1000, adult_pre.n_numeric)).astype(np.float32)
+    for pre in (adult_pre, minmax):
+        for columns in (False, True):
+            mod = NumericHard(pre, columns=columns)
+            ut = torch.from_numpy(u.T.copy()[:, :, None] if columns else u)
+            raw = mod.to_raw(ut).numpy()
+            raw = raw[:, :, 0].T if columns else raw
+            np.testing.assert_allclose(raw, pre.raw_values(u), rtol=2e-6, atol=1e-2)
+            back = mod.from_raw(mod.to_raw(ut)).numpy()
+            np.testing.assert_allclose(back[:, :, 0].T if columns else back, u, atol=2e-6)
