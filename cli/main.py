@@ -93,6 +93,7 @@ def explain(
     range_margin: Annotated[float | None, typer.Option(help="A numeric value more than this share of the training range beyond it makes its row invalid \\[default: 0.05].")] = None,
     summary_json: Annotated[Path | None, typer.Option(help="Also write the run's summary as JSON here (atomically; also when the run fails or is stopped).")] = None,
     resume: Annotated[bool, typer.Option(help="Folder input: keep the parts an interrupted run completed, explain the rest.")] = False,
+    revert: Annotated[bool, typer.Option("--revert/--no-revert", help="Put back the changes f does not need (--no-revert: the latent walk's answer).")] = True,
 ) -> None:
     """Explain every row of INPUT (a Parquet file, or a folder of Parquet parts): a counterfactual for each row the classifier rejects.
 
@@ -120,7 +121,7 @@ def explain(
                                     threads=threads, workers=workers, id_column=id_column, num_cfs=num_cfs,
                                     constraints=constraints, immutable=immutable, increase_only=increase_only,
                                     decrease_only=decrease_only, range_=range_, allow=allow, range_margin=range_margin,
-                                    resume=resume)
+                                    resume=resume, revert=revert)
             status, code, message = "ok", 0, None
         except GmcfError as exc:
             status, code, message, summary = "error", 1, str(exc), None
@@ -157,6 +158,7 @@ def _explain_file(
     threads: int, workers: int, id_column: str | None, num_cfs: int, constraints: Path | None,
     immutable: list[str] | None, increase_only: list[str] | None, decrease_only: list[str] | None,
     range_: list[str] | None, allow: list[str] | None, range_margin: float | None, resume: bool = False,
+    revert: bool = True,
 ) -> Summary:
     """The explain run itself; raises GmcfError (one line) or Stopped."""
     from gmcf.runtime import publish
@@ -180,7 +182,7 @@ def _explain_file(
     ))
     ex = Explainer.from_bundle(bundle, threads=threads, constraints=wanted, num_cfs=num_cfs, threshold=threshold,
                                tol=tol, steps=steps, refine=refine, extrapolate=extrapolate,
-                               range_margin=range_margin)
+                               range_margin=range_margin, revert=revert)
     record.manifest = ex.bundle.manifest
     batch = batch_size_for(batch_size, ex.bundle.preprocessor.width)
     if folder:
@@ -265,7 +267,7 @@ def _parity_line(parity: dict[str, Any] | None) -> list[str]:
 
 @app.command()
 def train(
-    dataset: Annotated[str | None, typer.Argument(help="Shipped dataset: adult, lending-club or mnist-1-to-7.")] = None,
+    dataset: Annotated[str | None, typer.Argument(help="Shipped dataset: adult, lending-club, lending-club-book or mnist-1-to-7.")] = None,
     data: Annotated[Path | None, typer.Option(help="Your own CSV or Parquet file (with --schema).")] = None,
     schema: Annotated[Path | None, typer.Option(help="JSON or TOML feature schema for --data.")] = None,
     output: Annotated[Path | None, typer.Option("-o", "--output", help="Bundle folder \\[default: ./DATASET, in the current folder].")] = None,
@@ -333,7 +335,7 @@ def train(
 
 @app.command()
 def evaluate(
-    dataset: Annotated[str, typer.Argument(help="Shipped dataset: adult, lending-club or mnist-1-to-7.")],
+    dataset: Annotated[str, typer.Argument(help="Shipped dataset: adult, lending-club, lending-club-book or mnist-1-to-7.")],
     reps: Annotated[int, typer.Option(help="Repetitions, each a fresh random 80/20 split [paper: 5].")] = 5,
     methods: Annotated[str, typer.Option(help="Comma list of: gmcf, gdl, dice-random, dice-genetic, cfrl, prototype.")] = "gmcf,gdl",
     max_queries: Annotated[int, typer.Option(help="Queries per repetition for every method but GMCF (same rows for each).")] = 200,
@@ -404,7 +406,7 @@ def evaluate(
 @app.command()
 def sample(
     output: Annotated[Path, typer.Argument(help="Parquet file to write.")] = Path("queries.parquet"),
-    dataset: Annotated[str, typer.Option(help="adult, lending-club or mnist-1-to-7.")] = "adult",
+    dataset: Annotated[str, typer.Option(help="adult, lending-club, lending-club-book or mnist-1-to-7.")] = "adult",
     rows: Annotated[int, typer.Option(help="How many rows (taken from the shipped data).")] = 1000,
     seed: Annotated[int, typer.Option(help="Random seed of the draw.")] = 0,
 ) -> None:

@@ -40,6 +40,21 @@ LENDING_CLUB_SCHEMA = DataSchema.from_dict(
     }
 )
 
+#: The 120k-loan LendingClub book: eleven features an applicant states or a credit file holds
+#: (no FICO, no interest rate, no LendingClub grade). ``status`` has three values; a loan paid
+#: in full is the favourable outcome, against Charged Off and Default.
+LENDING_CLUB_BOOK_SCHEMA = DataSchema.from_dict(
+    {
+        "features": {
+            "integer": ["loan_amnt", "annual_inc", "revol_bal", "open_acc", "emp_length"],
+            "continuous": ["dti", "payment_inc_ratio", "revol_util"],
+            "categorical": ["term", "purpose", "home_ownership"],
+        },
+        "label": "status",
+        "positive_class": "Fully Paid",
+    }
+)
+
 
 MNIST_SCHEMA = DataSchema.from_dict(
     {
@@ -65,6 +80,7 @@ DATASETS = {
     "adult": ("adult.csv.gz", ADULT_SCHEMA),
     "lending-club": ("lendingclub_loan_data.csv.gz", LENDING_CLUB_SCHEMA),
     "mnist-1-to-7": ("mnist_1_7.npz", MNIST_SCHEMA),
+    "lending-club-book": ("lendingclub_full_train_set.csv.gz", LENDING_CLUB_BOOK_SCHEMA),
 }
 
 

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from gmcf.runtime import dependencies, transforms
 from gmcf.runtime.errors import ConstraintError
 from gmcf.runtime.schema import IMAGE, Feature, Preprocessor
 
@@ -229,17 +230,15 @@ class Constraints:
         n = len(x)
         lower = np.zeros((n, pre.width), np.float32)
         upper = np.ones((n, pre.width), np.float32)
-        lo_all, hi_all = pre.lo_hi()
-        span = np.where(hi_all > lo_all, hi_all - lo_all, 1.0)
         for j, f in enumerate(pre.numeric):
             c = self.items.get(f.name)
             if c is None:
                 continue
             lo, hi = _raw_range(f, c)
             if c.lo is not None:
-                lower[:, j] = (lo - lo_all[j]) / span[j]
+                lower[:, j] = transforms.raw_to_model(f, np.float64(lo))
             if c.hi is not None:
-                upper[:, j] = (hi - lo_all[j]) / span[j]
+                upper[:, j] = transforms.raw_to_model(f, np.float64(hi))
             if c.immutable:
                 lower[:, j] = upper[:, j] = x[:, j]
             elif c.direction == "increase":
@@ -260,6 +259,12 @@ class Constraints:
                     mask = np.array([cat in c.allowed for cat in f.categories], np.float32)
                     upper[:, blk] = mask
             offset += k
+        # A determined feature follows its category: only categories whose value meets the
+        # feature's bounds may be chosen.
+        for j, off, values in dependencies.determined(pre):
+            blk = slice(off, off + values.size)
+            meets = (values[None, :] >= lower[:, j: j + 1] - 1e-6) & (values[None, :] <= upper[:, j: j + 1] + 1e-6)
+            upper[:, blk] *= meets
         return lower, upper
 
     def unmeetable(self, pre: Preprocessor, x: np.ndarray) -> np.ndarray:
@@ -271,11 +276,12 @@ class Constraints:
         reason = np.full(len(x), None, dtype=object)
         lo_all, hi_all = pre.lo_hi()
         span = np.where(hi_all > lo_all, hi_all - lo_all, 1.0)
+        raw_all = pre.raw_values(x)
         for j, f in enumerate(pre.numeric):
             c = self.items.get(f.name)
             if c is None or (c.lo is None and c.hi is None):
                 continue
-            raw = lo_all[j] + x[:, j].astype(np.float64) * span[j]
+            raw = raw_all[:, j]
             if f.kind == "integer":
                 raw = np.rint(raw)
             lo, hi = _raw_range(f, c)
@@ -299,6 +305,14 @@ class Constraints:
                     reason[i] = (f"constraints on {f.name!r} cannot be met: immutable, and the query's "
                                  f"value {f.categories[idx[i]]!r} is not allowed")
             offset += k
+        if any(f.determined_by is not None for f in pre.numeric):
+            _, upper = self.bounds(pre, x)
+            for j, off, values in dependencies.determined(pre):
+                none = ~(upper[:, off: off + values.size] > 0.5).any(axis=1) & (reason == None)  # noqa: E711
+                name = pre.numeric[j].name
+                for i in np.nonzero(none)[0]:
+                    reason[i] = (f"constraints on {name!r} cannot be met: no category of "
+                                 f"{pre.numeric[j].determined_by!r} gives a value they allow")
         return reason
 
     def satisfied(self, pre: Preprocessor, x: np.ndarray, cf: np.ndarray) -> np.ndarray:

@@ -112,5 +112,9 @@ class Engine:
     def mu_1_rows(self, n: int) -> np.ndarray:
         return np.array(np.broadcast_to(self.mu_1, (n, self.mu_1.size)))
 
+    def latent(self, x: np.ndarray) -> np.ndarray:
+        """z = E(x) (the encoder is opened on first use)."""
+        return np.asarray(self._open("encoder").run(None, {"x": x})[0], dtype=np.float32)
+
     def reconstruction_error(self, x: np.ndarray) -> np.ndarray:
         return np.asarray(self.sessions["reconstruct"].run(None, {"x": x})[0], dtype=np.float32)

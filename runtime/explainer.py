@@ -59,6 +59,8 @@ class Explainer:
     constraints: Constraints = field(default_factory=Constraints)
     num_cfs: int = 1
     range_margin: float = DEFAULT_RANGE_MARGIN
+    revert: bool = True
+    """Put back the changes f does not need (``gmcf.runtime.revert``); False: the latent answer."""
     _engine: Engine | None = field(default=None, init=False, repr=False)
 
     @classmethod
@@ -69,6 +71,7 @@ class Explainer:
         constraints: Constraints | dict[str, Any] | None = None,
         num_cfs: int = 1,
         range_margin: float | None = None,
+        revert: bool = True,
         **overrides: Any,
     ) -> Explainer:
         """Load and verify a bundle. ``overrides`` replace its run settings (threshold, tol,
@@ -77,7 +80,8 @@ class Explainer:
         ``gmcf.runtime.constraints``); ``num_cfs`` asks for up to that many distinct
         counterfactuals per rejected query. ``range_margin`` (default ``DEFAULT_RANGE_MARGIN``):
         a numeric value more than this share of the training range beyond it makes its row
-        invalid (docs/nightly.md)."""
+        invalid (docs/nightly.md); ``revert=False`` returns the latent walk's answer
+        without putting back the changes f does not need."""
         check_num_cfs(num_cfs)
         margin = DEFAULT_RANGE_MARGIN if range_margin is None else float(range_margin)
         if not margin >= 0.0:
@@ -90,7 +94,7 @@ class Explainer:
         if constraints:
             merged = merged.merge(constraints)
         merged.validate(bundle.preprocessor)
-        return cls(bundle, settings, threads, merged, num_cfs, margin)
+        return cls(bundle, settings, threads, merged, num_cfs, margin, revert)
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickled without its onnxruntime sessions (they cannot be pickled): a copy reopens
@@ -102,7 +106,7 @@ class Explainer:
         sessions, which Dask cannot hash)."""
         files = sorted(self.bundle.manifest.files.items())
         return repr((str(self.bundle.path), files, self.settings.to_dict(), self.constraints.to_dict(),
-                     self.threads, self.num_cfs))
+                     self.threads, self.num_cfs, self.revert))
 
     @property
     def engine(self) -> Engine:
@@ -114,7 +118,7 @@ class Explainer:
     def search_batch(self, batch: pa.RecordBatch | pa.Table) -> BatchResult:
         """Encode and search a batch of queries (the feature columns are enough)."""
         encoded = encode(self.bundle.preprocessor, batch)
-        return search_batch(self.engine, encoded, self.settings, self.constraints, self.num_cfs)
+        return search_batch(self.engine, encoded, self.settings, self.constraints, self.num_cfs, self.revert)
 
     def explain_batch(self, batch: pa.RecordBatch | pa.Table) -> ExplainedBatch:
         """The result columns of a batch of queries: encode, search, decode."""

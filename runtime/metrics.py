@@ -33,7 +33,7 @@ def changed_features(pre: Preprocessor, x: np.ndarray, cf: np.ndarray) -> np.nda
     n_num = pre.n_numeric
     lo, hi = pre.lo_hi()
     span = np.where(hi > lo, hi - lo, 1.0)
-    raw_diff = np.abs(cf[:, :n_num] - x[:, :n_num]) * span
+    raw_diff = np.abs(pre.raw_values(cf) - pre.raw_values(x))
     count = (raw_diff > 1e-6 * np.maximum(span, 1.0)).sum(axis=1)
     offset = n_num
     for k in pre.cat_sizes:
@@ -57,6 +57,28 @@ def harden(pre: Preprocessor, x_soft: np.ndarray) -> np.ndarray:
     clipped = np.clip(np.asarray(x_soft, dtype=np.float32), 0.0, 1.0)
     hard, _ = pre.transform(pa.table(pre.inverse(clipped)))
     return np.asarray(hard, dtype=np.float32)
+
+
+def outside_band(x_raw: np.ndarray, cf_raw: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Boolean [n, features]: the counterfactual's value lies outside the training band
+    [lo, hi] (per feature, e.g. p0.5 and p99.5) although the query's lies inside it."""
+    inside = (x_raw >= lo) & (x_raw <= hi)
+    return np.asarray(inside & ((cf_raw < lo) | (cf_raw > hi)))
+
+
+def ynn(cf: np.ndarray, train: np.ndarray, approved: np.ndarray, k: int = 5, chunk: int = 512) -> np.ndarray:
+    """yNN per counterfactual: the share of its ``k`` nearest training rows (L2, in the space of
+    ``train``) that the model approves (``approved`` bool per training row). A counterfactual
+    among approved rows scores 1; one alone in rejected territory 0."""
+    train = np.asarray(train, np.float32)
+    sq = np.einsum("ij,ij->i", train, train)
+    out = np.empty(len(cf), np.float64)
+    for start in range(0, len(cf), chunk):
+        c = np.asarray(cf[start: start + chunk], np.float32)
+        d = sq[None, :] - 2.0 * (c @ train.T)  # + |c|^2, the same for every training row
+        near = np.argpartition(d, k - 1, axis=1)[:, :k]
+        out[start: start + len(c)] = approved[near].mean(axis=1)
+    return out
 
 
 def option_diversity(pre: Preprocessor, query: np.ndarray, cf: np.ndarray) -> tuple[float, float, int]:

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pyarrow as pa
 
+from gmcf.runtime import arrow
 from gmcf.runtime.arrow import numeric
 from gmcf.runtime.metrics import option_diversity as option_diversity
 from gmcf.runtime.schema import IMAGE, Feature, ImagePreprocessor, Preprocessor, image_type
@@ -30,6 +32,8 @@ RESULT_COLUMNS: tuple[tuple[str, pa.DataType, str], ...] = (
     ("sparsity_l1", pa.float32(), "L1 norm of the change in the model's input space (the paper's sparsity)"),
     ("sparsity_l0", pa.int32(), "number of features whose value changed"),
     ("reconstruction_error", pa.float32(), "the autoencoder's mean squared reconstruction error on the counterfactual"),
+    ("plausibility", pa.float32(), "log-density of the counterfactual's latent code E(x_cf) under the target class's Gaussian (higher: more typical of rows f approves)"),
+    ("reverted", pa.int32(), "changes of the latent answer put back because f did not need them (0 with `--no-revert`)"),
 )
 
 
@@ -95,7 +99,8 @@ def output_batch(
     given), then its result columns, each matched by name to a field of ``schema``."""
     if explained.source is not None:
         batch = batch.take(numeric(explained.source, pa.int64()))
-    named = [*query_columns(pre, batch, id_column), *explained.columns.items()]
+    query = query_columns(pre, batch, id_column)
+    named = [*query, *as_given(pre, dict(query), explained.columns).items()]
     names = [name for name, _ in named]
     if names != schema.names:
         raise AssertionError(f"output columns {names} do not match the output schema {schema.names}")
@@ -103,3 +108,21 @@ def output_batch(
     cols = [col for _, col in named]
     assert all(len(c) == n for c in cols)
     return pa.RecordBatch.from_arrays(cols, schema=schema)
+
+
+def as_given(pre: Preprocessor, query: dict[str, pa.Array], columns: dict[str, pa.Array]) -> dict[str, pa.Array]:
+    """``columns`` with every continuous ``cf_<feature>`` that equals the query's value to the
+    model's float32 precision (a change the revert step put back, a feature the walk left)
+    replaced by the query's value exactly, so that an unchanged value reads unchanged."""
+    out = dict(columns)
+    for f in pre.numeric:
+        if f.kind != "continuous":
+            continue
+        name = f"cf_{f.name}"
+        q = np.asarray(arrow.values(query[f.name], pa.float64(), np.nan), np.float64)
+        c = np.asarray(arrow.values(columns[name], pa.float64(), np.nan), np.float64)
+        span = max(float(f.hi or 0.0) - float(f.lo or 0.0), 1.0)
+        same = np.abs(c - q) <= 1e-6 * span
+        if same.any():
+            out[name] = numeric(np.where(same, q, c), pa.float64(), arrow.valid_mask(columns[name]))
+    return out

@@ -39,14 +39,14 @@ _worker: Explainer | None = None
 
 def start_worker(
     parent: int, bundle: str, settings: RunSettings, threads: int, constraints: dict[str, Any], num_cfs: int,
-    range_margin: float,
+    range_margin: float, revert: bool = True,
 ) -> None:
     """In a new worker: die with the parent (even on kill -9), then load the bundle with the
     parent's run settings."""
     global _worker
     stops.worker_setup(parent)
     _worker = Explainer.from_bundle(
-        bundle, threads=threads, constraints=constraints, num_cfs=num_cfs, range_margin=range_margin,
+        bundle, threads=threads, constraints=constraints, num_cfs=num_cfs, range_margin=range_margin, revert=revert,
         **settings.to_dict(),
     )
 
@@ -79,7 +79,7 @@ def process_pool(ex: Explainer, workers: int) -> Callable[[], AbstractContextMan
         pool = ProcessPoolExecutor(
             workers, mp_context=mp.get_context(method), initializer=start_worker,
             initargs=(os.getpid(), str(ex.bundle.path), ex.settings, ex.threads, ex.constraints.to_dict(),
-                      ex.num_cfs, ex.range_margin),
+                      ex.num_cfs, ex.range_margin, ex.revert),
         )
         try:
 

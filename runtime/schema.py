@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from gmcf.runtime import arrow
+from gmcf.runtime import arrow, transforms
 from gmcf.runtime.errors import InputError, SchemaError
 
 KINDS = ("continuous", "integer", "categorical", "image")
@@ -47,6 +47,15 @@ class Feature:
     domain: tuple[float | None, float | None] = (None, None)
     """Numeric features only: the values that can exist at all (e.g. (0, None): non-negative),
     as declared in the schema; None is no limit."""
+    transform: str = transforms.AUTO
+    """Numeric features: ``minmax`` or ``log`` once fitted (see ``gmcf.runtime.transforms``);
+    ``auto`` when declared: chosen from the training data."""
+    band_lo: float | None = None
+    band_hi: float | None = None
+    """Numeric features: the training distribution's [p0.5, p99.5], which counterfactuals keep to."""
+    determined_by: str | None = None
+    lookup: tuple[float, ...] = ()
+    """A numeric feature determined by a categorical one: its value for each category."""
 
     @property
     def is_numeric(self) -> bool:
@@ -68,6 +77,12 @@ class Feature:
             out["shape"] = list(self.shape)
         if not self.is_categorical:
             out["lo"], out["hi"] = self.lo, self.hi
+            if self.kind != IMAGE and self.transform != "minmax":
+                out["transform"] = self.transform  # absent: min-max (as bundles before transforms)
+            if self.band_lo is not None:
+                out["band"] = [self.band_lo, self.band_hi]
+            if self.determined_by is not None:
+                out["determined_by"], out["lookup"] = self.determined_by, list(self.lookup)
         else:
             out["categories"] = list(self.categories)
         if self.domain != (None, None):
@@ -83,6 +98,9 @@ class Feature:
             )
         if kind == IMAGE:
             return _image_feature(d)
+        fitted = d.get("lo") is not None
+        band = d.get("band") or (None, None)
+        by = d.get("determined_by")
         return cls(
             name=str(d["name"]),
             kind=str(kind),
@@ -90,6 +108,14 @@ class Feature:
             hi=None if d.get("hi") is None else float(d["hi"]),
             categories=tuple(str(c) for c in d.get("categories", ())),
             domain=_domain(d.get("name"), kind, d.get("domain")),
+            # a bundle written before transforms existed scaled every numeric feature min-max
+            transform=transforms.check_transform(
+                str(d.get("name")), str(d.get("transform", "minmax" if fitted else transforms.AUTO))
+            ),
+            band_lo=None if band[0] is None else float(band[0]),
+            band_hi=None if band[1] is None else float(band[1]),
+            determined_by=None if by is None else str(by),
+            lookup=tuple(float(v) for v in d.get("lookup", ())),
         )
 
 
@@ -142,6 +168,10 @@ class DataSchema:
     features: tuple[Feature, ...]
     label: str
     positive_class: str
+    determined: Mapping[str, str] = field(default_factory=dict)
+    """Declared dependencies: numeric feature -> the categorical feature that determines it."""
+    detect_determined: bool = True
+    """Also detect, at training, numeric features that map 1:1 to a categorical one."""
 
     @property
     def has_image(self) -> bool:
@@ -180,7 +210,22 @@ class DataSchema:
         if d["label"] in names:
             raise SchemaError(f"schema: label {d['label']!r} is also declared as a feature")
         _check_image_schema(feats)
-        return cls(tuple(feats), str(d["label"]), str(d["positive_class"]))
+        declared = d.get("transforms", {})
+        if not isinstance(declared, Mapping):
+            raise SchemaError("schema: 'transforms' must map feature names to a transform")
+        by_name = {f.name: f for f in feats}
+        for name, t in declared.items():
+            if name not in by_name or not by_name[name].is_numeric:
+                raise SchemaError(f"schema: 'transforms' names {name!r}, which is not a numeric feature")
+            by_name[name] = replace(by_name[name], transform=transforms.check_transform(name, str(t)))
+        feats = [by_name[f.name] for f in feats]
+        determined = d.get("determined", {})
+        if not isinstance(determined, Mapping):
+            raise SchemaError("schema: 'determined' must map a numeric feature to the categorical one that determines it")
+        determined = {str(k): str(v) for k, v in determined.items()}
+        transforms.check_determined(determined, feats)
+        return cls(tuple(feats), str(d["label"]), str(d["positive_class"]), determined,
+                   bool(d.get("detect_determined", True)))
 
     @classmethod
     def from_file(cls, path: Path) -> DataSchema:
@@ -295,7 +340,12 @@ class Preprocessor:
 
     # -- fit ----------------------------------------------------------------------------------
     @classmethod
-    def fit(cls, table: pa.Table, features: Sequence[Feature]) -> Preprocessor:
+    def fit(
+        cls, table: pa.Table, features: Sequence[Feature], determined: Mapping[str, str] | None = None,
+        detect: bool = True,
+    ) -> Preprocessor:
+        """Fit the scaling (transform, range and band of each numeric feature), the categories,
+        and the features determined by others (``determined``, and detected ones if ``detect``)."""
         if any(f.kind == IMAGE for f in features):
             return ImagePreprocessor.fit_image(table, features)
         fitted: list[Feature] = []
@@ -318,13 +368,18 @@ class Preprocessor:
                         f"column {f.name!r}: training values {finite.min():g}..{finite.max():g} lie outside "
                         f"the declared domain {_domain_text(f.domain)}"
                     )
-                fitted.append(Feature(f.name, f.kind, float(finite.min()), float(finite.max()), domain=f.domain))
+                transform = transforms.choose_transform(finite) if f.transform == transforms.AUTO else f.transform
+                band = transforms.fit_band(finite)
+                fitted.append(Feature(f.name, f.kind, float(finite.min()), float(finite.max()), domain=f.domain,
+                                      transform=transform, band_lo=band[0], band_hi=band[1]))
             else:
                 cats = pc.unique(pc.drop_null(col.cast(pa.string()))).to_pylist()
                 if not cats:
                     raise InputError(f"column {f.name!r}: no categories to fit on")
                 fitted.append(Feature(f.name, f.kind, categories=tuple(sorted(cats))))
-        return cls(tuple(fitted))
+        from gmcf.runtime.dependencies import fit_determined
+
+        return cls(tuple(fit_determined(table, fitted, dict(determined or {}), detect)))
 
     # -- apply --------------------------------------------------------------------------------
     def check_columns(self, schema: pa.Schema) -> None:
@@ -395,7 +450,7 @@ class Preprocessor:
             if far.any():
                 flag(far & np.isfinite(v), f"{f.name}: value far outside the training range [{lo:g}, {hi:g}] "
                                            f"(more than {100 * self.range_margin:g}% of its width beyond it)")
-            scaled = (v - lo) / span
+            scaled = transforms.raw_to_model(f, np.where(np.isfinite(v), v, lo))
             x[:, j] = np.where(np.isfinite(scaled), scaled, 0.0)
         offset = self.n_numeric
         for f in self.categorical:
@@ -417,13 +472,29 @@ class Preprocessor:
         return x, reason
 
     # -- invert -------------------------------------------------------------------------------
+    def raw_values(self, x: np.ndarray) -> np.ndarray:
+        """The numeric entries of model-space rows ``x`` [n, >= n_numeric] in raw units, float64
+        [n, n_numeric] (integers not rounded): the exact inverse of the scaling."""
+        u = np.asarray(x[:, : self.n_numeric], dtype=np.float64)
+        return np.stack([transforms.model_to_raw(f, u[:, j]) for j, f in enumerate(self.numeric)], axis=1) \
+            if self.n_numeric else u
+
+    def model_values(self, raw: np.ndarray) -> np.ndarray:
+        """Raw numeric values [n, n_numeric] -> model space (float64): the scaling."""
+        raw = np.asarray(raw, dtype=np.float64)
+        return np.stack([transforms.raw_to_model(f, raw[:, j]) for j, f in enumerate(self.numeric)], axis=1) \
+            if self.n_numeric else raw
+
+    def bands(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per numeric feature, the band [p0.5, p99.5] of training in model space."""
+        b = np.array([transforms.band_of(f) for f in self.numeric], dtype=np.float64).reshape(-1, 2)
+        return b[:, 0], b[:, 1]
+
     def inverse_values(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """Decode model-space rows (already hard: one-hot blocks) to raw values: float64 for a
         continuous feature, int64 for an integer one, the category's index for a categorical."""
         out: dict[str, np.ndarray] = {}
-        lo, hi = self.lo_hi()
-        span = np.where(hi > lo, hi - lo, 1.0)
-        raw = lo + x[:, : self.n_numeric].astype(np.float64) * span
+        raw = self.raw_values(x)
         for j, f in enumerate(self.numeric):
             out[f.name] = np.rint(raw[:, j]).astype(np.int64) if f.kind == "integer" else raw[:, j]
         offset = self.n_numeric
@@ -534,6 +605,15 @@ class ImagePreprocessor(Preprocessor):
         return np.zeros(self.image.size, dtype=bool)
 
     def lo_hi(self) -> tuple[np.ndarray, np.ndarray]:
+        return np.zeros(self.image.size), np.ones(self.image.size)
+
+    def raw_values(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(x[:, : self.n_numeric], dtype=np.float64)
+
+    def model_values(self, raw: np.ndarray) -> np.ndarray:
+        return np.asarray(raw, dtype=np.float64)
+
+    def bands(self) -> tuple[np.ndarray, np.ndarray]:
         return np.zeros(self.image.size), np.ones(self.image.size)
 
     @classmethod

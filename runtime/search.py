@@ -73,8 +73,9 @@ class SearchResult:
     alpha: np.ndarray  # NaN where none
     evaluations: np.ndarray  # decoder evaluations spent on the row
     overshoot: np.ndarray  # best crossing score where the search crossed T but never within tol
+    reverted: np.ndarray  # changes of the latent answer put back by the revert step
 
-    FIELDS = ("status", "kind", "score", "cf", "cf_score", "alpha", "evaluations", "overshoot")
+    FIELDS = ("status", "kind", "score", "cf", "cf_score", "alpha", "evaluations", "overshoot", "reverted")
 
     def assign(self, rows: np.ndarray, part: SearchResult) -> None:
         """Copy ``part`` (results for ``rows`` of this result, in order) into place."""
@@ -92,6 +93,7 @@ class SearchResult:
             alpha=np.full(n, np.nan, np.float32),
             evaluations=np.zeros(n, np.int32),
             overshoot=np.full(n, np.nan, np.float32),
+            reverted=np.zeros(n, np.int32),
         )
 
 
@@ -228,12 +230,16 @@ class BatchResult:
     source: np.ndarray | None = None
     rank: np.ndarray | None = None
     """[m] rank of the option among its query's (1 = nearest; 0: the query has none)."""
+    plausibility: np.ndarray | None = None
+    """[m] log-density of each counterfactual's latent code under the target Gaussian (NaN where none)."""
 
 
 def search_batch(
-    engine: Engine, encoded: Encoded, settings: RunSettings, constraints: Constraints, num_cfs: int = 1
+    engine: Engine, encoded: Encoded, settings: RunSettings, constraints: Constraints, num_cfs: int = 1,
+    revert: bool = False,
 ) -> BatchResult:
-    """Search every usable row of an encoded batch, in chunks of ``search_chunk`` queries."""
+    """Search every usable row of an encoded batch, in chunks of ``search_chunk`` queries;
+    ``revert``: put back the changes f does not need (``gmcf.runtime.revert``)."""
     pre = engine.pre
     x, reason = encoded.x, encoded.reason
     ok = encoded.usable()
@@ -249,14 +255,52 @@ def search_batch(
         score = engine.score(xr) if len(targets) > 1 else None
         for res, target in zip(walks, targets, strict=True):
             tgt = None if target is None else np.broadcast_to(target, (rows.size, target.size)).copy()
-            res.assign(rows, search(engine, xr, settings, bounds, tgt, score))
+            part = search(engine, xr, settings, bounds, tgt, score)
+            if revert:
+                revert_found(engine, part, xr, settings, bounds)
+            res.assign(rows, part)
     ceiling, constrained = settings.score_ceiling, bool(constraints)
     if num_cfs == 1:
         res = walks[0]
-        return BatchResult(x, reason, res, reconstruction_errors(engine, res), res.status, ceiling, constrained)
+        return BatchResult(x, reason, res, reconstruction_errors(engine, res), res.status, ceiling, constrained,
+                           plausibility=plausibilities(engine, res))
     src, rank, res = rank_options(walks, x, num_cfs)
     return BatchResult(x[src], reason[src], res, reconstruction_errors(engine, res), res.status[rank <= 1],
-                       ceiling, constrained, src, rank)
+                       ceiling, constrained, src, rank, plausibilities(engine, res))
+
+
+def revert_found(
+    engine: Engine, part: SearchResult, x: np.ndarray, settings: RunSettings,
+    bounds: tuple[np.ndarray, np.ndarray] | None,
+) -> None:
+    """The revert step on the found rows of one searched chunk (in place). Image bundles are
+    not reverted: an image is one feature, and putting it back is the query itself."""
+    from gmcf.runtime.revert import revert_changes
+    from gmcf.runtime.schema import ImagePreprocessor
+
+    hit = np.nonzero(part.status == FOUND)[0]
+    if hit.size == 0 or isinstance(engine.pre, ImagePreprocessor):
+        return
+    b = None if bounds is None else (bounds[0][hit], bounds[1][hit])
+    part.cf[hit], part.cf_score[hit], part.reverted[hit] = revert_changes(
+        engine.pre, engine.score, x[hit], part.cf[hit], part.cf_score[hit],
+        settings.threshold, settings.score_ceiling, b,
+    )
+
+
+def plausibilities(engine: Engine, res: SearchResult) -> np.ndarray:
+    """``plausibility.log_density`` of every counterfactual found (NaN for the other rows)."""
+    from gmcf.runtime.plausibility import log_density
+
+    out = np.full(len(res.status), np.nan, np.float32)
+    hit = np.nonzero(res.status == FOUND)[0]
+    latent = engine.bundle.manifest.latent
+    mu, var = np.asarray(latent.mu_1, np.float32), np.asarray(latent.var_1, np.float32)
+    chunk = chunk_for(engine)
+    for start in range(0, hit.size, chunk):
+        rows = hit[start: start + chunk]
+        out[rows] = log_density(engine.latent(res.cf[rows]), mu, var)
+    return out
 
 
 def chunk_for(engine: Engine) -> int:

@@ -32,7 +32,8 @@ import torch
 from gmcf.datasets import Dataset
 from gmcf.runtime.errors import InputError
 from gmcf.runtime.explainer import Explainer
-from gmcf.runtime.metrics import changed_features, proximity_l2, sparsity_l1
+from gmcf.runtime.metrics import changed_features, outside_band, proximity_l2, sparsity_l1, ynn
+from gmcf.runtime.plausibility import log_density
 from gmcf.runtime.schema import ImagePreprocessor
 from gmcf.runtime.write import write_text
 from gmcf.trainer.baselines import (
@@ -71,7 +72,12 @@ METRICS = (
     ("sparsity_l0", "L0"),
     ("validity", "validity (%)"),
     ("proximity_l2", "proximity L2"),
+    ("plausibility", "plausibility"),
+    ("ynn", "yNN"),
+    ("outside_band", "outside band (%)"),
 )
+#: Nearest training rows of yNN.
+YNN_K = 5
 
 #: Image datasets only: does the counterfactual read as the target class to a CNN trained on the
 #: true labels (``ImageJudge``), and does it keep the query's stem slant and thickness
@@ -273,7 +279,7 @@ def machine() -> dict[str, Any]:
 def _fmt(v: list[float] | None, key: str) -> str:
     if v is None:
         return "–"
-    if key in ("validity", "read_as_target"):
+    if key in ("validity", "read_as_target", "outside_band"):
         return f"{v[0]:.1f}±{v[1]:.1f}"
     if key.startswith("time"):
         return f"{v[0]:.2g}±{v[1]:.1g}" if v[0] < 0.01 else f"{v[0]:.3f}±{v[1]:.3f}"
@@ -331,6 +337,7 @@ class Rep:
     judge: Autoencoder
     folder: Path
     image_judge: ImageJudge | None = None
+    train_approved: np.ndarray | None = None  # f(x_train) >= T, for yNN
 
 
 def _score_rows(rep: Rep, run: MethodRun, rows: np.ndarray, cf: np.ndarray, returned: np.ndarray) -> None:
@@ -353,14 +360,34 @@ def _score_rows(rep: Rep, run: MethodRun, rows: np.ndarray, cf: np.ndarray, retu
             "recon_explainer": ex.engine.reconstruction_error(cv).astype(float),
             "recon_judge": autoencoder_error(rep.judge, cv),
         }
+        pre = ex.bundle.preprocessor
+        per_row.update(_advice_metrics(rep, xv, cv))
         for key, vals in per_row.items():
             run.metrics[key] = float(np.mean(vals))
             run.query_sd[key] = float(np.std(vals))
-        pre = ex.bundle.preprocessor
         if rep.image_judge is not None and isinstance(pre, ImagePreprocessor):
             run.metrics["read_as_target"] = 100.0 * float((rep.image_judge.predict(cv) > 0.5).mean())
             style = style_agreement(xv, cv, pre.image.shape)
             run.metrics["slant_r"], run.metrics["thickness_r"] = style["slant_r"], style["thickness_r"]
+
+
+def _advice_metrics(rep: Rep, x: np.ndarray, cf: np.ndarray) -> dict[str, np.ndarray]:
+    """Per valid counterfactual: plausibility (log-density of its latent code under the target
+    class's Gaussian), yNN (share of its nearest training rows f approves) and whether a value
+    lies outside the training band [p0.5, p99.5] where the query's was inside (%, per row)."""
+    ex = rep.explainer
+    pre = ex.bundle.preprocessor
+    latent = ex.bundle.manifest.latent
+    out = {"plausibility": log_density(ex.engine.latent(cf), np.asarray(latent.mu_1), np.asarray(latent.var_1))
+           .astype(float)}
+    if isinstance(pre, ImagePreprocessor):
+        return out
+    if rep.train_approved is not None:
+        out["ynn"] = ynn(cf, rep.trained.prepared.x_train, rep.train_approved, YNN_K)
+    lo, hi = pre.bands()
+    n = pre.n_numeric
+    out["outside_band"] = 100.0 * outside_band(x[:, :n], cf[:, :n], lo - 1e-6, hi + 1e-6).any(axis=1).astype(float)
+    return out
 
 
 def _cf_rows(out: pa.Table, ex: Explainer) -> tuple[np.ndarray, np.ndarray]:
@@ -615,7 +642,8 @@ def _prepare_rep(ds: Dataset, cfg: EvalConfig, r: int, folder: Path, log: Callab
     if isinstance(p.pre, ImagePreprocessor):
         log(f"rep {r + 1}: training the CNN judge on the true labels")
         image_judge = train_image_judge(p.x_train, p.y_train, p.pre.image.shape, seed + 3000)
-    return Rep(r, trained, ex, queries, p.x_test[rejected], capped, timed, slow, judge, folder, image_judge)
+    approved = None if image_judge is not None else ex.engine.score(p.x_train) >= ex.settings.threshold
+    return Rep(r, trained, ex, queries, p.x_test[rejected], capped, timed, slow, judge, folder, image_judge, approved)
 
 
 def write_results(ev: Evaluation, path: Path) -> tuple[Path, Path]:

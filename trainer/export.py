@@ -40,6 +40,7 @@ from torch import nn
 from gmcf.runtime.bundle import OPSET
 from gmcf.runtime.errors import InputError
 from gmcf.runtime.schema import Preprocessor
+from gmcf.trainer.hard_numeric import NumericHard
 from gmcf.trainer.model import GMCF, ReferenceClassifier
 
 #: A decoder's ``raw``: hidden features -> (numeric values in [0, 1], one logit block per category).
@@ -49,19 +50,9 @@ RawDecode = Callable[[torch.Tensor], tuple[torch.Tensor, list[torch.Tensor]]]
 class HardDecode(nn.Module):
     """Decoder output -> the row a user receives: integers rounded, one-hots arg-maxed."""
 
-    scale: torch.Tensor
-    inv_scale: torch.Tensor
-
     def __init__(self, pre: Preprocessor) -> None:
         super().__init__()
-        lo, hi = pre.lo_hi()
-        span = np.where(hi > lo, hi - lo, 1.0)
-        # An integer feature's training minimum is an integer, so its grid in model space is
-        # k / span: rounding is round(v * span) / span. A continuous feature gets scale 2^24,
-        # which leaves a float32 value in [0, 1] as it is (to 6e-8): one code path, no Where.
-        scale = np.where(pre.integer_mask(), span, 2.0**24)
-        self.register_buffer("scale", torch.tensor(scale, dtype=torch.float32))
-        self.register_buffer("inv_scale", torch.tensor(1.0 / scale, dtype=torch.float32))
+        self.numeric = NumericHard(pre)
         self.cat_sizes = pre.cat_sizes
         self.aranges = nn.ParameterList(
             [nn.Parameter(torch.arange(k, dtype=torch.int64), requires_grad=False) for k in self.cat_sizes]
@@ -70,26 +61,34 @@ class HardDecode(nn.Module):
     def forward(
         self, cont: torch.Tensor, logits: list[torch.Tensor],
         lower: torch.Tensor | None = None, upper: torch.Tensor | None = None,
+        x: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``lower``/``upper`` bound every entry of the row (broadcastable to it). Numeric values
-        are clamped to them before and after rounding; a one-hot entry whose upper bound is 0 is
-        a category the row may not take. Without bounds (the training range), the sigmoid keeps
-        numeric values in [0, 1] and rounding keeps integers on their grid within it."""
+        are clamped to them before and after rounding (``NumericHard``); a one-hot entry whose
+        upper bound is 0 is a category the row may not take. Without bounds (the training range),
+        the sigmoid keeps numeric values in [0, 1] and rounding keeps integers on their grid
+        within it. ``x``, the query's row, widens the training band to include its values."""
         n = cont.shape[-1]
-        if lower is not None and upper is not None:
-            cont = torch.minimum(torch.maximum(cont, lower[..., :n]), upper[..., :n])
-        cont = torch.round(cont * self.scale) * self.inv_scale
-        if lower is not None and upper is not None:
-            cont = torch.minimum(torch.maximum(cont, lower[..., :n]), upper[..., :n])
-        blocks = [cont]
+        cont = self.numeric(
+            cont, None if x is None else x[..., :n],
+            None if lower is None else lower[..., :n], None if upper is None else upper[..., :n],
+        )
+        blocks = []
         offset = n
+        cat_upper = None
+        if lower is not None and upper is not None:
+            cat_upper = upper[..., n:]
+            mask = self.numeric.category_mask(lower[..., :n], upper[..., :n], cat_upper.shape[-1])
+            cat_upper = cat_upper if mask is None else cat_upper * mask
         for lg, ar in zip(logits, self.aranges, strict=True):
             k = lg.shape[-1]
-            if upper is not None:
-                lg = lg - 1e9 * (1.0 - upper[..., offset: offset + k])
+            if cat_upper is not None:
+                lg = lg - 1e9 * (1.0 - cat_upper[..., offset - n: offset - n + k])
             blocks.append((ar == torch.argmax(lg, dim=-1, keepdim=True)).to(torch.float32))
             offset += k
-        return torch.cat(blocks, dim=-1)
+        if blocks:
+            cont = self.numeric.follow(cont, torch.cat(blocks, dim=-1))
+        return torch.cat([cont, *blocks], dim=-1)
 
 
 def split_first_layer(model: GMCF) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, nn.Sequential]:
@@ -142,7 +141,7 @@ class SearchFront(nn.Module):
         upper: torch.Tensor,
     ) -> torch.Tensor:
         cont, logits = self.decode(x, alphas, target)
-        rows = self.hard(cont, logits, lower[:, None, :], upper[:, None, :])
+        rows = self.hard(cont, logits, lower[:, None, :], upper[:, None, :], x[:, None, :])
         return rows.reshape(-1, rows.shape[-1])
 
 
@@ -153,7 +152,7 @@ class PlainSearchFront(SearchFront):
         self, x: torch.Tensor, alphas: torch.Tensor, target: torch.Tensor
     ) -> torch.Tensor:
         cont, logits = self.decode(x, alphas, target)
-        rows = self.hard(cont, logits)
+        rows = self.hard(cont, logits, x=x[:, None, :])
         return rows.reshape(-1, rows.shape[-1])
 
 
@@ -230,8 +229,6 @@ class ColumnSearch(nn.Module):
     w_z: torch.Tensor
     w_u: torch.Tensor
     b: torch.Tensor
-    scale: torch.Tensor
-    inv_scale: torch.Tensor
     index: torch.Tensor
 
     def __init__(self, model: GMCF, pre: Preprocessor, clf: nn.Sequential | None) -> None:
@@ -243,9 +240,7 @@ class ColumnSearch(nn.Module):
         self.register_buffer("w_u", w_u)
         self.register_buffer("b", b[:, None])
         self.layers = nn.Sequential(*rest, cast(nn.Module, model.decoder.head))  # after the folded first layer
-        hard = HardDecode(pre)
-        self.register_buffer("scale", hard.scale.clone()[:, None, None])
-        self.register_buffer("inv_scale", hard.inv_scale.clone()[:, None, None])
+        self.numeric = NumericHard(pre, columns=True)
         self.n = pre.n_numeric
         self.cat_sizes = list(pre.cat_sizes)
         self.register_buffer("index", torch.arange(max(self.cat_sizes, default=1), dtype=torch.float32)[None, :])
@@ -268,18 +263,22 @@ class ColumnSearch(nn.Module):
         lo_t = None if lower is None else lower.t()[:, None, :]  # [F, 1, B]
         up_t = None if upper is None else upper.t()[:, None, :]
         cont = torch.sigmoid(out[: self.n]).reshape(self.n, s, b)
-        if lo_t is not None and up_t is not None:
-            cont = torch.minimum(torch.maximum(cont, lo_t[: self.n]), up_t[: self.n])
-        cont = torch.round(cont * self.scale) * self.inv_scale
-        if lo_t is not None and up_t is not None:
-            cont = torch.minimum(torch.maximum(cont, lo_t[: self.n]), up_t[: self.n])
+        cont = self.numeric(
+            cont, xt[: self.n][:, None, :],
+            None if lo_t is None else lo_t[: self.n], None if up_t is None else up_t[: self.n],
+        )
         cont = cont.reshape(self.n, s * b)
-        blocks, codes = [cont], [cont]
+        blocks, codes = [], []
         offset = self.n
+        cat_up = None
+        if lo_t is not None and up_t is not None:
+            cat_up = up_t[self.n:]
+            mask = self.numeric.category_mask(lo_t[: self.n], up_t[: self.n], cat_up.shape[0])
+            cat_up = cat_up if mask is None else cat_up * mask
         for k in self.cat_sizes:
             lg = out[offset: offset + k]
-            if up_t is not None:
-                lg = (lg.reshape(k, s, b) - 1e9 * (1.0 - up_t[offset: offset + k])).reshape(k, s * b)
+            if cat_up is not None:
+                lg = (lg.reshape(k, s, b) - 1e9 * (1.0 - cat_up[offset - self.n: offset - self.n + k])).reshape(k, s * b)
             top = lg[0:1]
             for j in range(1, k):
                 top = torch.maximum(top, lg[j: j + 1])
@@ -288,6 +287,9 @@ class ColumnSearch(nn.Module):
             blocks.append(one_hot)
             codes.append(self.index[:, :k] @ one_hot)
             offset += k
+        if blocks:
+            cont = self.numeric.follow(cont, torch.cat(blocks, dim=0))
+        blocks, codes = [cont, *blocks], [cont, *codes]
         code = torch.cat(codes, dim=0)
         code = code.reshape(code.shape[0], s, b).permute(2, 1, 0).reshape(b * s, -1)
         row = torch.cat(blocks, dim=0)  # [F, S*B]

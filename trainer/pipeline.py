@@ -35,7 +35,7 @@ from gmcf.trainer.fit import (
 )
 from gmcf.trainer.images import default_search, image_networks
 from gmcf.trainer.model import GMCF
-from gmcf.trainer.prepare import Prepared, prepare
+from gmcf.trainer.prepare import Prepared, label_classes, prepare
 from gmcf.trainer.user_model import ClassifierSpec, label_with_user_model, load_model_file
 
 
@@ -179,6 +179,7 @@ def train_models(
     report["dataset"] = ds.name
     if user_report is not None:
         report["classifier"]["user_model"] = user_report
+    report["label"] = {"column": ds.schema.label, **label_classes(ds)}
     report["model_selection"] = {
         "selected_epoch": hist.selected_epoch,
         "checks": [{k: round(v, 4) for k, v in c.items()} for c in hist.checks],

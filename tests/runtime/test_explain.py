@@ -232,13 +232,19 @@ def test_alpha_zero_is_the_hard_decoded_reconstruction(explainer: Explainer, que
     z_u = session(bundle.graph_path("encoder_u")).run(None, {"x": x})[0]
     soft = session(bundle.graph_path("decoder")).run(None, {"z": z, "z_u": z_u})[0]
 
-    # numeric features: clipped to the training range, integers rounded (compared in raw units)
+    # numeric features: kept in the training band (widened to the query's value), integers
+    # rounded in raw units (compared in raw units, through each feature's transform)
     lo, hi = pre.lo_hi()
     span = np.where(hi > lo, hi - lo, 1.0)
     n = pre.n_numeric
-    raw_soft = lo + np.clip(soft[:, :n].astype(np.float64), 0.0, 1.0) * span
-    raw_cand = lo + cand[:, :n].astype(np.float64) * span
+    band_lo, band_hi = pre.bands()
+    kept = np.clip(soft[:, :n].astype(np.float64), np.minimum(x[:, :n], band_lo), np.maximum(x[:, :n], band_hi))
+    raw_soft = pre.raw_values(kept)
+    raw_cand = pre.raw_values(cand)
     is_int = pre.integer_mask()
+    # a feature determined by a category (education-num) follows the category, checked below
+    follows = np.array([f.determined_by is not None for f in pre.numeric])
+    raw_soft[:, follows] = raw_cand[:, follows]
     want = np.where(is_int, np.round(raw_soft), raw_soft)
     got = np.where(is_int, np.rint(raw_cand), raw_cand)
     # float32 differences (ulps of the decoder's output, times the span) may only matter right
@@ -259,6 +265,12 @@ def test_alpha_zero_is_the_hard_decoded_reconstruction(explainer: Explainer, que
         clear = top2[:, 1] - top2[:, 0] > 1e-5
         assert np.all(np.argmax(blk_c, axis=1)[clear] == np.argmax(blk_s, axis=1)[clear])
         offset += k
+    for j, f in enumerate(pre.numeric):
+        if f.determined_by is not None:
+            cat = next(i for i, c in enumerate(pre.categorical) if c.name == f.determined_by)
+            start = n + sum(pre.cat_sizes[:cat])
+            idx = np.argmax(cand[:, start: start + pre.cat_sizes[cat]], axis=1)
+            np.testing.assert_array_equal(np.rint(raw_cand[:, j]), np.array(f.lookup)[idx])
 
     # and the fused graph scores exactly that row with f
     clf = session(bundle.graph_path("classifier"))

@@ -61,6 +61,12 @@ def test_every_repetition_reports_every_metric_with_sane_values(small_run: ev_mo
             assert 1.0 <= m["sparsity_l0"] <= 6.0
             assert 0 < m["proximity_l2"] <= m["sparsity_l1"] + 1e-9
             assert 0 <= m["recon_explainer"] < 1 and 0 <= m["recon_judge"] < 1
+            # the new measures: yNN a share, the band's share a percentage (GMCF's search graph
+            # keeps every value in the band), plausibility a finite log-density
+            assert 0.0 <= m["ynn"] <= 1.0 and 0.0 <= m["outside_band"] <= 100.0
+            assert math.isfinite(m["plausibility"])
+            if run.method.startswith("gmcf"):
+                assert m["outside_band"] == 0.0
     gmcf = [r for r in ok if r.method == "gmcf"]
     # GMCF explains every held-out row f rejects; the other rows get the capped queries
     for r, info in zip(gmcf, small_run.reps, strict=True):

@@ -216,7 +216,8 @@ def test_searchfront_is_algorithm_2(trained: Trained, x: np.ndarray) -> None:
         zus = zu[:, None, :].expand(b, s, zu.shape[1]).reshape(b * s, -1)
         cont, logits = m.decoder.raw(m.decoder.body(torch.cat([zs, zus], dim=1)))
         soft = m.decoder(torch.cat([zs, zus], dim=1))
-        naive = HardDecode(pre)(cont, logits, torch.zeros(pre.width), torch.ones(pre.width)).numpy()
+        xs = t(np.repeat(xq, s, axis=0))  # each candidate's query: the band widens to its values
+        naive = HardDecode(pre)(cont, logits, torch.zeros(pre.width), torch.ones(pre.width), xs).numpy()
         front = front_of(m, pre, xq, alphas)
     # The search graph may put the queries first (B + B*S rows) or only the candidates (B*S).
     assert front.shape[0] in (b * s, b + b * s)
@@ -225,8 +226,7 @@ def test_searchfront_is_algorithm_2(trained: Trained, x: np.ndarray) -> None:
         np.testing.assert_array_equal(front[:b], xq)
     # Hard decoding: integers on the training grid, categorical blocks one-hot at the soft argmax.
     n = pre.n_numeric
-    lo, hi = pre.lo_hi()
-    raw = cand[:, :n] * (hi - lo) + lo
+    raw = pre.raw_values(cand)
     is_int = pre.integer_mask()
     np.testing.assert_allclose(raw[:, is_int], np.round(raw[:, is_int]), atol=1e-3)
     assert ((cand[:, :n] >= 0) & (cand[:, :n] <= 1)).all()

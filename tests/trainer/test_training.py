@@ -12,6 +12,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from gmcf.datasets import Dataset, load_dataset  # noqa: E402
+from gmcf.runtime import transforms  # noqa: E402
 from gmcf.trainer.fit import (  # noqa: E402
     TrainConfig,
     alternating_step,
@@ -228,9 +229,9 @@ def test_prepare_fits_min_max_on_the_training_rows_only(adult_500: Dataset) -> N
         lo, hi = raw[train_rows].min(), raw[train_rows].max()
         assert (f.lo, f.hi) == (lo, hi), f.name
         differs_from_full_table |= (raw.min(), raw.max()) != (lo, hi)
-        span = hi - lo if hi > lo else 1.0
-        np.testing.assert_allclose(p.x_train[:, j], (raw[train_rows] - lo) / span, rtol=1e-6, atol=1e-7)
-        np.testing.assert_allclose(p.x_test[:, j], (raw[p.test_rows] - lo) / span, rtol=1e-6, atol=1e-7)
+        # each feature's transform (min-max, or log for a heavy tail) over the training range
+        np.testing.assert_allclose(p.x_train[:, j], transforms.raw_to_model(f, raw[train_rows]), rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(p.x_test[:, j], transforms.raw_to_model(f, raw[p.test_rows]), rtol=1e-6, atol=1e-7)
         assert p.x_train[:, j].min() == 0.0 and p.x_train[:, j].max() == pytest.approx(1.0)
     # With this split some held-out value lies outside the training range, so a fit on all rows
     # would have given different bounds.
