@@ -45,6 +45,7 @@ import onnx.version_converter
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from gmcf.runtime import transforms
 from gmcf.runtime.bundle import OPSET
 from gmcf.runtime.errors import InputError
 from gmcf.runtime.schema import Preprocessor
@@ -423,13 +424,11 @@ def align_opset(model: onnx.ModelProto) -> onnx.ModelProto:
 def _inverse_params(f: Any) -> tuple[float, float, float, float]:
     """(t_lo, t_span, is_log, a) of a numeric feature: its model-space value u goes back to raw
     as t = t_lo + u t_span, then, for a log-transformed feature, a + sign(t) (exp|t| - 1)."""
-    transform = getattr(f, "transform", "minmax")
+    transform = f.transform
     if transform == "minmax":
         lo, hi = float(f.lo), float(f.hi)
         return lo, (hi - lo if hi > lo else 1.0), 0.0, 0.0
     if transform == "log":
-        from gmcf.runtime import transforms  # type: ignore[attr-defined]
-
         t_lo, t_span = transforms.t_range(f)
         return float(t_lo), float(t_span), 1.0, float(transforms.log_offset(f.lo or 0.0))
     raise _fail(
