@@ -52,6 +52,11 @@ class SearchDefaults:
     refine_rounds: int = 3
     extrapolate: bool = True
     max_alpha: float = 2.0
+    fallback: bool = True
+    """The last-resort search toward nearby approved training rows (``gmcf.runtime.fallback``)
+    for rows the walk misses; a bundle without anchors has none."""
+    fallback_neighbours: int = 8
+    fallback_steps: int = 8
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)

@@ -32,6 +32,7 @@ from gmcf.runtime.bundle import (
 )
 from gmcf.runtime.errors import InputError
 from gmcf.runtime.schema import ImagePreprocessor, Preprocessor
+from gmcf.trainer.anchors import select_anchors
 from gmcf.trainer.export import adapt_classifier, export_classifier, export_graphs, save
 from gmcf.trainer.fit import (
     TrainConfig,
@@ -43,6 +44,10 @@ from gmcf.trainer.fit import (
 from gmcf.trainer.images import default_search, image_networks
 from gmcf.trainer.model import GMCF
 from gmcf.trainer.prepare import Prepared, prepare
+from gmcf.trainer.quality import gate_warnings, measure_quality
+
+#: The last-resort search's anchors in a bundle (``gmcf.runtime.fallback``).
+ANCHORS_FILE = "anchors.npy"
 
 
 @dataclass
@@ -125,6 +130,9 @@ class Trained:
     model: GMCF
     y_hat_train: np.ndarray
     report: dict[str, Any]
+    validation_rows: np.ndarray | None = None
+    """Indices into ``prepared.x_train`` of the rows held out of Algorithm 1 for model
+    selection (None when there are none); the quality gate explains them."""
 
 
 def load_classifier(classifier: Path) -> onnx.ModelProto:
@@ -170,6 +178,7 @@ def train_models(
 
     fit_idx = np.arange(len(p.x_train))
     validation = None
+    val_idx = None
     if cfg.select_every > 0 and cfg.validation_size > 0:
         perm = np.random.default_rng(cfg.seed + 3).permutation(len(p.x_train))
         n_val = max(1, round(len(perm) * cfg.validation_size))
@@ -187,7 +196,7 @@ def train_models(
         "checks": [{k: round(v, 4) for k, v in c.items()} for c in hist.checks],
     }
     cb.advance("report")
-    return Trained(p, clf_onnx, clf, model, y_hat, report)
+    return Trained(p, clf_onnx, clf, model, y_hat, report, val_idx)
 
 
 def write_bundle(
@@ -200,7 +209,13 @@ def write_bundle(
     try:
         graphs = export_graphs(model, p.pre, trained.classifier_onnx, trained.classifier)
         files = save(graphs, tmp)
-        (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        anchors = None
+        if not isinstance(p.pre, ImagePreprocessor):
+            codes = select_anchors(
+                model, p.pre, p.x_train, lambda x: _run_onnx(trained.classifier_onnx, x), seed=cfg.seed
+            )
+            np.save(tmp / ANCHORS_FILE, codes, allow_pickle=False)
+            anchors = {"file": ANCHORS_FILE, "count": len(codes)}
         manifest = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -223,10 +238,18 @@ def write_bundle(
             "graphs": {name: files[name] for name in GRAPHS},
             "files": {},
         }
-        manifest["files"] = {
-            fname: sha256_file(tmp / fname) for fname in [*files.values(), "report.json"]
-        }
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        sealed = [*files.values(), "report.json"]
+        if anchors is not None:
+            manifest["anchors"] = anchors
+            sealed.append(ANCHORS_FILE)
+        _seal(tmp, manifest, report, sealed)
+        if not isinstance(p.pre, ImagePreprocessor):
+            # The quality gate: the bundle just written explains the validation rows.
+            held = trained.validation_rows
+            x_q, rows = (p.x_test, "held-out") if held is None else (p.x_train[held], "validation")
+            report["quality"] = measure_quality(tmp, x_q, rows)
+        report["warnings"] = gate_warnings(report)
+        _seal(tmp, manifest, report, sealed)
         tmp.chmod(0o755)
         if out.exists():
             shutil.rmtree(out)
@@ -235,6 +258,13 @@ def write_bundle(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return TrainResult(out, report, manifest)
+
+
+def _seal(folder: Path, manifest: dict[str, Any], report: dict[str, Any], files: list[str]) -> None:
+    """Write report.json, then the manifest with the sha256 of every file in ``files``."""
+    (folder / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    manifest["files"] = {fname: sha256_file(folder / fname) for fname in files}
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
 
 
 def train_bundle(
