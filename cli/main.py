@@ -133,7 +133,8 @@ def explain(
 @app.command()
 def inspect(
     bundle: Annotated[Path, typer.Argument(help="Bundle folder.")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print the manifest and report as JSON.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the manifest, report and warnings as JSON.")] = False,
+    strict: Annotated[bool, typer.Option(help="Exit with status 3 when the training report has warnings.")] = False,
 ) -> None:
     """Print a bundle's manifest and training report (after verifying its checksums)."""
     from gmcf.runtime.bundle import load_bundle
@@ -142,8 +143,10 @@ def inspect(
         b = load_bundle(bundle)
     except GmcfError as exc:
         fail(str(exc))
+    warnings = list(b.report.get("warnings", []))
     if as_json:
-        out.print_json(json.dumps({"manifest": b.manifest, "report": b.report}))
+        out.print_json(json.dumps({"manifest": b.manifest, "report": b.report, "warnings": warnings}))
+        _strict_exit(strict, warnings)
         return
     m, r = b.manifest, b.report
     pre = b.preprocessor
@@ -157,15 +160,35 @@ def inspect(
     out.print(f"search defaults: {b.search.to_dict()}", highlight=False)
     if r:
         out.print(_report_lines(r), highlight=False)
+    _print_warnings(warnings)
+    _strict_exit(strict, warnings)
+
+
+#: Exit status of ``train --strict`` and ``inspect --strict`` when the report has warnings.
+WARNING_EXIT = 3
+
+
+def _print_warnings(warnings: list[str]) -> None:
+    for w in warnings:
+        err.print(f"[bold yellow]warning:[/] {escape(w)}", highlight=False, soft_wrap=True)
+
+
+def _strict_exit(strict: bool, warnings: list[str]) -> None:
+    if strict and warnings:
+        err.print(f"--strict: {len(warnings)} warning(s)", highlight=False)
+        raise typer.Exit(WARNING_EXIT)
 
 
 def _report_lines(r: dict[str, Any]) -> str:
+    from gmcf.trainer.quality import quality_lines
+
     probe = r["z_u_probe"]
     return "\n".join([
         f"classifier: accuracy {r['classifier']['accuracy']:.3f}, balanced accuracy {r['classifier']['balanced_accuracy']:.3f} (held out)",
         f"GM posterior agrees with f on {100 * r['gm_posterior_agreement']:.1f}% of held-out rows",
         f"z_u probe balanced accuracy {probe['balanced_accuracy']:.3f} (0.5 = no leakage; majority rate {probe['majority_rate']:.3f})",
         f"reconstruction MSE {r['reconstruction_mse']:.5f}; training {r['seconds']:.0f} s on {r['rows']['train']:,} rows",
+        *quality_lines(r),
     ])
 
 
@@ -182,6 +205,7 @@ def train(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     threads: Annotated[int, typer.Option(help="torch threads.")] = 1,
     force: Annotated[bool, typer.Option(help="Replace OUTPUT if it exists.")] = False,
+    strict: Annotated[bool, typer.Option(help="Exit with status 3 when the quality gate warns (the bundle is still written).")] = False,
 ) -> None:
     """Train the classifier (unless given) and the explainer; export an ONNX bundle."""
     try:
@@ -229,6 +253,9 @@ def train(
         fail(str(exc))
     out.print(f"wrote bundle {result.path}", highlight=False, markup=False, soft_wrap=True)
     out.print(_report_lines(result.report), highlight=False, markup=False, soft_wrap=True)
+    warnings = list(result.report.get("warnings", []))
+    _print_warnings(warnings)
+    _strict_exit(strict, warnings)
 
 
 @app.command()

@@ -11,9 +11,10 @@ to the query in the model's input space and, for each, decodes
 on ``fallback_steps`` points a in (0, 1], hard-decoded (and bounded by the constraints) exactly
 like the main search, scored by f. Both latents move: where z_u carries label information the
 walk in z alone cannot flip f, but a walk to an approved row's full code ends at that row's
-decoding, which f approves. Per anchor the first candidate with T <= f < T + tol is kept, the
-bracket before it is subdivided once (``refine_points``), and the nearest of the anchors'
-answers is returned. Decoding and scoring use the bundle's own ``encoder``, ``encoder_u``,
+decoding, which f approves. Of all candidates with T <= f < T + tol on these paths the one
+nearest to the query is returned (a path may wander off before it reaches the anchor's own
+decoding, so the first crossing is not always the nearest); when the grid point before it was
+no counterfactual, that interval is subdivided once (``refine_points``) for a nearer one. Decoding and scoring use the bundle's own ``encoder``, ``encoder_u``,
 ``decoder`` and ``classifier`` graphs.
 """
 
@@ -147,61 +148,60 @@ def rescue(
     near = np.argsort(d2, axis=1, kind="stable")[:, :k]  # [m, k]
     zq = engine.run("encoder", {"x": x})
     zuq = engine.run("encoder_u", {"x": x})
-    lower = None if bounds is None else np.repeat(bounds[0], k, axis=0)
-    upper = None if bounds is None else np.repeat(bounds[1], k, axis=0)
-    za = anchors.z[near].reshape(m * k, -1)
-    zua = anchors.zu[near].reshape(m * k, -1)
-    zs, zus = np.repeat(zq, k, axis=0), np.repeat(zuq, k, axis=0)
-    pairs = m * k
-    best = np.full(pairs, np.nan, np.float32)
-    best_a = np.full(pairs, np.nan, np.float32)
-    best_row = np.zeros((pairs, width), np.float32)
-    lo_a = np.zeros(pairs, np.float32)
-    hi_a = np.full(pairs, np.nan, np.float32)
+    pair_q = np.repeat(np.arange(m), k)  # query of each (query, anchor) pair
+    za, zua = anchors.z[near.reshape(-1)], anchors.zu[near.reshape(-1)]
 
-    def walk(idx: np.ndarray, alphas: np.ndarray) -> None:
-        """Candidates at ``alphas`` [len(idx), S] for pairs ``idx``; keep first crossings."""
+    def candidates(pairs: np.ndarray, alphas: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Rows [P, S, F], scores [P, S] and squared distances to the query [P, S] (inf where
+        the score is outside [T, T + tol)) of the pairs ``pairs`` at ``alphas`` [P, S]."""
         s = alphas.shape[1]
         a = alphas.reshape(-1, 1)
-        rep = np.repeat(idx, s)
+        rep = np.repeat(pairs, s)
+        q = pair_q[rep]
         rows, score = _decode_score(
-            engine, (1 - a) * zs[rep] + a * za[rep], (1 - a) * zus[rep] + a * zua[rep],
-            None if lower is None else lower[rep], None if upper is None else upper[rep],
+            engine, (1 - a) * zq[q] + a * za[rep], (1 - a) * zuq[q] + a * zua[rep],
+            None if bounds is None else bounds[0][q], None if bounds is None else bounds[1][q],
         )
-        score = score.reshape(-1, s)
-        ok = (score >= t) & (score < top)
-        crossed = score >= t
-        has = crossed.any(1)
-        first = crossed.argmax(1)
-        hit = has & ok[np.arange(len(idx)), first]
-        i = idx[hit]
-        f = first[hit]
-        best[i] = score[hit, f]
-        best_a[i] = alphas[hit, f]
-        best_row[i] = rows.reshape(len(idx), s, width)[hit, f]
-        hi_a[i] = alphas[hit, f]
-        lo_a[i] = np.where(f > 0, alphas[hit, np.maximum(f - 1, 0)], lo_a[i])
-        miss = idx[~has]
-        lo_a[miss] = alphas[~has, -1]
+        d2 = ((rows - x[q]) ** 2).sum(1)
+        d2 = np.where((score >= t) & (score < top), d2, np.inf)
+        return rows.reshape(len(pairs), s, width), score.reshape(len(pairs), s), d2.reshape(len(pairs), s)
 
     grid = np.linspace(1.0 / cfg.fallback_steps, 1.0, cfg.fallback_steps, dtype=np.float32)
-    walk(np.arange(pairs), np.broadcast_to(grid, (pairs, grid.size)).copy())
-    evals = np.full(m, k * grid.size, np.int32)
-    hit = np.nonzero(~np.isnan(best))[0]
-    if cfg.refine and hit.size:
-        # One round between the last point below T and the crossing: closer to the query.
+    steps = grid.size
+    rows, score, d2 = candidates(np.arange(m * k), np.broadcast_to(grid, (m * k, steps)).copy())
+    evals = np.full(m, k * steps, np.int32)
+    # The nearest approved candidate over every anchor's path (not the first crossing: a path
+    # may wander off before it reaches the anchor's own decoding, its last point).
+    flat = d2.reshape(m, k * steps)
+    pick = flat.argmin(1)
+    found = np.isfinite(flat[np.arange(m), pick])
+    pair = np.arange(m) * k + pick // steps
+    step = pick % steps
+    best_row = rows[pair, step]
+    best_score = score[pair, step]
+    best_alpha = grid[step]
+    best_d2 = flat[np.arange(m), pick]
+    # One round of refinement between the chosen point and the grid point before it, when that
+    # one was not a counterfactual: the candidates there are closer to the query.
+    redo = np.nonzero(found & (step > 0))[0]
+    redo = redo[~np.isfinite(d2[pair[redo], step[redo] - 1])]
+    if cfg.refine and redo.size:
         frac = np.arange(1, cfg.refine_points + 1, dtype=np.float32) / (cfg.refine_points + 1)
-        alphas = lo_a[hit, None] + (hi_a[hit] - lo_a[hit])[:, None] * frac[None, :]
-        walk(hit, alphas.astype(np.float32))
-        np.add.at(evals, hit // k, cfg.refine_points)
-    dist = np.where(np.isnan(best), np.inf, ((best_row - np.repeat(x, k, axis=0)) ** 2).sum(1))
-    choice = dist.reshape(m, k).argmin(1)
-    pick = np.arange(m) * k + choice
-    found = np.isfinite(dist[pick])
+        lo = grid[step[redo] - 1]
+        alphas = (lo[:, None] + (grid[step[redo]] - lo)[:, None] * frac[None, :]).astype(np.float32)
+        r_rows, r_score, r_d2 = candidates(pair[redo], alphas)
+        j = r_d2.argmin(1)
+        i = np.arange(redo.size)
+        better = r_d2[i, j] < best_d2[redo]
+        w = redo[better]
+        best_row[w] = r_rows[i[better], j[better]]
+        best_score[w] = r_score[i[better], j[better]]
+        best_alpha[w] = alphas[i[better], j[better]]
+        evals[redo] += cfg.refine_points
     return Rescued(
         found=found,
-        cf=np.where(found[:, None], best_row[pick], 0.0).astype(np.float32),
-        cf_score=np.where(found, best[pick], np.nan).astype(np.float32),
-        alpha=np.where(found, best_a[pick], np.nan).astype(np.float32),
+        cf=np.where(found[:, None], best_row, 0.0).astype(np.float32),
+        cf_score=np.where(found, best_score, np.nan).astype(np.float32),
+        alpha=np.where(found, best_alpha, np.nan).astype(np.float32),
         evaluations=evals,
     )
