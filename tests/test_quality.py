@@ -88,7 +88,10 @@ def test_train_prints_quality_and_strict_exits_on_a_warning(tmp_path: Path) -> N
         "label": "not.fully.paid", "positive_class": "0",
     }))
     p = prepare(ds, 0.2, 0)
-    clf = HistGradientBoostingClassifier(class_weight="balanced", random_state=0, max_iter=30).fit(p.x_train, p.y_train)
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1):
+        clf = HistGradientBoostingClassifier(class_weight="balanced", random_state=0, max_iter=30).fit(p.x_train, p.y_train)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = to_onnx(clf, p.x_train[:1], options={id(clf): {"zipmap": False}}, target_opset={"": 17, "ai.onnx.ml": 3})

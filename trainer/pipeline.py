@@ -42,6 +42,7 @@ from gmcf.trainer.fit import (
     train_classifier,
 )
 from gmcf.trainer.images import default_search, image_networks
+from gmcf.trainer.levers import lever_hooks
 from gmcf.trainer.model import GMCF
 from gmcf.trainer.prepare import Prepared, prepare
 from gmcf.trainer.quality import gate_warnings, measure_quality
@@ -184,9 +185,10 @@ def train_models(
         n_val = max(1, round(len(perm) * cfg.validation_size))
         val_idx, fit_idx = np.sort(perm[:n_val]), np.sort(perm[n_val:])
         validation = (p.x_train[val_idx], y_hat[val_idx])
+    judge, walk = lever_hooks(cfg, p.pre, clf, clf_onnx, p.x_train[fit_idx], f_train[fit_idx], validation)
     model, hist = fit_gmcf(
         p.x_train[fit_idx], y_hat[fit_idx], p.pre.n_numeric, p.pre.cat_sizes, cfg, on_epoch, validation,
-        networks_for(p.pre, cfg),
+        networks_for(p.pre, cfg), judge, walk,
     )
     cb.stage("report", 1)
     report = build_report(model, p, f_train, f_test, hist.losses, cfg, time.time() - t0)
