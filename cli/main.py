@@ -72,6 +72,7 @@ def explain(
     steps: Annotated[int | None, typer.Option(help="Points on the alpha grid in (0, 1].")] = None,
     refine: Annotated[bool | None, typer.Option("--refine/--no-refine", help="Bisect a crossing that overshoots T + tol.")] = None,
     extrapolate: Annotated[bool | None, typer.Option("--extrapolate/--no-extrapolate", help="Walk past mu_1 when the path never crosses T.")] = None,
+    fallback: Annotated[bool | None, typer.Option("--fallback/--no-fallback", help="Last resort for rows the walk misses: walk toward nearby approved training rows (search `anchored`).")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Rows read, searched and written at a time \\[default: 65,536 tabular rows; ~2,700 images].")] = None,
     threads: Annotated[int, typer.Option(help="onnxruntime intra-op threads per worker.")] = 1,
     workers: Annotated[int, typer.Option(help="Worker processes [default 0: one per core, at most one per batch].")] = 0,
@@ -104,7 +105,8 @@ def explain(
             immutable or (), increase_only or (), decrease_only or (), range_ or (), allow or ()
         ))
         ex = Explainer.from_bundle(bundle, threads=threads, constraints=wanted, num_cfs=num_cfs, threshold=threshold,
-                                   tol=tol, steps=steps, refine=refine, extrapolate=extrapolate)
+                                   tol=tol, steps=steps, refine=refine, extrapolate=extrapolate,
+                                   fallback=fallback)
         with _progress() as bar:
             task = bar.add_task("explaining", total=None, info="")
 
