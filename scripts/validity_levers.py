@@ -76,7 +76,7 @@ def gbm_classifier(kind: str, x: np.ndarray, y: np.ndarray, seed: int) -> Any:
 
         clf = lightgbm.LGBMClassifier(class_weight="balanced", random_state=seed, verbose=-1, n_jobs=1).fit(x, y)
         return convert_lightgbm(
-            clf, initial_types=[("x", FloatTensorType([None, x.shape[1]]))], zipmap=False, target_opset=17
+            clf, initial_types=[("x", FloatTensorType([None, x.shape[1]]))], zipmap=False, target_opset=15
         )
     raise SystemExit(f"unknown classifier kind {kind!r}: mlp, hgb or lgbm")
 
