@@ -29,9 +29,9 @@ bench: $(BIN)/.installed
 	$(BIN)/python scripts/benchmark.py --rows 1000000 --workers 2
 
 bundles: $(BIN)/.installed
-	$(BIN)/gmcf-batch train adult --force
-	$(BIN)/gmcf-batch train lending-club --force
-	$(BIN)/gmcf-batch train mnist-1-to-7 --force
+	$(BIN)/gmcf-batch train adult -o exported/adult --force
+	$(BIN)/gmcf-batch train lending-club -o exported/lending-club --force
+	$(BIN)/gmcf-batch train mnist-1-to-7 -o exported/mnist-1-to-7 --force
 
 figures: $(BIN)/.installed
 	$(BIN)/gmcf-batch plot mnist-1-to-7 --out docs/figures

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shlex
 import sys
+from dataclasses import replace
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -22,6 +23,7 @@ from rich.progress import (
 )
 
 from gmcf.runtime.errors import GmcfError
+from gmcf.runtime.settings import DEFAULT_BATCH_SIZE
 
 app = typer.Typer(
     help="Counterfactual explanations at scale: what would have to change for the decision to go the other way.",
@@ -73,7 +75,7 @@ def explain(
     refine: Annotated[bool | None, typer.Option("--refine/--no-refine", help="Bisect a crossing that overshoots T + tol.")] = None,
     extrapolate: Annotated[bool | None, typer.Option("--extrapolate/--no-extrapolate", help="Walk past mu_1 when the path never crosses T.")] = None,
     fallback: Annotated[bool | None, typer.Option("--fallback/--no-fallback", help="Last resort for rows the walk misses: walk toward nearby approved training rows (search `anchored`).")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Rows read, searched and written at a time \\[default: 65,536 tabular rows; ~2,700 images].")] = None,
+    batch_size: Annotated[int | None, typer.Option(help=f"Rows read, searched and written at a time \\[default: {DEFAULT_BATCH_SIZE:,} tabular rows; ~2,700 images].")] = None,
     threads: Annotated[int, typer.Option(help="onnxruntime intra-op threads per worker.")] = 1,
     workers: Annotated[int, typer.Option(help="Worker processes [default 0: one per core, at most one per batch].")] = 0,
     id_column: Annotated[str | None, typer.Option(help="Column passed through to the output to identify rows.")] = None,
@@ -88,8 +90,9 @@ def explain(
 ) -> None:
     """Explain every row of INPUT: a counterfactual for each row the classifier rejects."""
     from gmcf.runtime.constraints import Constraints
-    from gmcf.runtime.explainer import Explainer, default_batch_size
+    from gmcf.runtime.explainer import Explainer
     from gmcf.runtime.parallel import auto_workers, explain_parquet_parallel
+    from gmcf.runtime.settings import batch_size_for
 
     bundle = bundle or default_bundle()
     output = output or input.with_name(input.stem + ".explained.parquet")
@@ -115,7 +118,7 @@ def explain(
                 bar.update(task, completed=done, total=total, info=f"{done / elapsed:,.0f} rows/s")
 
             if workers == 0:
-                workers = auto_workers(input, default_batch_size(ex.bundle.preprocessor.width) if batch_size is None else batch_size)
+                workers = auto_workers(input, batch_size_for(batch_size, ex.bundle.preprocessor.width))
             if workers > 1:
                 summary = explain_parquet_parallel(ex, input, output, workers, batch_size, id_column, progress)
             else:
@@ -147,18 +150,18 @@ def inspect(
         fail(str(exc))
     warnings = list(b.report.get("warnings", []))
     if as_json:
-        out.print_json(json.dumps({"manifest": b.manifest, "report": b.report, "warnings": warnings}))
+        out.print_json(json.dumps({"manifest": b.manifest.to_dict(), "report": b.report, "warnings": warnings}))
         _strict_exit(strict, warnings)
         return
     m, r = b.manifest, b.report
     pre = b.preprocessor
-    out.print(f"[bold]{b.path}[/]  format {m['format_version']}, dataset {m.get('dataset')}, checksums ok")
-    out.print(f"command: {m.get('command')}", highlight=False)
-    out.print(f"label {m['schema']['label']!r}, positive class {m['schema']['positive_class']!r}", highlight=False)
+    out.print(f"[bold]{b.path}[/]  format {m.format_version}, dataset {m.dataset}, checksums ok")
+    out.print(f"command: {m.command}", highlight=False)
+    out.print(f"label {m.label!r}, positive class {m.positive_class!r}", highlight=False)
     for f in pre.features:
-        detail = f"[{f.lo:g}, {f.hi:g}]" if f.is_numeric else f"{len(f.categories)} categories"
+        detail = f"[{f.lo:g}, {f.hi:g}]" if not f.is_categorical else f"{len(f.categories)} categories"
         out.print(f"  {f.name:<20} {f.kind:<12} {detail}", highlight=False)
-    out.print(f"latent z {m['latent']['dim']} dims, z_u {m['latent']['u_dim']} dims; mu_1 = {b.mu_1}", highlight=False)
+    out.print(f"latent z {m.latent.dim} dims, z_u {m.latent.u_dim} dims; mu_1 = {b.mu_1}", highlight=False)
     out.print(f"search defaults: {b.search.to_dict()}", highlight=False)
     if r:
         out.print(_report_lines(r), highlight=False)
@@ -199,7 +202,7 @@ def train(
     dataset: Annotated[str | None, typer.Argument(help="Shipped dataset: adult, lending-club or mnist-1-to-7.")] = None,
     data: Annotated[Path | None, typer.Option(help="Your own CSV or Parquet file (with --schema).")] = None,
     schema: Annotated[Path | None, typer.Option(help="JSON or TOML feature schema for --data.")] = None,
-    output: Annotated[Path | None, typer.Option("-o", "--output", help="Bundle folder \\[default: exported/DATASET].")] = None,
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Bundle folder \\[default: ./DATASET, in the current folder].")] = None,
     classifier: Annotated[Path | None, typer.Option(help="ONNX classifier to explain \\[default: train the paper's MLP].")] = None,
     epochs: Annotated[int | None, typer.Option(help="Epochs of Algorithm 1 [paper: 100; MNIST 20].")] = None,
     lambda_adv: Annotated[float | None, typer.Option(help="Weight of the adversarial loss [paper: 0.05].")] = None,
@@ -212,7 +215,7 @@ def train(
     """Train the classifier (unless given) and the explainer; export an ONNX bundle."""
     try:
         from gmcf.trainer.fit import TrainConfig
-        from gmcf.trainer.images import default_settings
+        from gmcf.trainer.images import dataset_config
         from gmcf.trainer.pipeline import Callbacks, train_bundle
     except ImportError as exc:
         if exc.name in ("torch", "onnx"):
@@ -233,10 +236,14 @@ def train(
         else:
             assert dataset is not None
             ds = load_dataset(dataset)
-        overrides = {k: v for k, v in {"epochs": epochs, "lambda_adv": lambda_adv, "lambda_lkd": lambda_lkd}.items() if v is not None}
-        settings = {**default_settings(ds.schema), **overrides}
-        cfg = TrainConfig(seed=seed, threads=threads, **settings)  # type: ignore[arg-type]
-        dest = output or EXPORTED / ds.name
+        cfg = dataset_config(ds.schema, TrainConfig(seed=seed, threads=threads))
+        cfg = replace(
+            cfg,
+            epochs=cfg.epochs if epochs is None else epochs,
+            lambda_adv=cfg.lambda_adv if lambda_adv is None else lambda_adv,
+            lambda_lkd=cfg.lambda_lkd if lambda_lkd is None else lambda_lkd,
+        )
+        dest = output or Path(ds.name)
         command = shlex.join(["gmcf-batch", *sys.argv[1:]]) if sys.argv[0].endswith("gmcf-batch") else None
         with _progress() as bar:
             tasks: dict[str, Any] = {}
@@ -280,7 +287,6 @@ def evaluate(
     """Reproduce the paper's evaluation: train on 80%, explain the held-out rows f rejects, and
     report mean ± SD over repetitions for GMCF, GDL and the peers."""
     import time
-    from dataclasses import replace
 
     try:
         from gmcf.trainer.evaluate import EvalConfig, check_methods, write_results
@@ -301,13 +307,12 @@ def evaluate(
         ds = load_dataset(dataset)
         wanted = tuple(m.strip() for m in methods.split(",") if m.strip())
         check_methods(wanted)
-        from gmcf.trainer.images import default_settings
+        from gmcf.trainer.images import dataset_config
 
         # The dataset's own training settings (images: the paper's MNIST settings), as `train` uses.
-        settings: dict[str, Any] = {**default_settings(ds.schema), "threads": threads}
+        train = dataset_config(ds.schema, TrainConfig(threads=threads))
         if epochs is not None:
-            settings["epochs"] = epochs
-        train = TrainConfig(**settings)
+            train = replace(train, epochs=epochs)
         cfg = EvalConfig(reps=reps, methods=wanted, seed=seed, max_queries=max_queries,
                          single_queries=single_queries, slow_queries=slow_queries, cfrl_steps=cfrl_steps,
                          rows=rows, train=train)
@@ -387,8 +392,7 @@ def plot(
 
     path = Path(bundle) if Path(bundle).is_dir() else EXPORTED / bundle
     try:
-        settings = {k: v for k, v in (("threshold", threshold), ("tol", tol)) if v is not None}
-        written = plot_figures(path, out_dir, seed=seed, **settings)
+        written = plot_figures(path, out_dir, seed=seed, threshold=threshold, tol=tol)
     except GmcfError as exc:
         fail(str(exc))
     for p in written:

@@ -1,6 +1,6 @@
 """The datasets gmcf-batch ships, and loading of a user's table with a declared schema.
 
-Loaders need only pandas and pyarrow, so the runtime's sample-query command can use them.
+Loaders need only pyarrow, so the runtime's sample-query command can use them.
 See ``ATTRIBUTION.md`` beside this file for provenance and licences.
 """
 

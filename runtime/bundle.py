@@ -13,23 +13,15 @@ from pathlib import Path
 from typing import Any
 
 from gmcf.runtime.errors import BundleError
+from gmcf.runtime.manifest import FORMAT as FORMAT
+from gmcf.runtime.manifest import FORMAT_VERSION as FORMAT_VERSION
+from gmcf.runtime.manifest import GRAPHS as GRAPHS
+from gmcf.runtime.manifest import MANIFEST as MANIFEST
+from gmcf.runtime.manifest import OPSET as OPSET
+from gmcf.runtime.manifest import Manifest
 from gmcf.runtime.schema import Preprocessor
-
-FORMAT = "gmcf-bundle"
-FORMAT_VERSION = 2
-OPSET = 17
-MANIFEST = "manifest.json"
-
-#: name -> (input names, output names) of every graph a bundle carries.
-GRAPHS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "encoder": (("x",), ("z",)),
-    "encoder_u": (("x",), ("z_u",)),
-    "decoder": (("z", "z_u"), ("x_soft",)),
-    "classifier": (("x",), ("score",)),
-    "search": (("x", "alphas", "target"), ("code", "score")),
-    "search_bounded": (("x", "alphas", "target", "lower", "upper"), ("code", "score")),
-    "reconstruct": (("x",), ("error",)),
-}
+from gmcf.runtime.settings import RunSettings
+from gmcf.runtime.settings import SearchDefaults as SearchDefaults
 
 
 def sha256_file(path: Path) -> str:
@@ -41,36 +33,21 @@ def sha256_file(path: Path) -> str:
 
 
 @dataclass(frozen=True)
-class SearchDefaults:
-    """Settings of the search; the manifest gives a bundle's defaults, a run may override them."""
-
-    threshold: float = 0.5
-    tol: float = 0.5
-    steps: int = 16
-    refine: bool = True
-    refine_points: int = 8
-    refine_rounds: int = 3
-    extrapolate: bool = True
-    max_alpha: float = 2.0
-    fallback: bool = True
-    """The last-resort search toward nearby approved training rows (``gmcf.runtime.fallback``)
-    for rows the walk misses; a bundle without anchors has none."""
-    fallback_neighbours: int = 8
-    fallback_steps: int = 8
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-
-@dataclass(frozen=True)
 class Bundle:
     path: Path
-    manifest: dict[str, Any]
-    preprocessor: Preprocessor
-    search: SearchDefaults
+    manifest: Manifest
+
+    @property
+    def preprocessor(self) -> Preprocessor:
+        return self.manifest.preprocessing
+
+    @property
+    def search(self) -> RunSettings:
+        """The bundle's default run settings (a run may override them)."""
+        return self.manifest.search
 
     def graph_path(self, name: str) -> Path:
-        return self.path / str(self.manifest["graphs"][name])
+        return self.path / self.manifest.graphs[name]
 
     @property
     def report(self) -> dict[str, Any]:
@@ -79,7 +56,7 @@ class Bundle:
 
     @property
     def mu_1(self) -> list[float]:
-        return list(self.manifest["latent"]["mu"][1])
+        return self.manifest.latent.mu_1
 
 
 def load_bundle(path: Path | str, verify: bool = True) -> Bundle:
@@ -91,43 +68,17 @@ def load_bundle(path: Path | str, verify: bool = True) -> Bundle:
     if not mpath.exists():
         raise BundleError(f"bundle {path}: no {MANIFEST}")
     try:
-        manifest = json.loads(mpath.read_text())
+        raw = json.loads(mpath.read_text())
     except json.JSONDecodeError as exc:
         raise BundleError(f"bundle {path}: {MANIFEST} is not valid JSON ({exc.msg})") from exc
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise BundleError(f"bundle {path}: {MANIFEST} is not a {FORMAT} manifest")
-    version = manifest.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise BundleError(
-            f"bundle {path}: format version {version} is newer than this gmcf-batch reads "
-            f"({FORMAT_VERSION}); upgrade gmcf-batch"
-        )
-    if version < FORMAT_VERSION:
-        raise BundleError(
-            f"bundle {path}: format version {version} is older than this gmcf-batch reads "
-            f"({FORMAT_VERSION}); train the bundle again with `gmcf-batch train`"
-        )
-    for key in ("files", "graphs", "preprocessing", "latent", "search"):
-        if key not in manifest:
-            raise BundleError(f"bundle {path}: {MANIFEST} lacks {key!r}")
-    missing_graphs = sorted(set(GRAPHS) - set(manifest["graphs"]))
-    if missing_graphs:
-        raise BundleError(f"bundle {path}: manifest lists no graph for {', '.join(missing_graphs)}")
-    for fname, digest in manifest["files"].items():
+    manifest = Manifest.from_dict(raw, f"bundle {path}")
+    for fname, digest in manifest.files.items():
         fpath = path / fname
         if not fpath.exists():
             raise BundleError(f"bundle {path}: file {fname} is missing")
         if verify and sha256_file(fpath) != digest:
             raise BundleError(f"bundle {path}: file {fname} does not match its sha256 in the manifest (altered?)")
-    for name, fname in manifest["graphs"].items():
-        if fname not in manifest["files"]:
-            raise BundleError(f"bundle {path}: graph {name} ({fname}) has no checksum in the manifest")
-    try:
-        pre = Preprocessor.from_dict(manifest["preprocessing"])
-        search = SearchDefaults(**manifest["search"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise BundleError(f"bundle {path}: malformed manifest: {exc}") from exc
-    return Bundle(path, manifest, pre, search)
+    return Bundle(path, manifest)
 
 
 def check_graph_signature(bundle: Bundle, name: str, inputs: list[str], outputs: list[str]) -> None:

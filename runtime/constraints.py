@@ -113,9 +113,9 @@ class Constraints:
             raise ConstraintError(f"constraints file {path} does not exist")
         try:
             if path.suffix == ".toml":
-                import tomllib
+                from gmcf.runtime import toml
 
-                data = tomllib.loads(path.read_text())
+                data = toml.loads(path.read_text())
             else:
                 data = json.loads(path.read_text())
         except Exception as exc:

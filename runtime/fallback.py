@@ -28,9 +28,9 @@ import numpy as np
 from gmcf.runtime.errors import BundleError
 
 if TYPE_CHECKING:
-    from gmcf.runtime.bundle import SearchDefaults
+    from gmcf.runtime.engine import Engine
     from gmcf.runtime.schema import Preprocessor
-    from gmcf.runtime.search import Engine
+    from gmcf.runtime.settings import RunSettings
 
 #: Candidates decoded per call (queries x anchors x alphas).
 CALL_ROWS = 16384
@@ -59,7 +59,7 @@ class Rescued:
 
 def load_anchors(engine: Engine) -> Anchors | None:
     """The bundle's anchors with their decodings, or None when it carries none."""
-    spec = engine.bundle.manifest.get("anchors")
+    spec = engine.bundle.manifest.anchors
     if not spec:
         return None
     path = engine.bundle.path / str(spec["file"])
@@ -67,8 +67,9 @@ def load_anchors(engine: Engine) -> Anchors | None:
         codes = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
         raise BundleError(f"bundle {engine.bundle.path}: cannot read {spec['file']} ({exc})") from exc
-    d = int(engine.bundle.manifest["latent"]["dim"])
-    if codes.ndim != 2 or codes.shape[1] != d + int(engine.bundle.manifest["latent"]["u_dim"]):
+    latent = engine.bundle.manifest.latent
+    d = latent.dim
+    if codes.ndim != 2 or codes.shape[1] != d + latent.u_dim:
         raise BundleError(f"bundle {engine.bundle.path}: {spec['file']} has shape {list(codes.shape)}")
     codes = np.ascontiguousarray(codes, dtype=np.float32)
     z, zu = codes[:, :d], codes[:, d:]
@@ -132,7 +133,7 @@ def _decode_score(
 def rescue(
     engine: Engine,
     x: np.ndarray,
-    cfg: SearchDefaults,
+    cfg: RunSettings,
     bounds: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Rescued | None:
     """Walk each row of ``x`` (model space, rows the main search missed) toward its nearest

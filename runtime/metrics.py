@@ -57,3 +57,30 @@ def harden(pre: Preprocessor, x_soft: np.ndarray) -> np.ndarray:
     clipped = np.clip(np.asarray(x_soft, dtype=np.float32), 0.0, 1.0)
     hard, _ = pre.transform(pa.table(pre.inverse(clipped)))
     return np.asarray(hard, dtype=np.float32)
+
+
+def option_diversity(pre: Preprocessor, query: np.ndarray, cf: np.ndarray) -> tuple[float, float, int]:
+    """Diversity among each query's options (``--num-cfs K``), as DiCE measures it: the mean
+    pairwise L2 distance between a query's counterfactuals in model space, and the mean number of
+    features in which two of them differ, averaged over the queries with at least two options.
+
+    ``query`` [m] gives the query each counterfactual row ``cf`` [m, F] belongs to (its options
+    contiguous). Returns (mean L2, mean features differing, queries with >= 2 options)."""
+    if len(query) == 0:
+        return float("nan"), float("nan"), 0
+    starts = np.flatnonzero(np.r_[True, query[1:] != query[:-1]])
+    counts = np.diff(np.r_[starts, len(query)])
+    k = int(counts.max())
+    l2_sum = np.zeros(len(starts))
+    l0_sum = np.zeros(len(starts))
+    for i in range(k):
+        for j in range(i + 1, k):
+            has = counts > j
+            a, b = cf[starts[has] + i], cf[starts[has] + j]
+            l2_sum[has] += np.sqrt(((a - b) ** 2).sum(axis=1))
+            l0_sum[has] += changed_features(pre, a, b)
+    multi = counts >= 2
+    if not multi.any():
+        return float("nan"), float("nan"), 0
+    pairs = counts[multi] * (counts[multi] - 1) / 2
+    return float((l2_sum[multi] / pairs).mean()), float((l0_sum[multi] / pairs).mean()), int(multi.sum())

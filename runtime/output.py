@@ -1,24 +1,19 @@
-"""The output table: one documented schema, built batch by batch."""
+"""The output table: one documented schema (``RESULT_COLUMNS``), each batch assembled by name
+against it: the id and the query's columns, then the decode step's result columns."""
 
 from __future__ import annotations
 
-import numpy as np
+from typing import TYPE_CHECKING
+
 import pyarrow as pa
 
-from gmcf.runtime.arrow import dictionary, numeric, strings
-from gmcf.runtime.metrics import change_norms, changed_features
-from gmcf.runtime.schema import (
-    IMAGE,
-    Feature,
-    ImagePreprocessor,
-    Preprocessor,
-    image_column,
-    image_type,
-)
-from gmcf.runtime.search import FOUND, NOT_FOUND, SEARCH_KINDS, STATUSES, SearchResult
+from gmcf.runtime.arrow import numeric
+from gmcf.runtime.metrics import option_diversity as option_diversity
+from gmcf.runtime.schema import IMAGE, Feature, ImagePreprocessor, Preprocessor, image_type
 
-_STATUS_DICT = strings(STATUSES)
-_KIND_DICT = strings(SEARCH_KINDS)
+if TYPE_CHECKING:
+    from gmcf.runtime.decode import ExplainedBatch
+
 _DICT_STRING = pa.dictionary(pa.int8(), pa.string())
 
 #: The result columns that follow the query's features and the ``cf_<feature>`` columns, in
@@ -41,7 +36,7 @@ RESULT_COLUMNS: tuple[tuple[str, pa.DataType, str], ...] = (
 def query_type(f: Feature) -> pa.DataType:
     if f.kind == IMAGE:
         return image_type(f)
-    return pa.string() if not f.is_numeric else pa.float64()
+    return pa.string() if f.is_categorical else pa.float64()
 
 
 def cf_type(f: Feature) -> pa.DataType:
@@ -71,117 +66,40 @@ def output_schema(pre: Preprocessor, id_field: pa.Field | None = None, ranked: b
     return pa.schema(fields)
 
 
-def _masked(values: np.ndarray, keep: np.ndarray, typ: pa.DataType) -> pa.Array:
-    return numeric(values, typ, keep)
-
-
-def option_diversity(pre: Preprocessor, query: np.ndarray, cf: np.ndarray) -> tuple[float, float, int]:
-    """Diversity among each query's options (``--num-cfs K``), as DiCE measures it: the mean
-    pairwise L2 distance between a query's counterfactuals in model space, and the mean number of
-    features in which two of them differ, averaged over the queries with at least two options.
-
-    ``query`` [m] gives the query each counterfactual row ``cf`` [m, F] belongs to (its options
-    contiguous). Returns (mean L2, mean features differing, queries with >= 2 options)."""
-    if len(query) == 0:
-        return float("nan"), float("nan"), 0
-    starts = np.flatnonzero(np.r_[True, query[1:] != query[:-1]])
-    counts = np.diff(np.r_[starts, len(query)])
-    k = int(counts.max())
-    l2_sum = np.zeros(len(starts))
-    l0_sum = np.zeros(len(starts))
-    for i in range(k):
-        for j in range(i + 1, k):
-            has = counts > j
-            a, b = cf[starts[has] + i], cf[starts[has] + j]
-            l2_sum[has] += np.sqrt(((a - b) ** 2).sum(axis=1))
-            l0_sum[has] += changed_features(pre, a, b)
-    multi = counts >= 2
-    if not multi.any():
-        return float("nan"), float("nan"), 0
-    pairs = counts[multi] * (counts[multi] - 1) / 2
-    return float((l2_sum[multi] / pairs).mean()), float((l0_sum[multi] / pairs).mean()), int(multi.sum())
-
-
-def query_columns(pre: Preprocessor, batch: pa.RecordBatch | pa.Table, id_column: str | None) -> list[pa.Array]:
-    """The output's leading columns: the id (if any) and the query's features, as given."""
-    cols: list[pa.Array] = []
+def query_columns(
+    pre: Preprocessor, batch: pa.RecordBatch | pa.Table, id_column: str | None
+) -> list[tuple[str, pa.Array]]:
+    """The output's leading columns, by name: the id (if any) and the query's features, as given."""
+    cols: list[tuple[str, pa.Array]] = []
     if id_column is not None:
         col = batch.column(id_column)
-        cols.append(col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col)
+        cols.append((id_column, col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col))
     for f in pre.features:
         col = batch.column(f.name)
         if isinstance(col, pa.ChunkedArray):
             col = col.combine_chunks()
         if isinstance(pre, ImagePreprocessor):
-            cols.append(pre.echo(col))
+            cols.append((f.name, pre.echo(col)))
             continue
         if pa.types.is_dictionary(col.type):
             col = col.cast(col.type.value_type)
-        cols.append(col.cast(query_type(f), safe=False))
-    return cols
-
-
-def result_columns(
-    pre: Preprocessor,
-    x: np.ndarray,
-    reason_invalid: np.ndarray,
-    res: SearchResult,
-    recon: np.ndarray,
-    tol_upper: float,
-    rank: np.ndarray | None = None,
-    constrained: bool = False,
-) -> list[pa.Array]:
-    """The columns after the query's: ``cf_<feature>``, the rank if any, and RESULT_COLUMNS."""
-    found = res.status == FOUND
-    cols: list[pa.Array] = []
-    inv = pre.inverse_values(res.cf)
-    for f in pre.features:
-        if f.kind == IMAGE:
-            cols.append(image_column(inv[f.name], found))
-        elif f.is_numeric:
-            cols.append(_masked(inv[f.name], found, cf_type(f)))
-        else:
-            cols.append(dictionary(inv[f.name], pre.category_values(f.name), pa.int32(), found))
-    if rank is not None:
-        cols.append(_masked(rank, rank > 0, pa.int32()))
-    reasons = reason_invalid.copy()
-    over = (res.status == NOT_FOUND) & ~np.isnan(res.overshoot)
-    never = (res.status == NOT_FOUND) & np.isnan(res.overshoot) & (reasons == None)  # noqa: E711
-    if over.any():
-        reasons[over] = [f"crossed the threshold only with score {s:.3f} >= threshold + tol ({tol_upper:.3f})" for s in res.overshoot[over]]
-    reasons[never] = "the path never crossed the threshold" + (" within the constraints" if constrained else "")
-    valid = res.status != 3
-    l2, l1 = change_norms(x, res.cf)
-    cols += [
-        dictionary(res.status, _STATUS_DICT, pa.int8()),
-        strings(reasons),
-        _masked(res.score, valid, pa.float32()),
-        _masked(res.cf_score, found, pa.float32()),
-        _masked(res.alpha, found, pa.float32()),
-        dictionary(res.kind, _KIND_DICT, pa.int8(), found),
-        numeric(res.evaluations, pa.int32()),
-        _masked(l2, found, pa.float32()),
-        _masked(l1, found, pa.float32()),
-        _masked(changed_features(pre, x, res.cf), found, pa.int32()),
-        _masked(recon, found, pa.float32()),
-    ]
+        cols.append((f.name, col.cast(query_type(f), safe=False)))
     return cols
 
 
 def output_batch(
     schema: pa.Schema, pre: Preprocessor, batch: pa.RecordBatch | pa.Table, id_column: str | None,
-    src: np.ndarray | None, results: list[pa.Array],
+    explained: ExplainedBatch,
 ) -> pa.RecordBatch:
-    """One output batch from the query batch and its result columns; for K > 1 options ``src``
-    gives the query row each output row repeats (None: the output rows are the query rows)."""
-    if src is not None:
-        batch = batch.take(numeric(src, pa.int64()))
-    return assemble(schema, query_columns(pre, batch, id_column), results)
-
-
-def assemble(schema: pa.Schema, query: list[pa.Array], results: list[pa.Array]) -> pa.RecordBatch:
-    """One output batch: the query's columns, then its results (equal lengths)."""
-    cols = [*query, *results]
-    n = len(results[0])
+    """One output batch: the query's columns (repeated per option when ``explained.source`` is
+    given), then its result columns, each matched by name to a field of ``schema``."""
+    if explained.source is not None:
+        batch = batch.take(numeric(explained.source, pa.int64()))
+    named = [*query_columns(pre, batch, id_column), *explained.columns.items()]
+    names = [name for name, _ in named]
+    if names != schema.names:
+        raise AssertionError(f"output columns {names} do not match the output schema {schema.names}")
+    n = explained.num_rows
+    cols = [col for _, col in named]
     assert all(len(c) == n for c in cols)
     return pa.RecordBatch.from_arrays(cols, schema=schema)

@@ -1,10 +1,11 @@
 """Several worker processes for one Parquet file.
 
 onnxruntime's second intra-op thread adds little on these small graphs, while separate processes
-scale almost linearly. The parent reads record batches and writes results in input order; each
-worker holds its own sessions, explains whole batches and sends back only the result columns
-(the parent already holds the query's columns, so they never cross a pipe). At most ``2 * workers`` batches are in
-flight, so memory stays bounded by the batch size.
+scale almost linearly. The parent runs the one explain loop (``runtime.run``): it reads record
+batches and writes results in input order; each worker holds its own sessions and runs the
+public ``Explainer.explain_batch`` on whole batches, sending back only the result columns (the
+parent already holds the query's columns, so they never cross a pipe). At most ``2 * workers``
+batches are in flight, so memory stays bounded by the batch size.
 """
 
 from __future__ import annotations
@@ -12,45 +13,40 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import sys
-import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from gmcf.runtime.errors import InputError
-from gmcf.runtime.explainer import (
-    Explainer,
-    Summary,
-    atomic_parquet_writer,
-    default_batch_size,
-    read_batches,
-)
-from gmcf.runtime.output import output_batch
+from gmcf.runtime.decode import ExplainedBatch
+from gmcf.runtime.explainer import Explainer
+from gmcf.runtime.run import BatchMap, explain_file
+from gmcf.runtime.settings import RunSettings, check_workers
+from gmcf.runtime.status import Summary
 
 _worker: Explainer | None = None
 
 
-def _init(
-    bundle: str, settings: dict[str, object], threads: int, constraints: dict[str, object], num_cfs: int
+def start_worker(
+    bundle: str, settings: RunSettings, threads: int, constraints: dict[str, Any], num_cfs: int
 ) -> None:
+    """In a new worker: load the bundle with the parent's run settings."""
     global _worker
     _worker = Explainer.from_bundle(
-        bundle, threads=threads, constraints=constraints, num_cfs=num_cfs, **settings
+        bundle, threads=threads, constraints=constraints, num_cfs=num_cfs, **settings.to_dict()
     )
 
 
-def _run(batch: pa.RecordBatch) -> tuple[np.ndarray | None, list[pa.Array], np.ndarray]:
-    """In a worker: the result columns only (the parent holds the query's columns)."""
-    assert _worker is not None
-    summary = Summary()
-    src, results = _worker._results(batch, summary)
-    counts = np.array([summary.rows, summary.found, summary.already_target, summary.not_found, summary.invalid])
-    return src, results, counts
+def explain_in_worker(batch: pa.RecordBatch) -> ExplainedBatch:
+    """In a worker: the result columns of one batch (the parent holds the query's columns)."""
+    if _worker is None:
+        raise RuntimeError("explain_in_worker runs only in a worker started by start_worker")
+    return _worker.explain_batch(batch)
 
 
 def auto_workers(src: str | Path, batch_size: int) -> int:
@@ -64,6 +60,38 @@ def auto_workers(src: str | Path, batch_size: int) -> int:
     return max(1, min(cores, -(-rows // max(batch_size, 1))))
 
 
+def process_pool(ex: Explainer, workers: int) -> Callable[[], Any]:
+    """A factory of the pool's batch map, for ``run.explain_file``."""
+
+    @contextmanager
+    def open_pool() -> Iterator[BatchMap]:
+        method = "fork" if sys.platform.startswith("linux") else "spawn"
+        features = ex.bundle.preprocessor.names
+        with ProcessPoolExecutor(
+            workers, mp_context=mp.get_context(method), initializer=start_worker,
+            initargs=(str(ex.bundle.path), ex.settings, ex.threads, ex.constraints.to_dict(), ex.num_cfs),
+        ) as pool:
+
+            def explain_batches(batches: Iterable[pa.RecordBatch]) -> Iterator[tuple[pa.RecordBatch, ExplainedBatch]]:
+                pending: deque[tuple[pa.RecordBatch, Future[ExplainedBatch]]] = deque()
+                for batch in batches:
+                    pending.append((batch, pool.submit(explain_in_worker, batch.select(features))))
+                    del batch  # held by ``pending`` only: its memory goes when it is written
+                    if len(pending) >= 2 * workers:
+                        yield _collect(pending.popleft())
+                while pending:
+                    yield _collect(pending.popleft())
+
+            yield explain_batches
+
+    return open_pool
+
+
+def _collect(item: tuple[pa.RecordBatch, Future[ExplainedBatch]]) -> tuple[pa.RecordBatch, ExplainedBatch]:
+    batch, future = item
+    return batch, future.result()
+
+
 def explain_parquet_parallel(
     ex: Explainer,
     src: str | Path,
@@ -74,40 +102,5 @@ def explain_parquet_parallel(
     progress: Callable[[int, int], None] | None = None,
 ) -> Summary:
     """Like ``Explainer.explain_parquet``, with ``workers`` processes. Same output, same order."""
-    src, dst = Path(src), Path(dst)
-    if workers < 1:
-        raise InputError(f"workers must be at least 1, got {workers}")
-    batch_size = default_batch_size(ex.bundle.preprocessor.width) if batch_size is None else batch_size
-    pf, total, schema, columns = ex._open_input(src, batch_size, id_column)
-    features = ex.bundle.preprocessor.names
-    settings: dict[str, object] = ex.settings.to_dict()
-    method = "fork" if sys.platform.startswith("linux") else "spawn"
-    summary = Summary(output=dst)
-    t0 = time.perf_counter()
-    with ProcessPoolExecutor(
-        workers, mp_context=mp.get_context(method), initializer=_init,
-        initargs=(str(ex.bundle.path), settings, ex.threads, ex.constraints.to_dict(), ex.num_cfs),
-    ) as pool, atomic_parquet_writer(dst, schema) as writer:
-        pending: deque[tuple[pa.RecordBatch, Future[tuple[np.ndarray | None, list[pa.Array], np.ndarray]]]] = deque()
-        pre = ex.bundle.preprocessor
-
-        def drain_one() -> None:
-            batch, future = pending.popleft()
-            src, results, counts = future.result()
-            writer.write_batch(output_batch(schema, pre, batch, id_column, src, results))
-            summary.rows += int(counts[0])
-            summary.found += int(counts[1])
-            summary.already_target += int(counts[2])
-            summary.not_found += int(counts[3])
-            summary.invalid += int(counts[4])
-            if progress:
-                progress(summary.rows, total)
-
-        for batch in read_batches(pf, src, batch_size, columns):
-            pending.append((batch, pool.submit(_run, batch.select(features))))
-            if len(pending) >= 2 * workers:
-                drain_one()
-        while pending:
-            drain_one()
-    summary.seconds = time.perf_counter() - t0
-    return summary
+    check_workers(workers)
+    return explain_file(ex, src, dst, batch_size, id_column, progress, pool=process_pool(ex, workers))

@@ -43,7 +43,12 @@ class Feature:
 
     @property
     def is_numeric(self) -> bool:
-        return self.kind != "categorical"
+        """A tabular number: continuous or integer (not an image, not a category)."""
+        return self.kind in ("continuous", "integer")
+
+    @property
+    def is_categorical(self) -> bool:
+        return self.kind == "categorical"
 
     @property
     def size(self) -> int:
@@ -54,7 +59,7 @@ class Feature:
         out: dict[str, Any] = {"name": self.name, "kind": self.kind}
         if self.kind == IMAGE:
             out["shape"] = list(self.shape)
-        if self.is_numeric:
+        if not self.is_categorical:
             out["lo"], out["hi"] = self.lo, self.hi
         else:
             out["categories"] = list(self.categories)
@@ -155,9 +160,9 @@ class DataSchema:
         text = path.read_text()
         try:
             if path.suffix == ".toml":
-                import tomllib
+                from gmcf.runtime import toml
 
-                data = tomllib.loads(text)
+                data = toml.loads(text)
             else:
                 data = json.loads(text)
         except Exception as exc:
@@ -190,9 +195,9 @@ class Preprocessor:
 
     def __post_init__(self) -> None:
         for f in self.features:
-            if f.is_numeric and (f.lo is None or f.hi is None):
+            if not f.is_categorical and (f.lo is None or f.hi is None):
                 raise SchemaError(f"feature {f.name!r}: preprocessing is not fitted (no lo/hi)")
-            if not f.is_numeric and not f.categories:
+            if f.is_categorical and not f.categories:
                 raise SchemaError(f"feature {f.name!r}: preprocessing is not fitted (no categories)")
         self._cat_values = {
             f.name: arrow.strings(list(f.categories)) for f in self.categorical
@@ -201,11 +206,11 @@ class Preprocessor:
     # -- layout -------------------------------------------------------------------------------
     @property
     def numeric(self) -> list[Feature]:
-        return [f for f in self.features if f.is_numeric]
+        return [f for f in self.features if not f.is_categorical]
 
     @property
     def categorical(self) -> list[Feature]:
-        return [f for f in self.features if not f.is_numeric]
+        return [f for f in self.features if f.is_categorical]
 
     @property
     def n_numeric(self) -> int:
@@ -257,7 +262,7 @@ class Preprocessor:
             if f.name not in table.column_names:
                 raise InputError(f"column {f.name!r} is declared in the schema but missing from the data")
             col = table.column(f.name)
-            if f.is_numeric:
+            if not f.is_categorical:
                 v = _numeric_array(col, f.name)
                 finite = v[np.isfinite(v)]
                 if finite.size == 0:
@@ -289,16 +294,16 @@ class Preprocessor:
             t = schema.field(f.name).type
             if _is_list(t):
                 raise InputError(
-                    f"column {f.name!r}: expected a {'number' if f.is_numeric else 'string category'}, "
+                    f"column {f.name!r}: expected a {'number' if not f.is_categorical else 'string category'}, "
                     f"got {t} (a list column: this bundle explains tabular rows, not images)"
                 )
             if pa.types.is_dictionary(t):
                 t = t.value_type
-            if f.is_numeric and not (pa.types.is_integer(t) or pa.types.is_floating(t)
+            if not f.is_categorical and not (pa.types.is_integer(t) or pa.types.is_floating(t)
                                      or pa.types.is_decimal(t) or pa.types.is_boolean(t)
                                      or pa.types.is_null(t)):
                 raise InputError(f"column {f.name!r}: expected a number, got {t}")
-            if not f.is_numeric and not (pa.types.is_string(t) or pa.types.is_large_string(t)
+            if f.is_categorical and not (pa.types.is_string(t) or pa.types.is_large_string(t)
                                          or pa.types.is_integer(t) or pa.types.is_null(t)):
                 raise InputError(f"column {f.name!r}: expected a string category, got {t}")
 
@@ -377,7 +382,7 @@ class Preprocessor:
         values = self.inverse_values(x)
         for f in self.features:
             v = values[f.name]
-            if f.is_numeric:
+            if not f.is_categorical:
                 out[f.name] = arrow.numeric(v, pa.int64() if f.kind == "integer" else pa.float64())
             else:
                 out[f.name] = arrow.dictionary(v, self._cat_values[f.name])

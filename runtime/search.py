@@ -1,4 +1,5 @@
-"""Algorithm 2, vectorised over a batch of queries and over the alpha path.
+"""Step 3 of the data path: the search, Algorithm 2, vectorised over a batch of queries and
+over the alpha path.
 
 For each query the fused graph ``search.onnx`` decodes z_s = (1 - a) z_q + a mu_1 for every a of a
 grid, hard-decodes each candidate to the row a user would receive and scores it with f. The
@@ -12,136 +13,54 @@ each visible in the row's ``search`` column:
   ``max_alpha``.
 - ``anchored``: the last resort (``gmcf.runtime.fallback``): the row still has no counterfactual,
   and a walk toward the latent codes of nearby approved training rows found one.
+
+``search_batch`` runs it over an encoded batch (in chunks, within the run's constraints and, for
+K options per query, along several walks) and hands a ``BatchResult`` to the decode step.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 
-from gmcf.runtime.bundle import Bundle, SearchDefaults, check_graph_signature
-from gmcf.runtime.errors import BundleError, GmcfError
+from gmcf.runtime.constraints import Constraints
+from gmcf.runtime.encode import Encoded
+from gmcf.runtime.engine import Engine as Engine
+from gmcf.runtime.manifest import Latent
+from gmcf.runtime.settings import RunSettings
+from gmcf.runtime.status import ALREADY as ALREADY
+from gmcf.runtime.status import ANCHORED as ANCHORED
+from gmcf.runtime.status import EXTRAPOLATED as EXTRAPOLATED
+from gmcf.runtime.status import FOUND as FOUND
+from gmcf.runtime.status import GRID as GRID
+from gmcf.runtime.status import INVALID as INVALID
+from gmcf.runtime.status import NOT_FOUND as NOT_FOUND
+from gmcf.runtime.status import REFINED as REFINED
+from gmcf.runtime.status import SEARCH_KINDS as SEARCH_KINDS
+from gmcf.runtime.status import STATUSES as STATUSES
 
-# Row status codes (index into STATUSES) and search kinds (index into SEARCH_KINDS).
-STATUSES = ("found", "already_target", "not_found", "invalid")
-FOUND, ALREADY, NOT_FOUND, INVALID = range(4)
-SEARCH_KINDS = ("grid", "refined", "extrapolated", "anchored")
-GRID, REFINED, EXTRAPOLATED, ANCHORED = range(4)
-#: Alphas evaluated per call along a path; rows stop at their first crossing. 1M Adult rows, 2
-#: workers, seven runs each: 8 gave 378-403k rows/s (median 401k), 16 gave 369-387k (381k).
+#: Alphas evaluated per call along a path; rows stop at their first crossing (docs/design.md).
 BLOCK = 8
+#: Queries per call of the fused graph: B * steps candidate rows stay in cache.
+SEARCH_CHUNK = 2048
+#: Model-space entries per chunk of queries for wide tabular rows (the limit binds above 98
+#: entries per row; the shipped tables have 12 and 21).
+WIDE_CHUNK_ENTRIES = 256 * 784
+#: The same for images: 64 queries of 784 pixels, as fast as larger chunks and leaner
+#: (docs/design.md).
+IMAGE_CHUNK_ENTRIES = 64 * 784
+#: Distance, in standard deviations of the target class's Gaussian, of the extra walks' targets
+#: (K > 1 options per query; docs/design.md).
+TARGET_SPREAD = 3.0
 
 
-def _session(path: str, threads: int) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
-
-
-class Engine:
-    """onnxruntime sessions of a bundle: the fused search graph, f, and the reconstruction."""
-
-    def __init__(self, bundle: Bundle, threads: int = 1) -> None:
-        if threads < 1:
-            raise GmcfError(f"threads must be at least 1, got {threads}")
-        self.bundle = bundle
-        self.threads = threads
-        self.sessions: dict[str, ort.InferenceSession] = {}
-        # search_bounded is opened on first use (only constrained searches need it).
-        for name in ("search", "classifier", "reconstruct"):
-            self._open(name)
-        self.pre = bundle.preprocessor
-        width = self.pre.width
-        shape = self.sessions["classifier"].get_inputs()[0].shape
-        if isinstance(shape[1], int) and shape[1] != width:
-            raise BundleError(
-                f"bundle {bundle.path}: classifier takes {shape[1]} inputs, preprocessing makes {width}"
-            )
-        self.mu_1 = np.asarray(bundle.mu_1, dtype=np.float32)
-        self._probe("search")
-        self._anchors: Any = None
-
-    @property
-    def anchors(self) -> Any:
-        """The bundle's anchors for the last-resort search (``gmcf.runtime.fallback.Anchors``),
-        loaded on first use; None when the bundle carries none."""
-        if self._anchors is None:
-            from gmcf.runtime.fallback import load_anchors
-
-            self._anchors = load_anchors(self) or False
-        return self._anchors or None
-
-    def run(self, name: str, feed: dict[str, np.ndarray]) -> np.ndarray:
-        """The first output of one of the bundle's graphs (opened on first use)."""
-        return np.asarray(self._open(name).run(None, feed)[0], dtype=np.float32)
-
-    def _open(self, name: str) -> ort.InferenceSession:
-        if name not in self.sessions:
-            sess = _session(str(self.bundle.graph_path(name)), self.threads)
-            check_graph_signature(
-                self.bundle, name, [i.name for i in sess.get_inputs()], [o.name for o in sess.get_outputs()]
-            )
-            self.sessions[name] = sess
-            if name == "search_bounded":
-                self._probe(name)
-        return self.sessions[name]
-
-    def _probe(self, name: str) -> None:
-        """One query, two alphas: a search graph must return one scored code per candidate."""
-        x0 = np.zeros((1, self.pre.width), np.float32)
-        feed = {"x": x0, "alphas": np.ones((1, 2), np.float32), "target": self.mu_1_rows(1)}
-        if name == "search_bounded":
-            feed |= {"lower": x0, "upper": x0 + 1.0}
-        code, score = self.sessions[name].run(None, feed)
-        code_width = self.pre.code_width
-        if code.shape != (2, code_width) or score.shape != (2,):
-            raise BundleError(
-                f"bundle {self.bundle.path}: {name} graph returns code {list(code.shape)} and scores "
-                f"{list(score.shape)} for 1 query x 2 alphas, expected [2, {code_width}] and [2]"
-            )
-
-    def score(self, x: np.ndarray) -> np.ndarray:
-        return np.asarray(self.sessions["classifier"].run(None, {"x": x})[0], dtype=np.float32)
-
-    def candidates(
-        self, x: np.ndarray, alphas: np.ndarray, target: np.ndarray | None = None,
-        lower: np.ndarray | None = None, upper: np.ndarray | None = None,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Hard-decoded candidates [B, S, F] in model space and their scores [B, S].
-
-        ``target`` [B, d] defaults to mu_1 for every row; ``lower``/``upper`` [B, F] bound the
-        returned rows in model space and default to [0, 1] (the training range)."""
-        code, score = self.codes(x, alphas, target, lower, upper)
-        b, s, c = code.shape
-        return self.pre.expand_code(code.reshape(b * s, c)).reshape(b, s, -1), score
-
-    def codes(
-        self, x: np.ndarray, alphas: np.ndarray, target: np.ndarray | None = None,
-        lower: np.ndarray | None = None, upper: np.ndarray | None = None,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Like ``candidates``, with each candidate in compact code [B, S, C] (see
-        ``Preprocessor.expand_code``): what the search keeps until it has chosen."""
-        b, s = alphas.shape
-        feed = {"x": x, "alphas": alphas, "target": self.mu_1_rows(b) if target is None else target}
-        graph = "search"
-        if lower is not None or upper is not None:
-            graph = "search_bounded"
-            feed["lower"] = np.zeros_like(x) if lower is None else lower
-            feed["upper"] = np.ones_like(x) if upper is None else upper
-        rows, score = self._open(graph).run(None, feed)
-        return rows.reshape(b, s, -1), score.reshape(b, s)
-
-    def mu_1_rows(self, n: int) -> np.ndarray:
-        return np.broadcast_to(self.mu_1, (n, self.mu_1.size)).copy()
-
-    def reconstruction_error(self, x: np.ndarray) -> np.ndarray:
-        return np.asarray(self.sessions["reconstruct"].run(None, {"x": x})[0], dtype=np.float32)
+def search_chunk(width: int, image: bool = False) -> int:
+    """Queries per call of the fused graph: SEARCH_CHUNK for tabular rows (fewer for very wide
+    ones), fewer for images, whose convolutional decoder would otherwise hold B * steps feature
+    maps at once."""
+    entries = IMAGE_CHUNK_ENTRIES if image else WIDE_CHUNK_ENTRIES
+    return max(16, min(SEARCH_CHUNK, entries // max(width, 1)))
 
 
 @dataclass
@@ -187,7 +106,7 @@ def _first_crossing(scores: np.ndarray, threshold: float) -> tuple[np.ndarray, n
 def search(
     engine: Engine,
     x: np.ndarray,
-    cfg: SearchDefaults,
+    cfg: RunSettings,
     bounds: tuple[np.ndarray, np.ndarray] | None = None,
     target: np.ndarray | None = None,
     score: np.ndarray | None = None,
@@ -204,18 +123,19 @@ def search(
     todo = np.nonzero(res.status == NOT_FOUND)[0]
     if todo.size == 0:
         return res
-    t, upper = cfg.threshold, cfg.threshold + cfg.tol
+    t, ceiling = cfg.threshold, cfg.score_ceiling
     grid = np.linspace(1.0 / cfg.steps, 1.0, cfg.steps, dtype=np.float32)
     xq = x[todo]
-    lower_q = None if bounds is None else bounds[0][todo]
-    upper_q = None if bounds is None else bounds[1][todo]
+    # Per searched row: the bounds of the returned row in model space (constraints), if any.
+    lower_bound = None if bounds is None else bounds[0][todo]
+    upper_bound = None if bounds is None else bounds[1][todo]
     target_q = engine.mu_1_rows(todo.size) if target is None else target[todo]
 
     def run(rows: np.ndarray, alphas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return engine.codes(
             xq[rows], alphas, target_q[rows],
-            None if lower_q is None else lower_q[rows],
-            None if upper_q is None else upper_q[rows],
+            None if lower_bound is None else lower_bound[rows],
+            None if upper_bound is None else upper_bound[rows],
         )
     m = todo.size
     ar = np.arange(m)
@@ -266,7 +186,7 @@ def search(
     if cfg.refine:
         frac = np.arange(1, cfg.refine_points + 1, dtype=np.float32) / (cfg.refine_points + 1)
         for _ in range(cfg.refine_rounds):
-            rows = np.nonzero(best_score >= upper)[0]
+            rows = np.nonzero(best_score >= ceiling)[0]
             if rows.size == 0:
                 break
             alphas = lo[rows, None] + (hi[rows] - lo[rows])[:, None] * frac[None, :]
@@ -276,7 +196,7 @@ def search(
             walk(rows, alphas.astype(np.float32), lo[rows].copy(), REFINED)
             kind[rows] = np.where(prev_kind == EXTRAPOLATED, EXTRAPOLATED, kind[rows])
 
-    found = ~np.isnan(best_score) & (best_score < upper)
+    found = ~np.isnan(best_score) & (best_score < ceiling)
     over = ~np.isnan(best_score) & ~found
     if cfg.fallback and not found.all():
         _last_resort(engine, xq, cfg, bounds, todo, found, best_code, best_score, best_alpha, kind, evals)
@@ -293,7 +213,7 @@ def search(
 
 
 def _last_resort(
-    engine: Engine, xq: np.ndarray, cfg: SearchDefaults, bounds: tuple[np.ndarray, np.ndarray] | None,
+    engine: Engine, xq: np.ndarray, cfg: RunSettings, bounds: tuple[np.ndarray, np.ndarray] | None,
     todo: np.ndarray, found: np.ndarray, best_code: np.ndarray, best_score: np.ndarray,
     best_alpha: np.ndarray, kind: np.ndarray, evals: np.ndarray,
 ) -> None:
@@ -313,3 +233,148 @@ def _last_resort(
     best_score[hit] = got.cf_score[got.found]
     best_alpha[hit] = got.alpha[got.found]
     kind[hit] = ANCHORED
+
+
+@dataclass
+class BatchResult:
+    """What the search step hands to the decode step for one batch of queries.
+
+    One entry per output row: the query rows themselves in order, or with K > 1 options per
+    query, one row per option (``source`` gives the query row each output row repeats)."""
+
+    x: np.ndarray
+    """[m, F] the query of each output row, in model space."""
+    reason: np.ndarray
+    """[m] why a row is invalid or could not be searched (None otherwise)."""
+    result: SearchResult
+    recon: np.ndarray
+    """[m] the autoencoder's reconstruction error of each counterfactual (NaN where none)."""
+    counted: np.ndarray
+    """Status code of every query of the batch, each once: what a run's summary counts."""
+    score_ceiling: float
+    constrained: bool
+    source: np.ndarray | None = None
+    rank: np.ndarray | None = None
+    """[m] rank of the option among its query's (1 = nearest; 0: the query has none)."""
+
+
+def search_batch(
+    engine: Engine, encoded: Encoded, settings: RunSettings, constraints: Constraints, num_cfs: int = 1
+) -> BatchResult:
+    """Search every usable row of an encoded batch, in chunks of ``search_chunk`` queries."""
+    pre = engine.pre
+    x, reason = encoded.x, encoded.reason
+    ok = encoded.usable()
+    targets = option_targets(engine.bundle.manifest.latent, num_cfs)
+    walks = [SearchResult.empty(len(x), pre.width) for _ in targets]
+    if constraints and ok.size:
+        ok, reason = set_aside_unmeetable(engine, x, reason, ok, walks, settings, constraints)
+    chunk = chunk_for(engine)
+    for start in range(0, ok.size, chunk):
+        rows = ok[start: start + chunk]
+        xr = x[rows]
+        bounds = constraints.bounds(pre, xr) if constraints else None
+        score = engine.score(xr) if len(targets) > 1 else None
+        for res, target in zip(walks, targets, strict=True):
+            tgt = None if target is None else np.broadcast_to(target, (rows.size, target.size)).copy()
+            res.assign(rows, search(engine, xr, settings, bounds, tgt, score))
+    ceiling, constrained = settings.score_ceiling, bool(constraints)
+    if num_cfs == 1:
+        res = walks[0]
+        return BatchResult(x, reason, res, reconstruction_errors(engine, res), res.status, ceiling, constrained)
+    src, rank, res = rank_options(walks, x, num_cfs)
+    return BatchResult(x[src], reason[src], res, reconstruction_errors(engine, res), res.status[rank <= 1],
+                       ceiling, constrained, src, rank)
+
+
+def chunk_for(engine: Engine) -> int:
+    from gmcf.runtime.schema import ImagePreprocessor
+
+    return search_chunk(engine.pre.width, isinstance(engine.pre, ImagePreprocessor))
+
+
+def set_aside_unmeetable(
+    engine: Engine, x: np.ndarray, reason: np.ndarray, ok: np.ndarray, walks: list[SearchResult],
+    settings: RunSettings, constraints: Constraints,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Queries whose constraints contradict each other (no row can meet them) are scored
+    but not searched: ``already_target`` if f accepts them, else ``not_found`` with the
+    reason. Returns the rows left to search and the updated reasons."""
+    why = constraints.unmeetable(engine.pre, x[ok])
+    stuck_at = why != None  # noqa: E711 - elementwise on an object array
+    if not stuck_at.any():
+        return ok, reason
+    stuck = ok[stuck_at]
+    score = engine.score(x[stuck])
+    rejected = score < settings.threshold
+    for res in walks:
+        res.score[stuck] = score
+        res.status[stuck] = np.where(rejected, NOT_FOUND, ALREADY)
+    reason = reason.copy()
+    reason[stuck[rejected]] = why[stuck_at][rejected]
+    return ok[~stuck_at], reason
+
+
+def reconstruction_errors(engine: Engine, res: SearchResult) -> np.ndarray:
+    """The reconstruction error of every counterfactual found (NaN for the other rows)."""
+    recon = np.full(len(res.status), np.nan, np.float32)
+    hit = np.nonzero(res.status == FOUND)[0]
+    chunk = chunk_for(engine)
+    for start in range(0, hit.size, chunk):
+        rows = hit[start: start + chunk]
+        recon[rows] = engine.reconstruction_error(res.cf[rows])
+    return recon
+
+
+def option_targets(latent: Latent, num_cfs: int) -> list[np.ndarray | None]:
+    """Latent points the walks head for: mu_1 (None) alone for one option; for K options mu_1
+    first, then 2K - 2 points on the edge of the target class's Gaussian, TARGET_SPREAD standard
+    deviations from mu_1 in fixed directions."""
+    if num_cfs == 1:
+        return [None]
+    mu = np.asarray(latent.mu_1, np.float32)
+    sd = np.sqrt(np.asarray(latent.var_1, np.float32))
+    dirs = np.random.default_rng(20240229).standard_normal((2 * num_cfs - 2, mu.size))
+    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+    return [mu, *[(mu + TARGET_SPREAD * sd * d).astype(np.float32) for d in dirs]]
+
+
+def rank_options(
+    walks: list[SearchResult], x: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray, SearchResult]:
+    """Merge the walks of every query into up to ``k`` distinct counterfactuals, nearest first.
+
+    Returns, per output row, the query row it belongs to, its rank (1..k; 0 for a query with no
+    counterfactual: already target, not found, or invalid) and its result."""
+    n, width = x.shape
+    w = len(walks)
+    found = np.stack([r.status == FOUND for r in walks])  # [W, n]
+    cf = np.stack([r.cf for r in walks])  # [W, n, F]
+    dist = np.where(found, np.sqrt(((cf - x[None]) ** 2).sum(-1)), np.inf)
+    order = np.argsort(dist, axis=0, kind="stable")  # [W, n], nearest walk first
+    cols = np.arange(n)
+    ranked_cf = cf[order, cols]  # [W, n, F]
+    ranked_found = found[order, cols]
+    # A walk is a new option if it found one and its row differs from every nearer walk's row
+    # (equality is exact, so differing from every nearer walk = differing from every kept one).
+    keep = ranked_found.copy()
+    for j in range(1, w):
+        same = (ranked_cf[:j] == ranked_cf[j][None]).all(axis=-1).any(axis=0)
+        keep[j] &= ~same
+    keep &= np.cumsum(keep, axis=0) <= k
+    count = keep.sum(axis=0)  # options per query, 0..k
+    # Output rows: a query's options in rank order, or one row when it has none.
+    reps = np.maximum(count, 1)
+    src = np.repeat(cols, reps)
+    kept_q, kept_j = np.nonzero(keep.T)  # query by query, nearest first: the output's order
+    rank = np.zeros(src.size, np.int64)
+    pick = np.zeros(src.size, np.int64)
+    slots = np.nonzero(np.repeat(count > 0, reps))[0]
+    rank[slots] = np.cumsum(keep, axis=0)[kept_j, kept_q]
+    pick[slots] = order[kept_j, kept_q]
+    out = SearchResult.empty(src.size, width)
+    for name in SearchResult.FIELDS:
+        stacked = cf if name == "cf" else np.stack([getattr(r, name) for r in walks])  # cf: stacked above
+        getattr(out, name)[:] = stacked[pick, src]
+    out.evaluations[:] = np.stack([r.evaluations for r in walks]).sum(axis=0)[src]
+    return src, rank, out

@@ -114,7 +114,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--batch-size", type=int, default=65536)
+    ap.add_argument("--batch-size", type=int, default=None, help="[default: explain's own]")
     ap.add_argument("--bundle", type=Path, default=None)
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--dir", type=Path, default=None, help="where to write the files [a temp folder]")
@@ -129,7 +129,9 @@ def main() -> None:
         print(f"wrote {args.rows:,} query rows to {src} in {time.perf_counter() - t:.1f} s")
     exe = Path(sys.executable).with_name("gmcf-batch")
     cmd = [str(exe), "explain", str(src), "-o", str(dst), "--force", "--workers", str(args.workers),
-           "--threads", str(args.threads), "--batch-size", str(args.batch_size), "--id-column", "id"]
+           "--threads", str(args.threads), "--id-column", "id"]
+    if args.batch_size is not None:
+        cmd += ["--batch-size", str(args.batch_size)]
     if args.bundle:
         cmd += ["--bundle", str(args.bundle)]
     cmd += args.explain_args

@@ -29,8 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchmark import make_queries
 
 from gmcf.runtime import Explainer
-from gmcf.runtime.explainer import atomic_parquet_writer, read_batches
+from gmcf.runtime.read import read_batches
 from gmcf.runtime.schema import usable_rows
+from gmcf.runtime.write import atomic_parquet_writer
 
 
 def score_only(ex: Explainer, src: Path, dst: Path, batch_size: int) -> float:

@@ -3,7 +3,7 @@
 Rebuilds the bundle's 80/20 split from its manifest (seed, test size), explains the held-out
 rows, and prints, per setting, validity (the share of rows f rejects that get a counterfactual),
 mean proximity and sparsity of the counterfactuals, the share that satisfy the constraints, and
-with K options per query, their diversity (``gmcf.runtime.output.option_diversity``).
+with K options per query, their diversity (``gmcf.runtime.metrics.option_diversity``).
 
     python scripts/heldout_validity.py exported/adult exported/lending-club
     python scripts/heldout_validity.py exported/adult --tols 0.1,0.2,0.3,0.5 --constrained
@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 from gmcf.datasets import load_dataset
 from gmcf.runtime import Explainer
 from gmcf.runtime.constraints import Constraints
-from gmcf.runtime.output import option_diversity
+from gmcf.runtime.metrics import option_diversity
 from gmcf.trainer.paper import PAPER_VALIDITY
 from gmcf.trainer.prepare import prepare
 
@@ -74,11 +74,11 @@ def main() -> None:
     for path in args.bundles:
         ex = Explainer.from_bundle(path)
         m = ex.bundle.manifest
-        ds = load_dataset(m["dataset"])
-        cfg = m["train_config"]
+        ds = load_dataset(str(m.dataset))
+        cfg = m.train_config
         p = prepare(ds, cfg["test_size"], cfg["seed"])
         held = ds.table.take(pa.array(p.test_rows))
-        name = m["dataset"]
+        name = str(m.dataset)
         evaluate(path, held, f"{name}, defaults (paper: {PAPER_VALIDITY.get(name, float('nan'))}%)")
         for tol in [float(t) for t in args.tols.split(",") if t]:
             evaluate(path, held, f"{name}, tol {tol:g}", tol=tol)

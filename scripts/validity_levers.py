@@ -85,8 +85,8 @@ def measure(bundle: Path, search: dict[str, Any]) -> dict[str, Any]:
     """Explain the bundle's own held-out rows; figures over the rows its f rejects."""
     ex = Explainer.from_bundle(bundle, **search)
     m = ex.bundle.manifest
-    ds = load_dataset(m["dataset"])
-    cfg = m["train_config"]
+    ds = load_dataset(str(m.dataset))
+    cfg = m.train_config
     p = prepare(ds, cfg["test_size"], cfg["seed"])
     held = ds.table.take(pa.array(p.test_rows))
     t0 = time.perf_counter()
@@ -109,7 +109,7 @@ def measure(bundle: Path, search: dict[str, Any]) -> dict[str, Any]:
     return {
         "validity_walk": float((st_off == "found").sum() / searched) if searched else float("nan"),
         "bundle": str(bundle),
-        "dataset": m["dataset"],
+        "dataset": m.dataset,
         "search": search,
         "rejected": searched,
         "validity": confirmed / searched if searched else float("nan"),

@@ -28,7 +28,7 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for b in args.bundles:
         ex = Explainer.from_bundle(b)
-        cfg = ex.bundle.manifest["train_config"]
+        cfg = ex.bundle.manifest.train_config
         p = prepare(ds, cfg["test_size"], cfg["seed"])
         held = ds.table.take(pa.array(p.test_rows)).drop_columns(["income"])
         row = []

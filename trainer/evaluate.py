@@ -34,6 +34,7 @@ from gmcf.runtime.errors import InputError
 from gmcf.runtime.explainer import Explainer
 from gmcf.runtime.metrics import changed_features, proximity_l2, sparsity_l1
 from gmcf.runtime.schema import ImagePreprocessor
+from gmcf.runtime.write import write_text
 from gmcf.trainer.baselines import (
     AEConfig,
     Autoencoder,
@@ -471,15 +472,17 @@ def run_peers(rep: Rep, cfg: EvalConfig, methods: list[str], ds: Dataset, log: C
 
 
 def _log_training(log: Callable[[str], None], rep: int) -> Callbacks:
-    state = {"stage": "", "done": 0, "total": 0}
+    current = {"stage": ""}
+    steps = {"done": 0, "total": 0}
 
     def stage(name: str, total: int) -> None:
-        state.update(stage=name, done=0, total=total)
+        current["stage"] = name
+        steps.update(done=0, total=total)
 
     def advance(text: str) -> None:
-        state["done"] += 1
-        done, total = state["done"], state["total"]
-        if state["stage"] == "explainer" and (done % 10 == 0 or done == total):
+        steps["done"] += 1
+        done, total = steps["done"], steps["total"]
+        if current["stage"] == "explainer" and (done % 10 == 0 or done == total):
             log(f"rep {rep + 1}: explainer epoch {done}/{total} ({text})")
 
     return Callbacks(stage, advance)
@@ -625,10 +628,7 @@ def write_results(ev: Evaluation, path: Path) -> tuple[Path, Path]:
     """``path`` as JSON and the same stem as Markdown, each written to a temporary file and
     renamed."""
     js, md = path.with_suffix(".json"), path.with_suffix(".md")
-    for dst, text in ((js, json.dumps(ev.to_json(), indent=2) + "\n"), (md, ev.to_markdown())):
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, dst)
+    write_text(js, json.dumps(ev.to_json(), indent=2) + "\n")
+    write_text(md, ev.to_markdown())
     return js, md
 

@@ -25,7 +25,9 @@ and as the layout for networks the columns cannot run (convolutions).
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import onnx
@@ -40,9 +42,15 @@ from gmcf.runtime.errors import InputError
 from gmcf.runtime.schema import Preprocessor
 from gmcf.trainer.model import GMCF, ReferenceClassifier
 
+#: A decoder's ``raw``: hidden features -> (numeric values in [0, 1], one logit block per category).
+RawDecode = Callable[[torch.Tensor], tuple[torch.Tensor, list[torch.Tensor]]]
+
 
 class HardDecode(nn.Module):
     """Decoder output -> the row a user receives: integers rounded, one-hots arg-maxed."""
+
+    scale: torch.Tensor
+    inv_scale: torch.Tensor
 
     def __init__(self, pre: Preprocessor) -> None:
         super().__init__()
@@ -86,7 +94,7 @@ class HardDecode(nn.Module):
 
 def split_first_layer(model: GMCF) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, nn.Sequential]:
     """The decoder's first layer W [z; z_u] + b as (W_z, W_u, b), copies, and the layers after it."""
-    body = list(model.decoder.body)
+    body = list(cast(nn.Sequential, model.decoder.body))
     first = body[0]
     assert isinstance(first, nn.Linear)
     d = model.mu.shape[1]
@@ -126,7 +134,7 @@ class SearchFront(nn.Module):
         q = (target - z) @ self.w_z  # [B, H]
         b, s = alphas.shape
         h = (p[:, None, :] + alphas[:, :, None] * q[:, None, :]).reshape(b * s, -1)
-        cont, logits = self.decoder.raw(self.rest(h))  # 2-D: each layer is one Gemm
+        cont, logits = cast(RawDecode, self.decoder.raw)(self.rest(h))  # 2-D: each layer is one Gemm
         return cont.reshape(b, s, -1), [lg.reshape(b, s, -1) for lg in logits]
 
     def forward(
@@ -188,12 +196,12 @@ def column_ready(model: GMCF) -> bool:
     """The column layout runs MLP encoders and a decoder whose body and head are linear layers."""
     dec = model.decoder
     return (
-        _mlp(model.encoder) and _mlp(model.encoder_u) and _mlp(getattr(dec, "body", None))
+        _mlp(model.encoder) and _mlp(model.encoder_u) and _mlp(getattr(dec, "body", nn.Identity()))
         and isinstance(getattr(dec, "head", None), nn.Linear)
     )
 
 
-def _chain_t(layers: nn.Module, h: torch.Tensor) -> torch.Tensor:
+def _chain_t(layers: nn.Sequential, h: torch.Tensor) -> torch.Tensor:
     """An nn.Sequential of Linear layers and element-wise activations, on columns [features, N]."""
     for layer in layers:
         h = layer.weight @ h + layer.bias[:, None] if isinstance(layer, nn.Linear) else layer(h)
@@ -219,14 +227,22 @@ class ColumnSearch(nn.Module):
     and bounds), then f. Returns (code [B*S, C], score [B*S]); with no column-ready classifier,
     (code, rows [B*S, F]) for ``fuse_search`` to score with an ONNX classifier."""
 
+    w_z: torch.Tensor
+    w_u: torch.Tensor
+    b: torch.Tensor
+    scale: torch.Tensor
+    inv_scale: torch.Tensor
+    index: torch.Tensor
+
     def __init__(self, model: GMCF, pre: Preprocessor, clf: nn.Sequential | None) -> None:
         super().__init__()
-        self.encoder, self.encoder_u = model.encoder, model.encoder_u
+        # column_ready(model): both encoders are nn.Sequential MLPs
+        self.encoder, self.encoder_u = cast(nn.Sequential, model.encoder), cast(nn.Sequential, model.encoder_u)
         w_z, w_u, b, rest = split_first_layer(model)
         self.register_buffer("w_z", w_z)
         self.register_buffer("w_u", w_u)
         self.register_buffer("b", b[:, None])
-        self.layers = nn.Sequential(*rest, model.decoder.head)  # after the folded first layer
+        self.layers = nn.Sequential(*rest, cast(nn.Module, model.decoder.head))  # after the folded first layer
         hard = HardDecode(pre)
         self.register_buffer("scale", hard.scale.clone()[:, None, None])
         self.register_buffer("inv_scale", hard.inv_scale.clone()[:, None, None])
@@ -324,7 +340,8 @@ def to_onnx(module: nn.Module, args: tuple[torch.Tensor, ...], inputs: list[str]
     module.eval()
     with torch.no_grad():
         torch.onnx.export(
-            module, args, buf, input_names=inputs, output_names=outputs, dynamic_axes=dyn,
+            module, args, buf,  # type: ignore[arg-type]  # a file object works; the stub says path only
+            input_names=inputs, output_names=outputs, dynamic_axes=dyn,
             opset_version=OPSET, dynamo=False,
         )
     model = onnx.load_from_string(buf.getvalue())
@@ -430,7 +447,7 @@ def export_graphs(
     the module that ``classifier`` was exported from and a plain MLP, is built into column-layout
     search graphs directly; otherwise the ONNX classifier is fused after them."""
     width = pre.width
-    d, du = model.mu.shape[1], model.encoder_u[-1].out_features
+    d, du = model.mu.shape[1], model.latent_u_dim
     x = torch.rand(5, width)
     walk = (x, torch.rand(5, 4), torch.rand(5, d))
     bounds = (torch.zeros(5, width), torch.ones(5, width))

@@ -218,12 +218,14 @@ def mmd_between_classes(zu: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     sq = (both**2).sum(1)
     d2 = (sq[:, None] + sq[None, :] - 2 * both @ both.t()).clamp(min=0.0)
     scale = d2.detach().mean().clamp(min=1e-6)
-    k = sum(torch.exp(-d2 / (scale * s)) for s in (0.25, 1.0, 4.0))
+    k = torch.exp(-d2 / (scale * 0.25)) + torch.exp(-d2 / scale) + torch.exp(-d2 / (scale * 4.0))
     na = len(a)
     return k[:na, :na].mean() + k[na:, na:].mean() - 2 * k[:na, na:].mean()
 
 
-def make_optimizers(model: GMCF, cfg: TrainConfig) -> tuple[torch.optim.Optimizer, ...]:
+def make_optimizers(
+    model: GMCF, cfg: TrainConfig
+) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer, torch.optim.Optimizer]:
     opt_adv = torch.optim.Adam(model.adversary.parameters(), lr=cfg.adversary_lr)
     opt_gm = torch.optim.Adam([*model.encoder.parameters(), *model.gm_parameters()], lr=cfg.lr)
     opt_ae = torch.optim.Adam(

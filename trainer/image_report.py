@@ -18,10 +18,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from gmcf.datasets import Dataset, heldout_base_rows, load_dataset
+from gmcf.runtime.engine import open_session
 from gmcf.runtime.errors import GmcfError, InputError
 from gmcf.runtime.explainer import Explainer
 from gmcf.runtime.schema import ImagePreprocessor
-from gmcf.runtime.search import _session
 from gmcf.trainer.morphology import style_agreement
 from gmcf.trainer.paper import PAPER
 
@@ -34,7 +34,7 @@ def image_explainer(bundle: str | Path, **settings: Any) -> tuple[Explainer, Dat
     ex = Explainer.from_bundle(bundle, **settings)
     if not isinstance(ex.bundle.preprocessor, ImagePreprocessor):
         raise InputError(f"bundle {bundle} explains tabular rows, not images")
-    return ex, load_dataset(str(ex.bundle.manifest.get("dataset")))
+    return ex, load_dataset(str(ex.bundle.manifest.dataset))
 
 
 def heldout_base(ds: Dataset) -> tuple[pa.Table, np.ndarray]:
@@ -133,7 +133,7 @@ def style_metrics(bundle: str | Path, judges: Sequence[Judge] = (), **settings: 
     shape = pre.image.shape
     m: dict[str, Any] = {
         "bundle": str(bundle),
-        "target": str(ex.bundle.manifest.get("schema", {}).get("positive_class", "the target")),
+        "target": str(ex.bundle.manifest.positive_class or "the target"),
         "threshold": ex.settings.threshold,
         "tol": ex.settings.tol,
         "rejected_by_f": int(searched.sum()),
@@ -307,11 +307,13 @@ def plot_figures(
     plt.close(fig)
 
     # Figure 4: PCA (numpy SVD) of z for held-out images of both classes, with mu_0 and mu_1.
+    if ds.test_mask is None:
+        raise InputError(f"dataset {ds.name} has no held-out images to draw")
     test_rows = np.nonzero(ds.test_mask)[0]
     xt, _ = pre.transform(ds.table.take(pa.array(test_rows)))
-    enc = _session(str(ex.bundle.graph_path("encoder")), 1)
+    enc = open_session(str(ex.bundle.graph_path("encoder")), 1)
     z = np.asarray(enc.run(None, {"x": xt})[0], dtype=np.float64)
-    mu = np.asarray(ex.bundle.manifest["latent"]["mu"], dtype=np.float64)
+    mu = np.asarray(ex.bundle.manifest.latent.mu, dtype=np.float64)
     center = z.mean(axis=0)
     _, sv, vt = np.linalg.svd(z - center, full_matrices=False)
     pz, pmu = (z - center) @ vt[:2].T, (mu - center) @ vt[:2].T

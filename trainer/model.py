@@ -64,6 +64,8 @@ class TabularDecoder(nn.Module):
 class GMCF(nn.Module):
     """Encoder, label-irrelevant encoder, decoder, adversary and the class-conditional Gaussians."""
 
+    log_prior: torch.Tensor
+
     def __init__(
         self,
         width: int,
@@ -99,6 +101,7 @@ class GMCF(nn.Module):
         self.register_buffer("log_prior", torch.log(torch.tensor(list(class_prior), dtype=torch.float32)))
         self.n_numeric = n_numeric
         self.cat_sizes = list(cat_sizes)
+        self.latent_u_dim = latent_u_dim
 
     @property
     def var(self) -> torch.Tensor:

@@ -5,12 +5,10 @@ from __future__ import annotations
 import contextlib
 import json
 import platform
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -21,17 +19,12 @@ import onnx
 import torch
 
 from gmcf.datasets import Dataset
-from gmcf.runtime.bundle import (
-    FORMAT,
-    FORMAT_VERSION,
-    GRAPHS,
-    MANIFEST,
-    OPSET,
-    SearchDefaults,
-    sha256_file,
-)
+from gmcf.runtime.bundle import GRAPHS, MANIFEST, sha256_file
 from gmcf.runtime.errors import InputError
+from gmcf.runtime.manifest import Latent, Manifest
 from gmcf.runtime.schema import ImagePreprocessor, Preprocessor
+from gmcf.runtime.settings import RunSettings
+from gmcf.runtime.write import atomic_path
 from gmcf.trainer.anchors import select_anchors
 from gmcf.trainer.export import adapt_classifier, export_classifier, export_graphs, save
 from gmcf.trainer.fit import (
@@ -63,7 +56,7 @@ class Callbacks:
 class TrainResult:
     path: Path
     report: dict[str, Any]
-    manifest: dict[str, Any] = field(default_factory=dict)
+    manifest: Manifest
 
 
 def _run_onnx(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
@@ -206,67 +199,56 @@ def write_bundle(
 ) -> TrainResult:
     """Export ``trained`` to the bundle folder ``out`` (written beside it, then renamed)."""
     p, model, report = trained.prepared, trained.model, trained.report
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_path(out, folder=True) as tmp:
         graphs = export_graphs(model, p.pre, trained.classifier_onnx, trained.classifier)
         files = save(graphs, tmp)
-        anchors = None
+        anchors: dict[str, Any] = {}
+        sealed = [*files.values(), "report.json"]
         if not isinstance(p.pre, ImagePreprocessor):
             codes = select_anchors(
                 model, p.pre, p.x_train, lambda x: _run_onnx(trained.classifier_onnx, x), seed=cfg.seed
             )
             np.save(tmp / ANCHORS_FILE, codes, allow_pickle=False)
             anchors = {"file": ANCHORS_FILE, "count": len(codes)}
-        manifest = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "command": command or " ".join(["gmcf-batch", *sys.argv[1:]]),
-            "producer": _versions(),
-            "dataset": ds.name,
-            "schema": {"label": ds.schema.label, "positive_class": ds.schema.positive_class},
-            "preprocessing": p.pre.to_dict(),
-            "latent": {
-                "dim": cfg.latent_dim,
-                "u_dim": cfg.latent_u_dim,
-                "mu": model.mu.detach().numpy().astype(float).round(7).tolist(),
-                "var": model.var.detach().numpy().astype(float).round(7).tolist(),
-            },
-            "opset": OPSET,
-            "search": SearchDefaults(**default_search(ds.schema)).to_dict(),
-            "train_config": cfg.to_dict(),
-            "classifier": "user" if user_classifier else "reference-mlp",
-            "graphs": {name: files[name] for name in GRAPHS},
-            "files": {},
-        }
-        sealed = [*files.values(), "report.json"]
-        if anchors is not None:
-            manifest["anchors"] = anchors
             sealed.append(ANCHORS_FILE)
-        _seal(tmp, manifest, report, sealed)
+        manifest = Manifest(
+            preprocessing=p.pre,
+            latent=Latent(
+                dim=cfg.latent_dim,
+                u_dim=cfg.latent_u_dim,
+                mu=model.mu.detach().numpy().astype(float).round(7).tolist(),
+                var=model.var.detach().numpy().astype(float).round(7).tolist(),
+            ),
+            search=RunSettings().override(default_search(ds.schema)),
+            graphs={name: files[name] for name in GRAPHS},
+            files={},
+            dataset=ds.name,
+            label=ds.schema.label,
+            positive_class=ds.schema.positive_class,
+            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            command=command or " ".join(["gmcf-batch", *sys.argv[1:]]),
+            producer=_versions(),
+            train_config=cfg.to_dict(),
+            classifier="user" if user_classifier else "reference-mlp",
+            anchors=anchors,
+        )
+        manifest = _seal(tmp, manifest, report, sealed)
         if not isinstance(p.pre, ImagePreprocessor):
             # The quality gate: the bundle just written explains the validation rows.
             held = trained.validation_rows
             x_q, rows = (p.x_test, "held-out") if held is None else (p.x_train[held], "validation")
             report["quality"] = measure_quality(tmp, x_q, rows)
         report["warnings"] = gate_warnings(report)
-        _seal(tmp, manifest, report, sealed)
-        tmp.chmod(0o755)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        manifest = _seal(tmp, manifest, report, sealed)
     return TrainResult(out, report, manifest)
 
 
-def _seal(folder: Path, manifest: dict[str, Any], report: dict[str, Any], files: list[str]) -> None:
+def _seal(folder: Path, manifest: Manifest, report: dict[str, Any], files: list[str]) -> Manifest:
     """Write report.json, then the manifest with the sha256 of every file in ``files``."""
     (folder / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    manifest["files"] = {fname: sha256_file(folder / fname) for fname in files}
-    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    manifest = replace(manifest, files={fname: sha256_file(folder / fname) for fname in files})
+    (folder / MANIFEST).write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
+    return manifest
 
 
 def train_bundle(

@@ -197,6 +197,7 @@ def test_results_load_back_and_runs_split_by_seed_merge(small_run: ev_mod.Evalua
         ev_mod.merge_evaluations([back, back])
 
 
+@pytest.mark.slow
 def test_cli_evaluates_mnist_with_its_image_settings(tmp_path: Path) -> None:
     """MNIST runs through the same protocol with the convolutional networks and the paper's MNIST
     settings (one short epoch here), next to the paper's Table 1."""

@@ -35,7 +35,7 @@ def test_report_quality_is_the_runtime_search_on_validation_rows(gbm_bundle: Pat
     q = b.report["quality"]
     assert q["rows"] == "validation"
     # the same rows, searched again by the runtime, give the same figures
-    cfg = b.manifest["train_config"]
+    cfg = b.manifest.train_config
     p = prepare(load_dataset("lending-club"), cfg["test_size"], cfg["seed"])
     perm = np.random.default_rng(cfg["seed"] + 3).permutation(len(p.x_train))
     val = np.sort(perm[: round(len(perm) * cfg["validation_size"])])

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from gmcf.runtime.output import RANK_COLUMN, RESULT_COLUMNS
 
-README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 
 
 def test_every_result_column_is_documented() -> None:

@@ -34,3 +34,16 @@ def test_an_integer_feature_with_fractions_is_refused() -> None:
     table = pa.table({"n": [1.0, 2.5, 3.0]})
     with pytest.raises(InputError, match="declared integer but holds non-integer values"):
         Preprocessor.fit(table, [Feature("n", "integer")])
+
+
+def test_feature_kinds_say_what_they_are() -> None:
+    """``is_numeric`` means a tabular number; an image is neither numeric nor categorical."""
+    image = Feature.from_dict({"name": "pixels", "kind": "image", "shape": [28, 28]})
+    kinds = {
+        kind: Feature.from_dict({"name": "f", "kind": kind, "lo": 0, "hi": 1, "categories": ["a"]})
+        for kind in ("continuous", "integer", "categorical")
+    }
+    assert kinds["continuous"].is_numeric and kinds["integer"].is_numeric
+    assert not kinds["categorical"].is_numeric and kinds["categorical"].is_categorical
+    assert not image.is_numeric and not image.is_categorical
+    assert image.to_dict() == {"name": "pixels", "kind": "image", "shape": [28, 28], "lo": 0.0, "hi": 1.0}

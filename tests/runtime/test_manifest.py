@@ -48,7 +48,7 @@ def test_load_bundle_accepts_a_fresh_bundle(bundle: Path) -> None:
     assert b.report["rows"]["train"] > 0
     for name in GRAPHS:
         assert b.graph_path(name).is_file()
-    assert len(b.mu_1) == b.manifest["latent"]["dim"]
+    assert len(b.mu_1) == b.manifest.latent.dim
 
 
 def test_manifest_has_every_field(bundle: Path) -> None:

@@ -181,7 +181,7 @@ def test_inspect_json_is_valid_json(adult_bundle: Path) -> None:
     assert code == 0, stderr
     data = json.loads(stdout)
     bundle = load_bundle(adult_bundle)
-    assert data["manifest"] == bundle.manifest
+    assert data["manifest"] == bundle.manifest.to_dict() == json.loads((adult_bundle / "manifest.json").read_text())
     assert data["report"] == bundle.report
     assert data["manifest"]["format"] == "gmcf-bundle"
 

@@ -280,8 +280,8 @@ def test_train_writes_a_loadable_bundle_and_prints_the_report(tmp_path: Path, ad
     code, stdout, stderr, exc = invoke([*data_args(data, schema), "-o", str(out)])
     assert code == 0, f"{stderr}\n{exc!r}"
     b = load_bundle(out)
-    assert b.manifest["dataset"] == "small"
-    assert b.manifest["train_config"]["epochs"] == 1
+    assert b.manifest.dataset == "small"
+    assert b.manifest.train_config["epochs"] == 1
     kinds = {f.name: f.kind for f in b.preprocessor.features}
     assert kinds["hours-per-week"] == "continuous" and kinds["education"] == "categorical"
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".b.")] == []
@@ -328,3 +328,17 @@ def test_a_failure_while_writing_keeps_the_old_bundle_and_no_temp_folder(
     assert not seen[0].exists()
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".b.")) == []
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+def test_train_writes_into_the_current_folder_by_default(
+    tmp_path: Path, adult: pa.Table, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without -o the bundle goes to ./DATASET, never into the installed package."""
+    data, schema = happy_files(tmp_path, adult)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    code, stdout, stderr, exc = invoke(data_args(data, schema))
+    assert code == 0, f"{stderr}\n{exc!r}"
+    assert load_bundle(work / "small").manifest.dataset == "small"
+    assert "wrote bundle small" in stdout.splitlines()

@@ -22,7 +22,7 @@ from helpers import adult_queries, assert_clean_failure, cf_table, invoke
 from gmcf.runtime import Explainer
 from gmcf.runtime.constraints import Constraints
 from gmcf.runtime.errors import ConstraintError, GmcfError
-from gmcf.runtime.output import option_diversity
+from gmcf.runtime.metrics import option_diversity
 from gmcf.runtime.schema import Preprocessor
 
 N_ROWS = 2000

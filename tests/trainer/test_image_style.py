@@ -12,7 +12,7 @@ from gmcf.datasets import load_dataset, load_mnist_1_7
 from gmcf.runtime import Explainer
 from gmcf.trainer.morphology import stem_style, style_agreement
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 MNIST = ROOT / "exported" / "mnist-1-to-7"
 
 
@@ -86,6 +86,7 @@ def test_a_threshold_given_alone_keeps_accepting_every_score_up_to_one() -> None
     assert Explainer.from_bundle(MNIST, tol=0.005).settings.threshold == pytest.approx(0.99)
 
 
+@pytest.mark.slow
 def test_counterfactuals_keep_the_query_style_and_read_as_sevens_to_an_independent_judge() -> None:
     pytest.importorskip("torch")
     from gmcf.trainer.baselines import train_image_judge

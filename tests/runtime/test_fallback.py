@@ -25,7 +25,7 @@ def held_out(bundle: Path) -> tuple[pa.Table, np.ndarray]:
     """The bundle's own held-out rows, as a table and in model space."""
     b = load_bundle(bundle)
     ds = load_dataset("lending-club")
-    cfg = b.manifest["train_config"]
+    cfg = b.manifest.train_config
     p = prepare(ds, cfg["test_size"], cfg["seed"])
     return ds.table.take(pa.array(p.test_rows)), p.x_test
 
