@@ -1,21 +1,23 @@
 """The last-resort search: a query whose walk toward mu_1 never crossed the threshold walks toward
 nearby approved training rows instead (search kind ``anchored``).
 
-A bundle may carry ``anchors.npy``: the latent codes (z, z_u) of a seeded sample of training rows
-that f approves and whose own hard-decoded reconstruction f approves too. For a missed query
-(z_q, z_u,q) the runtime takes the ``fallback_neighbours`` anchors whose decoded rows are nearest
-to the query in the model's input space and, for each, decodes
+A bundle may carry ``anchors.npy``: a seeded sample of the training rows that f approves, in
+the model's input space (``TrainConfig.anchors`` rows at most; 0 ships none). For a missed
+query x_q with codes (z_q, z_u,q) the runtime takes the ``fallback_neighbours`` anchors nearest
+to it (L2 in the model's input space, among those f scores in [T, T + tol)) and, for each
+anchor x_a with codes (z_a, z_u,a) = (E(x_a), E_u(x_a)), decodes
 
     D((1 - a) z_q + a z_a, (1 - a) z_u,q + a z_u,a)
 
 on ``fallback_steps`` points a in (0, 1], hard-decoded (and bounded by the constraints) exactly
 like the main search, scored by f. Both latents move: where z_u carries label information the
-walk in z alone cannot flip f, but a walk to an approved row's full code ends at that row's
-decoding, which f approves. Of all candidates with T <= f < T + tol on these paths the one
-nearest to the query is returned (a path may wander off before it reaches the anchor's own
-decoding, so the first crossing is not always the nearest); when the grid point before it was
-no counterfactual, that interval is subdivided once (``refine_points``) for a nearer one. Decoding and scoring use the bundle's own ``encoder``, ``encoder_u``,
-``decoder`` and ``classifier`` graphs.
+walk in z alone cannot flip f, but a walk to an approved row's full code ends near that row.
+The anchor row itself (bounded by the constraints) is a candidate too, at a = 1. Of all
+candidates with T <= f < T + tol the one nearest to the query is returned (a path may wander
+off before it reaches its end, so the first crossing is not always the nearest); when the grid
+point before it was no counterfactual, that interval is subdivided once (``refine_points``).
+Encoding, decoding and scoring use the bundle's own ``encoder``, ``encoder_u``, ``decoder`` and
+``classifier`` graphs.
 """
 
 from __future__ import annotations
@@ -38,11 +40,11 @@ CALL_ROWS = 16384
 
 @dataclass
 class Anchors:
-    """Latent codes of approved training rows, their hard decodings and f's scores of them."""
+    """Approved training rows, their latent codes and f's scores of them."""
 
     z: np.ndarray  # [n, d]
     zu: np.ndarray  # [n, d_u]
-    rows: np.ndarray  # [n, F] hard-decoded D(z, z_u), model space
+    rows: np.ndarray  # [n, F] model space
     score: np.ndarray  # [n] f(rows)
 
 
@@ -58,22 +60,25 @@ class Rescued:
 
 
 def load_anchors(engine: Engine) -> Anchors | None:
-    """The bundle's anchors with their decodings, or None when it carries none."""
+    """The bundle's anchors with their codes and f's scores, or None when it carries none."""
     spec = engine.bundle.manifest.anchors
     if not spec:
         return None
     path = engine.bundle.path / str(spec["file"])
     try:
-        codes = np.load(path, allow_pickle=False)
+        rows = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
         raise BundleError(f"bundle {engine.bundle.path}: cannot read {spec['file']} ({exc})") from exc
-    latent = engine.bundle.manifest.latent
-    d = latent.dim
-    if codes.ndim != 2 or codes.shape[1] != d + latent.u_dim:
-        raise BundleError(f"bundle {engine.bundle.path}: {spec['file']} has shape {list(codes.shape)}")
-    codes = np.ascontiguousarray(codes, dtype=np.float32)
-    z, zu = codes[:, :d], codes[:, d:]
-    rows = hard_decode(engine.pre, engine.run("decoder", {"z": z, "z_u": zu}))
+    if rows.ndim != 2 or rows.shape[1] != engine.pre.width:
+        raise BundleError(
+            f"bundle {engine.bundle.path}: {spec['file']} has shape {list(rows.shape)}, "
+            f"expected [rows, {engine.pre.width}]"
+        )
+    rows = np.ascontiguousarray(rows, dtype=np.float32)
+    if len(rows) == 0:
+        return None
+    z = engine.run("encoder", {"x": rows})
+    zu = engine.run("encoder_u", {"x": rows})
     return Anchors(z, zu, rows, engine.score(rows))
 
 
@@ -142,11 +147,15 @@ def rescue(
     if anchors is None or len(x) == 0:
         return None
     m, width = x.shape
-    k = min(cfg.fallback_neighbours, len(anchors.score))
     t, top = cfg.threshold, cfg.threshold + cfg.tol
-    # Nearest anchors by the L2 distance of their decoded rows to the query.
-    d2 = (x**2).sum(1)[:, None] - 2.0 * x @ anchors.rows.T + (anchors.rows**2).sum(1)[None, :]
-    near = np.argsort(d2, axis=1, kind="stable")[:, :k]  # [m, k]
+    usable = np.nonzero((anchors.score >= t) & (anchors.score < top))[0]
+    if usable.size == 0:
+        return None
+    k = min(cfg.fallback_neighbours, usable.size)
+    # The nearest approved anchors, by L2 in the model's input space.
+    a_rows = anchors.rows[usable]
+    d2 = (x**2).sum(1)[:, None] - 2.0 * x @ a_rows.T + (a_rows**2).sum(1)[None, :]
+    near = usable[np.argsort(d2, axis=1, kind="stable")[:, :k]]  # [m, k]
     zq = engine.run("encoder", {"x": x})
     zuq = engine.run("encoder_u", {"x": x})
     pair_q = np.repeat(np.arange(m), k)  # query of each (query, anchor) pair
@@ -198,7 +207,26 @@ def rescue(
         best_row[w] = r_rows[i[better], j[better]]
         best_score[w] = r_score[i[better], j[better]]
         best_alpha[w] = alphas[i[better], j[better]]
+        best_d2[w] = r_d2[i[better], j[better]]
         evals[redo] += cfg.refine_points
+    # The anchors themselves (within the constraints), at a = 1.
+    pair_rows = anchors.rows[near.reshape(-1)]
+    if bounds is not None:
+        pair_rows = hard_decode(engine.pre, pair_rows, bounds[0][pair_q], bounds[1][pair_q])
+        pair_score = engine.score(pair_rows)
+        evals += k
+    else:
+        pair_score = anchors.score[near.reshape(-1)]
+    a_d2 = np.where(
+        (pair_score >= t) & (pair_score < top), ((pair_rows - x[pair_q]) ** 2).sum(1), np.inf
+    ).reshape(m, k)
+    j = a_d2.argmin(1)
+    nearer = a_d2[np.arange(m), j] < np.where(found, best_d2, np.inf)
+    w = np.nonzero(nearer)[0]
+    best_row[w] = pair_rows[w * k + j[w]]
+    best_score[w] = pair_score[w * k + j[w]]
+    best_alpha[w] = 1.0
+    found = found | nearer
     return Rescued(
         found=found,
         cf=np.where(found[:, None], best_row, 0.0).astype(np.float32),

@@ -67,6 +67,9 @@ class TrainConfig:
     tie_judge: str = "posterior"
     """Who reads the decodings for ``lambda_tie``: ``posterior`` (the mixture posterior of their
     re-encoding) or ``surrogate`` (a differentiable stand-in for f)."""
+    anchors: int = 4096
+    """Approved training rows (a seeded sample, model space) the bundle carries for the
+    last-resort search (``gmcf.runtime.fallback``); 0 ships none, and no last resort."""
     select_by: str = "leakage"
     """Checkpoint selection: ``leakage`` (least z_u leakage among checkpoints whose GM posterior
     agrees with f) or ``walk`` (validity, then proximity, of the walk on validation rows f

@@ -205,12 +205,13 @@ def write_bundle(
         anchors: dict[str, Any] = {}
         sealed = [*files.values(), "report.json"]
         if not isinstance(p.pre, ImagePreprocessor):
-            codes = select_anchors(
-                model, p.pre, p.x_train, lambda x: _run_onnx(trained.classifier_onnx, x), seed=cfg.seed
+            rows = select_anchors(
+                p.x_train, lambda x: _run_onnx(trained.classifier_onnx, x), count=cfg.anchors, seed=cfg.seed
             )
-            np.save(tmp / ANCHORS_FILE, codes, allow_pickle=False)
-            anchors = {"file": ANCHORS_FILE, "count": len(codes)}
-            sealed.append(ANCHORS_FILE)
+            if len(rows):
+                np.save(tmp / ANCHORS_FILE, rows, allow_pickle=False)
+                anchors = {"file": ANCHORS_FILE, "count": len(rows)}
+                sealed.append(ANCHORS_FILE)
         manifest = Manifest(
             preprocessing=p.pre,
             latent=Latent(
@@ -236,8 +237,8 @@ def write_bundle(
         if not isinstance(p.pre, ImagePreprocessor):
             # The quality gate: the bundle just written explains the validation rows.
             held = trained.validation_rows
-            x_q, rows = (p.x_test, "held-out") if held is None else (p.x_train[held], "validation")
-            report["quality"] = measure_quality(tmp, x_q, rows)
+            x_q, which = (p.x_test, "held-out") if held is None else (p.x_train[held], "validation")
+            report["quality"] = measure_quality(tmp, x_q, which)
         report["warnings"] = gate_warnings(report)
         manifest = _seal(tmp, manifest, report, sealed)
     return TrainResult(out, report, manifest)
