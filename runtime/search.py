@@ -198,7 +198,7 @@ def search(
 
     found = ~np.isnan(best_score) & (best_score < ceiling)
     over = ~np.isnan(best_score) & ~found
-    if cfg.fallback and not found.all():
+    if cfg.fallback and (not found.all() or (cfg.fallback_extrapolated and (kind == EXTRAPOLATED).any())):
         _last_resort(engine, xq, cfg, bounds, todo, found, best_code, best_score, best_alpha, kind, evals)
         over &= ~found
     idx = todo[found]
@@ -218,20 +218,28 @@ def _last_resort(
     best_alpha: np.ndarray, kind: np.ndarray, evals: np.ndarray,
 ) -> None:
     """Rows the walk missed walk toward nearby approved training rows (``gmcf.runtime.fallback``);
-    the arrays of the searched rows are updated in place where that finds a counterfactual."""
+    so do rows it answered only past mu_1 (``fallback_extrapolated``), which keep the nearer of
+    the two answers. The arrays of the searched rows are updated in place."""
     from gmcf.runtime.fallback import compact, rescue
 
-    miss = np.nonzero(~found)[0]
+    far = found & (kind == EXTRAPOLATED) if cfg.fallback_extrapolated else np.zeros_like(found)
+    miss = np.nonzero(~found | far)[0]
     b = None if bounds is None else (bounds[0][todo[miss]], bounds[1][todo[miss]])
     got = rescue(engine, xq[miss], cfg, b)
     if got is None:
         return
     evals[miss] += got.evaluations
     hit = miss[got.found]
+    # a row the walk answered past mu_1 takes the anchored answer only where it is nearer
+    walk_d = ((engine.pre.expand_code(best_code[hit]) - xq[hit]) ** 2).sum(1)
+    new_d = ((got.cf[got.found] - xq[hit]) ** 2).sum(1)
+    take = ~found[hit] | (new_d < walk_d)
+    got_idx = np.nonzero(got.found)[0][take]
+    hit = hit[take]
     found[hit] = True
-    best_code[hit] = compact(engine.pre, got.cf[got.found])
-    best_score[hit] = got.cf_score[got.found]
-    best_alpha[hit] = got.alpha[got.found]
+    best_code[hit] = compact(engine.pre, got.cf[got_idx])
+    best_score[hit] = got.cf_score[got_idx]
+    best_alpha[hit] = got.alpha[got_idx]
     kind[hit] = ANCHORED
 
 

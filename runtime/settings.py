@@ -37,6 +37,9 @@ class RunSettings:
     for rows the walk misses; a bundle without anchors has none."""
     fallback_neighbours: int = 8
     fallback_steps: int = 8
+    fallback_extrapolated: bool = True
+    """Also run the last resort for rows the walk answered only past mu_1 (``extrapolated``),
+    keeping the nearer answer."""
 
     @property
     def score_ceiling(self) -> float:

@@ -71,13 +71,15 @@ def test_rescue_returns_approved_rows_on_the_anchor_paths(gbm_bundle: Path) -> N
     assert ((got.alpha[got.found] > 0) & (got.alpha[got.found] <= 1)).all()
     k, steps = b.search.fallback_neighbours, b.search.fallback_steps
     assert (got.evaluations >= k * steps).all()
-    # never further from the query than the nearest anchor's own decoding (the end of its path),
-    # and nearer on average
+    # never further from the query than the nearest approved anchor (a candidate itself)
     anchors = engine.anchors
+    assert anchors is not None
     d_anchor = np.sqrt(((rejected[:, None, :] - anchors.rows[None]) ** 2).sum(-1)).min(1)[got.found]
     d_cf = np.sqrt(((cf - rejected[got.found]) ** 2).sum(1))
     assert (d_cf <= d_anchor + 1e-5).all()
-    assert d_cf.mean() < d_anchor.mean()
+    # anchors are approved training rows of the bundle's own split, scored by its f
+    np.testing.assert_allclose(engine.score(anchors.rows), anchors.score)
+    assert (anchors.score >= 0.5).all()
 
 
 def test_rescue_keeps_the_constraints(gbm_bundle: Path) -> None:
@@ -94,32 +96,47 @@ def test_rescue_keeps_the_constraints(gbm_bundle: Path) -> None:
     assert (engine.score(got.cf[hit]) >= 0.5).all()
 
 
-def test_anchored_search_only_adds_rows_the_walk_missed(gbm_bundle: Path) -> None:
+def test_anchored_search_adds_rows_the_walk_missed_and_nearer_answers(gbm_bundle: Path) -> None:
     table, _ = held_out(gbm_bundle)
     on = Explainer.from_bundle(gbm_bundle).explain(table)
     off = Explainer.from_bundle(gbm_bundle, fallback=False).explain(table)
+    only_missed = Explainer.from_bundle(gbm_bundle, fallback_extrapolated=False).explain(table)
     st_on = np.array(on.column("status").to_pylist())
     st_off = np.array(off.column("status").to_pylist())
     kind_on = np.array([k or "" for k in on.column("search").to_pylist()])
-    walk = st_off == "found"
-    # the walk's answers are untouched
-    assert (st_on[walk] == "found").all()
+    kind_off = np.array([k or "" for k in off.column("search").to_pylist()])
+    l2_on = on.column("proximity_l2").to_numpy(zero_copy_only=False)
+    l2_off = off.column("proximity_l2").to_numpy(zero_copy_only=False)
+    assert "anchored" not in set(kind_off)
+    # the walk's answers before mu_1 are untouched
+    near = np.nonzero((st_off == "found") & (kind_off != "extrapolated"))[0]
     for col in ("cf_fico", "cf_purpose", "alpha", "search"):
-        assert on.column(col).take(np.nonzero(walk)[0]).to_pylist() == off.column(col).take(np.nonzero(walk)[0]).to_pylist()
-    assert "anchored" not in set(off.column("search").to_pylist())
-    # every row the last resort found was missed by the walk, and is labelled so
+        assert on.column(col).take(near).to_pylist() == off.column(col).take(near).to_pylist()
+    # an answer past mu_1 is kept, or replaced by a nearer anchored one
+    past = (st_off == "found") & (kind_off == "extrapolated")
+    assert past.any()
+    kept = past & (kind_on == "extrapolated")
+    swapped = past & (kind_on == "anchored")
+    assert (kept | swapped)[past].all()
+    assert swapped.any() and (l2_on[swapped] < l2_off[swapped]).all()
+    np.testing.assert_array_equal(l2_on[kept], l2_off[kept])
+    # every row the walk missed and the last resort found is labelled so
     rescued = (st_on == "found") & (st_off == "not_found")
     assert rescued.sum() > 0
     assert (kind_on[rescued] == "anchored").all()
-    assert set(np.nonzero(kind_on == "anchored")[0]) == set(np.nonzero(rescued)[0])
-    # and is approved by the bundle's own f, read back from the output's raw columns
+    # without fallback_extrapolated only missed rows are rescued
+    kind_missed = np.array([k or "" for k in only_missed.column("search").to_pylist()])
+    assert set(np.nonzero(kind_missed == "anchored")[0]) == set(np.nonzero(rescued)[0])
+    # each anchored answer is approved by the bundle's own f, read back from the raw columns
     ex = Explainer.from_bundle(gbm_bundle)
     pre = ex.bundle.preprocessor
-    cf = on.take(np.nonzero(rescued)[0]).select([f"cf_{n}" for n in pre.names]).rename_columns(pre.names)
+    anchored = np.nonzero(kind_on == "anchored")[0]
+    cf = on.take(anchored).select([f"cf_{n}" for n in pre.names]).rename_columns(pre.names)
     x_cf, _ = pre.transform(cf)
     assert (ex.engine.score(x_cf) >= 0.5).all()
-    evals = on.column("evaluations").to_numpy(zero_copy_only=False)
-    assert (evals[rescued] > np.array(off.column("evaluations").to_numpy(zero_copy_only=False))[rescued]).all()
+    evals_on = on.column("evaluations").to_numpy(zero_copy_only=False)
+    evals_off = off.column("evaluations").to_numpy(zero_copy_only=False)
+    assert (evals_on[rescued] > evals_off[rescued]).all()
 
 
 def test_a_bundle_without_anchors_searches_as_before(gbm_bundle: Path, tmp_path: Path) -> None:
