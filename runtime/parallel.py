@@ -16,7 +16,7 @@ import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +60,7 @@ def auto_workers(src: str | Path, batch_size: int) -> int:
     return max(1, min(cores, -(-rows // max(batch_size, 1))))
 
 
-def process_pool(ex: Explainer, workers: int) -> Callable[[], Any]:
+def process_pool(ex: Explainer, workers: int) -> Callable[[], AbstractContextManager[BatchMap]]:
     """A factory of the pool's batch map, for ``run.explain_file``."""
 
     @contextmanager

@@ -28,6 +28,7 @@ from gmcf.runtime.constraints import Constraints
 from gmcf.runtime.encode import Encoded
 from gmcf.runtime.engine import Engine as Engine
 from gmcf.runtime.manifest import Latent
+from gmcf.runtime.schema import ImagePreprocessor
 from gmcf.runtime.settings import RunSettings
 from gmcf.runtime.status import ALREADY as ALREADY
 from gmcf.runtime.status import ANCHORED as ANCHORED
@@ -296,8 +297,7 @@ def search_batch(
 
 
 def chunk_for(engine: Engine) -> int:
-    from gmcf.runtime.schema import ImagePreprocessor
-
+    """Queries per call of the engine's fused graph."""
     return search_chunk(engine.pre.width, isinstance(engine.pre, ImagePreprocessor))
 
 

@@ -64,6 +64,20 @@ RUNS = (
 )
 
 
+#: The Python API on the first 20,000 Adult queries: an Arrow table and, when pandas is there, a
+#: DataFrame (with constraints and K = 2), each written with pyarrow's defaults.
+API = """
+import sys
+import pyarrow.parquet as pq
+from gmcf.runtime import Explainer
+queries, out = sys.argv[1], sys.argv[2]
+table = pq.read_table(queries).slice(0, 20_000)
+pq.write_table(Explainer.from_bundle(sys.argv[3]).explain(table, id_column="id"), out + "/api-arrow.parquet")
+ex = Explainer.from_bundle(sys.argv[3], num_cfs=2, constraints={"age": {"direction": "increase"}})
+pq.write_table(ex.explain(table.to_pandas(), id_column="id"), out + "/api-pandas.parquet")
+"""
+
+
 def write_queries(folder: Path) -> None:
     from gmcf.datasets import load_dataset
 
@@ -119,6 +133,10 @@ def run_all(queries: Path, out: Path, exe: Path) -> None:
         if res.returncode != 0:
             sys.exit(f"{name}: explain failed:\n{res.stderr}")
         print(f"{name}: {res.stdout.splitlines()[0]}")
+    api = [str(py), "-c", API, str(queries / "adult.parquet"), str(out), f"{exported}/adult"]
+    res = subprocess.run(api, capture_output=True, text=True)
+    if res.returncode != 0:
+        sys.exit(f"Python API run failed:\n{res.stderr}")
 
 
 def sha256(path: Path) -> str:
@@ -127,7 +145,7 @@ def sha256(path: Path) -> str:
 
 def compare(a: Path, b: Path) -> int:
     failures = 0
-    for name, _, _ in RUNS:
+    for name in [*(run[0] for run in RUNS), "api-arrow", "api-pandas"]:
         pa_, pb = a / f"{name}.parquet", b / f"{name}.parquet"
         ta, tb = pq.read_table(pa_), pq.read_table(pb)
         same_table = ta.schema.equals(tb.schema) and ta.equals(tb)
