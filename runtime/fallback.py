@@ -155,7 +155,9 @@ def rescue(
     # The nearest approved anchors, by L2 in the model's input space.
     a_rows = anchors.rows[usable]
     d2 = (x**2).sum(1)[:, None] - 2.0 * x @ a_rows.T + (a_rows**2).sum(1)[None, :]
-    near = usable[np.argsort(d2, axis=1, kind="stable")[:, :k]]  # [m, k]
+    part = np.argpartition(d2, k - 1, axis=1)[:, :k] if k < usable.size else np.tile(np.arange(k), (m, 1))
+    order = np.argsort(np.take_along_axis(d2, part, axis=1), axis=1, kind="stable")
+    near = usable[np.take_along_axis(part, order, axis=1)]  # [m, k], nearest first
     zq = engine.run("encoder", {"x": x})
     zuq = engine.run("encoder_u", {"x": x})
     pair_q = np.repeat(np.arange(m), k)  # query of each (query, anchor) pair
