@@ -78,6 +78,7 @@ def explain(
     steps: Annotated[int | None, typer.Option(help="Points on the alpha grid in (0, 1].")] = None,
     refine: Annotated[bool | None, typer.Option("--refine/--no-refine", help="Bisect a crossing that overshoots T + tol.")] = None,
     extrapolate: Annotated[bool | None, typer.Option("--extrapolate/--no-extrapolate", help="Walk past mu_1 when the path never crosses T.")] = None,
+    fallback: Annotated[bool | None, typer.Option("--fallback/--no-fallback", help="Last resort for rows the walk misses: walk toward nearby approved training rows (search `anchored`).")] = None,
     batch_size: Annotated[int | None, typer.Option(help=f"Rows read, searched and written at a time \\[default: {DEFAULT_BATCH_SIZE:,} tabular rows; ~2,700 images].")] = None,
     threads: Annotated[int, typer.Option(help="onnxruntime intra-op threads per worker.")] = 1,
     workers: Annotated[int, typer.Option(help="Worker processes [default 0: one per core, at most one per batch].")] = 0,
@@ -121,7 +122,7 @@ def explain(
                                     threads=threads, workers=workers, id_column=id_column, num_cfs=num_cfs,
                                     constraints=constraints, immutable=immutable, increase_only=increase_only,
                                     decrease_only=decrease_only, range_=range_, allow=allow, range_margin=range_margin,
-                                    resume=resume, revert=revert)
+                                    resume=resume, revert=revert, fallback=fallback)
             status, code, message = "ok", 0, None
         except GmcfError as exc:
             status, code, message, summary = "error", 1, str(exc), None
@@ -158,7 +159,7 @@ def _explain_file(
     threads: int, workers: int, id_column: str | None, num_cfs: int, constraints: Path | None,
     immutable: list[str] | None, increase_only: list[str] | None, decrease_only: list[str] | None,
     range_: list[str] | None, allow: list[str] | None, range_margin: float | None, resume: bool = False,
-    revert: bool = True,
+    revert: bool = True, fallback: bool | None = None,
 ) -> Summary:
     """The explain run itself; raises GmcfError (one line) or Stopped."""
     from gmcf.runtime import publish
@@ -182,7 +183,7 @@ def _explain_file(
     ))
     ex = Explainer.from_bundle(bundle, threads=threads, constraints=wanted, num_cfs=num_cfs, threshold=threshold,
                                tol=tol, steps=steps, refine=refine, extrapolate=extrapolate,
-                               range_margin=range_margin, revert=revert)
+                               range_margin=range_margin, revert=revert, fallback=fallback)
     record.manifest = ex.bundle.manifest
     batch = batch_size_for(batch_size, ex.bundle.preprocessor.width)
     if folder:
@@ -219,7 +220,8 @@ def _explain_file(
 @app.command()
 def inspect(
     bundle: Annotated[Path, typer.Argument(help="Bundle folder.")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print the manifest and report as JSON.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the manifest, report and warnings as JSON.")] = False,
+    strict: Annotated[bool, typer.Option(help="Exit with status 3 when the training report has warnings.")] = False,
 ) -> None:
     """Print a bundle's manifest and training report (after verifying its checksums)."""
     from gmcf.runtime.bundle import load_bundle
@@ -228,8 +230,10 @@ def inspect(
         b = load_bundle(bundle)
     except GmcfError as exc:
         fail(str(exc))
+    warnings = list(b.report.get("warnings", []))
     if as_json:
-        out.print_json(json.dumps({"manifest": b.manifest.to_dict(), "report": b.report}))
+        out.print_json(json.dumps({"manifest": b.manifest.to_dict(), "report": b.report, "warnings": warnings}))
+        _strict_exit(strict, warnings)
         return
     m, r = b.manifest, b.report
     pre = b.preprocessor
@@ -243,9 +247,28 @@ def inspect(
     out.print(f"search defaults: {b.search.to_dict()}", highlight=False)
     if r:
         out.print(_report_lines(r), highlight=False)
+    _print_warnings(warnings)
+    _strict_exit(strict, warnings)
+
+
+#: Exit status of ``train --strict`` and ``inspect --strict`` when the report has warnings.
+WARNING_EXIT = 3
+
+
+def _print_warnings(warnings: list[str]) -> None:
+    for w in warnings:
+        err.print(f"[bold yellow]warning:[/] {escape(w)}", highlight=False, soft_wrap=True)
+
+
+def _strict_exit(strict: bool, warnings: list[str]) -> None:
+    if strict and warnings:
+        err.print(f"--strict: {len(warnings)} warning(s)", highlight=False)
+        raise typer.Exit(WARNING_EXIT)
 
 
 def _report_lines(r: dict[str, Any]) -> str:
+    from gmcf.trainer.quality import quality_lines
+
     probe = r["z_u_probe"]
     return "\n".join([
         f"classifier: accuracy {r['classifier']['accuracy']:.3f}, balanced accuracy {r['classifier']['balanced_accuracy']:.3f} (held out)",
@@ -253,6 +276,7 @@ def _report_lines(r: dict[str, Any]) -> str:
         f"z_u probe balanced accuracy {probe['balanced_accuracy']:.3f} (0.5 = no leakage; majority rate {probe['majority_rate']:.3f})",
         f"reconstruction MSE {r['reconstruction_mse']:.5f}; training {r['seconds']:.0f} s on {r['rows']['train']:,} rows",
         *_parity_line(r['classifier'].get('user_model', {}).get('parity')),
+        *quality_lines(r),
     ])
 
 
@@ -278,6 +302,7 @@ def train(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     threads: Annotated[int, typer.Option(help="torch threads.")] = 1,
     force: Annotated[bool, typer.Option(help="Replace OUTPUT if it exists.")] = False,
+    strict: Annotated[bool, typer.Option(help="Exit with status 3 when the quality gate warns (the bundle is still written).")] = False,
 ) -> None:
     """Train the classifier (unless given) and the explainer; export an ONNX bundle."""
     try:
@@ -331,6 +356,9 @@ def train(
         fail(str(exc))
     out.print(f"wrote bundle {result.path}", highlight=False, markup=False, soft_wrap=True)
     out.print(_report_lines(result.report), highlight=False, markup=False, soft_wrap=True)
+    warnings = list(result.report.get("warnings", []))
+    _print_warnings(warnings)
+    _strict_exit(strict, warnings)
 
 
 @app.command()

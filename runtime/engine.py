@@ -4,12 +4,17 @@ probed once (one query, two alphas) for the shape of what it returns."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import onnxruntime as ort
 
 from gmcf.runtime.bundle import Bundle, check_graph_signature
 from gmcf.runtime.errors import BundleError
 from gmcf.runtime.settings import check_threads
+
+if TYPE_CHECKING:
+    from gmcf.runtime.fallback import Anchors
 
 
 def open_session(path: str, threads: int) -> ort.InferenceSession:
@@ -41,6 +46,23 @@ class Engine:
             )
         self.mu_1 = np.asarray(bundle.mu_1, dtype=np.float32)
         self._probe("search")
+        self._anchors: Anchors | None = None
+        self._anchors_loaded = False
+
+    @property
+    def anchors(self) -> Anchors | None:
+        """The bundle's anchors for the last-resort search (``gmcf.runtime.fallback``), loaded
+        on first use; None when the bundle carries none."""
+        if not self._anchors_loaded:
+            from gmcf.runtime.fallback import load_anchors
+
+            self._anchors = load_anchors(self)
+            self._anchors_loaded = True
+        return self._anchors
+
+    def run(self, name: str, feed: dict[str, np.ndarray]) -> np.ndarray:
+        """The first output of one of the bundle's graphs (opened on first use)."""
+        return np.asarray(self._open(name).run(None, feed)[0], dtype=np.float32)
 
     def _open(self, name: str) -> ort.InferenceSession:
         if name not in self.sessions:

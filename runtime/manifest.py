@@ -85,6 +85,9 @@ class Manifest:
     train_config: dict[str, Any] = field(default_factory=dict)
     classifier: str | None = None
     constraints: dict[str, Any] = field(default_factory=dict)
+    anchors: dict[str, Any] = field(default_factory=dict)
+    """The last-resort search's anchors (``gmcf.runtime.fallback``): ``file`` and ``count``;
+    empty when the bundle carries none."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -108,6 +111,8 @@ class Manifest:
         }
         if self.constraints:
             out["constraints"] = self.constraints
+        if self.anchors:
+            out["anchors"] = self.anchors
         return {**out, **self.extra}
 
     @classmethod
@@ -155,6 +160,7 @@ class Manifest:
             "graphs",
             "files",
             "constraints",
+            "anchors",
         }
         schema = d.get("schema") or {}
         try:
@@ -175,6 +181,7 @@ class Manifest:
                 train_config=dict(d.get("train_config") or {}),
                 classifier=d.get("classifier"),
                 constraints=dict(d.get("constraints") or {}),
+                anchors=dict(d.get("anchors") or {}),
                 extra={k: v for k, v in d.items() if k not in known},
             )
         except (KeyError, TypeError, ValueError) as exc:

@@ -11,6 +11,8 @@ each visible in the row's ``search`` column:
   within tol.
 - ``extrapolated``: the path to mu_1 never crossed T; the walk continues past mu_1 up to
   ``max_alpha``.
+- ``anchored``: the last resort (``gmcf.runtime.fallback``): the row still has no counterfactual,
+  and a walk toward the latent codes of nearby approved training rows found one.
 
 ``search_batch`` runs it over an encoded batch (in chunks, within the run's constraints and, for
 K options per query, along several walks) and hands a ``BatchResult`` to the decode step.
@@ -29,6 +31,7 @@ from gmcf.runtime.manifest import Latent
 from gmcf.runtime.schema import ImagePreprocessor
 from gmcf.runtime.settings import RunSettings
 from gmcf.runtime.status import ALREADY as ALREADY
+from gmcf.runtime.status import ANCHORED as ANCHORED
 from gmcf.runtime.status import EXTRAPOLATED as EXTRAPOLATED
 from gmcf.runtime.status import FOUND as FOUND
 from gmcf.runtime.status import GRID as GRID
@@ -198,6 +201,9 @@ def search(
 
     found = ~np.isnan(best_score) & (best_score < ceiling)
     over = ~np.isnan(best_score) & ~found
+    if cfg.fallback and (not found.all() or (cfg.fallback_extrapolated and (kind == EXTRAPOLATED).any())):
+        _last_resort(engine, xq, cfg, bounds, todo, found, best_code, best_score, best_alpha, kind, evals)
+        over &= ~found
     idx = todo[found]
     res.status[idx] = FOUND
     res.kind[idx] = kind[found]
@@ -207,6 +213,37 @@ def search(
     res.overshoot[todo[over]] = best_score[over]
     res.evaluations[todo] = evals
     return res
+
+
+def _last_resort(
+    engine: Engine, xq: np.ndarray, cfg: RunSettings, bounds: tuple[np.ndarray, np.ndarray] | None,
+    todo: np.ndarray, found: np.ndarray, best_code: np.ndarray, best_score: np.ndarray,
+    best_alpha: np.ndarray, kind: np.ndarray, evals: np.ndarray,
+) -> None:
+    """Rows the walk missed walk toward nearby approved training rows (``gmcf.runtime.fallback``);
+    so do rows it answered only past mu_1 (``fallback_extrapolated``), which keep the nearer of
+    the two answers. The arrays of the searched rows are updated in place."""
+    from gmcf.runtime.fallback import compact, rescue
+
+    far = found & (kind == EXTRAPOLATED) if cfg.fallback_extrapolated else np.zeros_like(found)
+    miss = np.nonzero(~found | far)[0]
+    b = None if bounds is None else (bounds[0][todo[miss]], bounds[1][todo[miss]])
+    got = rescue(engine, xq[miss], cfg, b)
+    if got is None:
+        return
+    evals[miss] += got.evaluations
+    hit = miss[got.found]
+    # a row the walk answered past mu_1 takes the anchored answer only where it is nearer
+    walk_d = ((engine.pre.expand_code(best_code[hit]) - xq[hit]) ** 2).sum(1)
+    new_d = ((got.cf[got.found] - xq[hit]) ** 2).sum(1)
+    take = ~found[hit] | (new_d < walk_d)
+    got_idx = np.nonzero(got.found)[0][take]
+    hit = hit[take]
+    found[hit] = True
+    best_code[hit] = compact(engine.pre, got.cf[got_idx])
+    best_score[hit] = got.cf_score[got_idx]
+    best_alpha[hit] = got.alpha[got_idx]
+    kind[hit] = ANCHORED
 
 
 @dataclass

@@ -32,6 +32,14 @@ class RunSettings:
     refine_rounds: int = 3
     extrapolate: bool = True
     max_alpha: float = 2.0
+    fallback: bool = True
+    """The last-resort search toward nearby approved training rows (``gmcf.runtime.fallback``)
+    for rows the walk misses; a bundle without anchors has none."""
+    fallback_neighbours: int = 8
+    fallback_steps: int = 8
+    fallback_extrapolated: bool = True
+    """Also run the last resort for rows the walk answered only past mu_1 (``extrapolated``),
+    keeping the nearer answer."""
 
     @property
     def score_ceiling(self) -> float:
@@ -57,6 +65,8 @@ class RunSettings:
             raise GmcfError("refine_points must be >= 1 and refine_rounds >= 0")
         if self.max_alpha < 1.0:
             raise GmcfError(f"max_alpha must be at least 1, got {self.max_alpha}")
+        if self.fallback_neighbours < 1 or self.fallback_steps < 1:
+            raise GmcfError("fallback_neighbours and fallback_steps must be at least 1")
         return self
 
     def override(self, overrides: Mapping[str, Any]) -> RunSettings:

@@ -17,8 +17,8 @@ import numpy as np
 STATUSES = ("found", "already_target", "not_found", "invalid")
 FOUND, ALREADY, NOT_FOUND, INVALID = range(4)
 #: How a counterfactual was found; -1 where none was.
-SEARCH_KINDS = ("grid", "refined", "extrapolated")
-GRID, REFINED, EXTRAPOLATED = range(3)
+SEARCH_KINDS = ("grid", "refined", "extrapolated", "anchored")
+GRID, REFINED, EXTRAPOLATED, ANCHORED = range(4)
 
 NEVER_CROSSED = "the path never crossed the threshold"
 WITHIN_CONSTRAINTS = " within the constraints"

@@ -61,6 +61,19 @@ class TrainConfig:
     validation_size: float = 0.1
     """Share of the training rows held out of Algorithm 1 for model selection."""
     test_size: float = 0.2
+    lambda_tie: float = 0.0
+    """Weight of the term tying the decodings at each class mean to that class
+    (``gmcf.trainer.levers.tie_loss``; 0 = the paper's model)."""
+    tie_judge: str = "posterior"
+    """Who reads the decodings for ``lambda_tie``: ``posterior`` (the mixture posterior of their
+    re-encoding) or ``surrogate`` (a differentiable stand-in for f)."""
+    anchors: int = 4096
+    """Approved training rows (a seeded sample, model space) the bundle carries for the
+    last-resort search (``gmcf.runtime.fallback``); 0 ships none, and no last resort."""
+    select_by: str = "leakage"
+    """Checkpoint selection: ``leakage`` (least z_u leakage among checkpoints whose GM posterior
+    agrees with f) or ``walk`` (validity, then proximity, of the walk on validation rows f
+    rejects, scored by f: ``gmcf.trainer.levers.walk_check``)."""
     seed: int = 0
     threads: int = 1
 
@@ -144,8 +157,10 @@ def alternating_step(
     batch_a: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
     batch_b: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
     cfg: TrainConfig,
+    judge: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, float]:
-    """One iteration of Algorithm 1 (lines 3-9). Each batch is (x, y_hat, class weights)."""
+    """One iteration of Algorithm 1 (lines 3-9). Each batch is (x, y_hat, class weights).
+    With ``cfg.lambda_tie`` > 0 and a ``judge``, step (b) adds the tie term (trainer/levers.py)."""
     x, y, w = batch_a
     # line 4: the adversary learns to read y_hat from z_u (z_u frozen).
     with torch.no_grad():
@@ -180,6 +195,10 @@ def alternating_step(
         total = l_rec + cfg.lambda_lkd * l_lkd_b - cfg.lambda_adv * l_adv_b
     if cfg.lambda_mmd > 0:
         total = total + cfg.lambda_mmd * mmd_between_classes(zu, y)
+    if cfg.lambda_tie > 0 and judge is not None:
+        from gmcf.trainer.levers import tie_loss
+
+        total = total + cfg.lambda_tie * tie_loss(model, zu, judge, w)
     opt_ae.zero_grad()
     total.backward()
     opt_ae.step()
@@ -244,6 +263,8 @@ def fit_gmcf(
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
     validation: tuple[np.ndarray, np.ndarray] | None = None,
     networks: Callable[[], tuple[torch.nn.Module, torch.nn.Module, torch.nn.Module]] | None = None,
+    judge: Callable[[GMCF], Callable[[torch.Tensor], torch.Tensor]] | None = None,
+    walk: Callable[[GMCF], dict[str, float]] | None = None,
 ) -> tuple[GMCF, History]:
     """Algorithm 1 on (x, y_hat): the classifier's labels, not the ground truth.
 
@@ -253,7 +274,8 @@ def fit_gmcf(
     the adversarial game does not converge, and z_u's leakage swings from epoch to epoch.
 
     ``networks`` builds (encoder, encoder_u, decoder) after seeding, in place of the tabular
-    MLPs (see ``GMCF``)."""
+    MLPs (see ``GMCF``). ``judge(model)`` builds the judge of the tie term; ``walk(model)``
+    gives the figures of ``select_by = "walk"`` (both in trainer/levers.py)."""
     seed_everything(cfg.seed)
     xt = torch.from_numpy(x)
     yt = torch.from_numpy(y_hat.astype(np.float32))
@@ -264,6 +286,7 @@ def fit_gmcf(
         None if networks is None else networks(),
     )
     opts = make_optimizers(model, cfg)
+    tie_judge = judge(model) if judge is not None and cfg.lambda_tie > 0 else None
     w_all = class_weights(yt)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     hist = History()
@@ -275,7 +298,7 @@ def fit_gmcf(
         sums: dict[str, float] = {}
         for ia, ib in zip(order_a, order_b, strict=True):
             out = alternating_step(
-                model, *opts, (xt[ia], yt[ia], w_all[ia]), (xt[ib], yt[ib], w_all[ib]), cfg
+                model, *opts, (xt[ia], yt[ia], w_all[ia]), (xt[ib], yt[ib], w_all[ib]), cfg, tie_judge
             )
             for k, v in out.items():
                 sums[k] = sums.get(k, 0.0) + v
@@ -286,6 +309,13 @@ def fit_gmcf(
             model.eval()
             sub = fit_rows[: min(len(fit_rows), 8000)]
             check = checkpoint_score(model, x[sub], y_hat[sub], validation[0], validation[1], cfg.seed)
+            if walk is not None and cfg.select_by == "walk":
+                check.update(walk(model))
+                # the real objective: validity first, then proximity; the GM must still agree
+                check["score"] = (
+                    (1.0 - check["walk_validity"]) + 0.1 * check["walk_l2"]
+                    + 10 * max(0.0, 0.9 - check["agreement"])
+                )
             model.train()
             hist.checks.append({"epoch": done, **check})
             if best is None or check["score"] < best[0]:

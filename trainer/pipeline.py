@@ -8,7 +8,7 @@ import platform
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -25,6 +25,7 @@ from gmcf.runtime.manifest import Latent, Manifest
 from gmcf.runtime.schema import ImagePreprocessor, Preprocessor
 from gmcf.runtime.settings import RunSettings
 from gmcf.runtime.write import atomic_path
+from gmcf.trainer.anchors import select_anchors
 from gmcf.trainer.export import export_classifier, export_graphs, save
 from gmcf.trainer.fit import (
     TrainConfig,
@@ -34,9 +35,14 @@ from gmcf.trainer.fit import (
     train_classifier,
 )
 from gmcf.trainer.images import default_search, image_networks
+from gmcf.trainer.levers import lever_hooks
 from gmcf.trainer.model import GMCF
 from gmcf.trainer.prepare import Prepared, label_classes, prepare
+from gmcf.trainer.quality import gate_warnings, measure_quality
 from gmcf.trainer.user_model import ClassifierSpec, label_with_user_model, load_model_file
+
+#: The last-resort search's anchors in a bundle (``gmcf.runtime.fallback``).
+ANCHORS_FILE = "anchors.npy"
 
 
 @dataclass
@@ -119,6 +125,9 @@ class Trained:
     model: GMCF
     y_hat_train: np.ndarray
     report: dict[str, Any]
+    validation_rows: np.ndarray | None = None
+    """Indices into ``prepared.x_train`` of the rows held out of Algorithm 1 for model
+    selection (None when there are none); the quality gate explains them."""
 
 
 def load_classifier(classifier: Path) -> onnx.ModelProto:
@@ -165,14 +174,16 @@ def train_models(
 
     fit_idx = np.arange(len(p.x_train))
     validation = None
+    val_idx = None
     if cfg.select_every > 0 and cfg.validation_size > 0:
         perm = np.random.default_rng(cfg.seed + 3).permutation(len(p.x_train))
         n_val = max(1, round(len(perm) * cfg.validation_size))
         val_idx, fit_idx = np.sort(perm[:n_val]), np.sort(perm[n_val:])
         validation = (p.x_train[val_idx], y_hat[val_idx])
+    judge, walk = lever_hooks(cfg, p.pre, clf, clf_onnx, p.x_train[fit_idx], f_train[fit_idx], validation)
     model, hist = fit_gmcf(
         p.x_train[fit_idx], y_hat[fit_idx], p.pre.n_numeric, p.pre.cat_sizes, cfg, on_epoch, validation,
-        networks_for(p.pre, cfg),
+        networks_for(p.pre, cfg), judge, walk,
     )
     cb.stage("report", 1)
     report = build_report(model, p, f_train, f_test, hist.losses, cfg, time.time() - t0)
@@ -185,7 +196,7 @@ def train_models(
         "checks": [{k: round(v, 4) for k, v in c.items()} for c in hist.checks],
     }
     cb.advance("report")
-    return Trained(p, clf_onnx, clf, model, y_hat, report)
+    return Trained(p, clf_onnx, clf, model, y_hat, report, val_idx)
 
 
 def write_bundle(
@@ -196,7 +207,16 @@ def write_bundle(
     with atomic_path(out, folder=True) as tmp:
         graphs = export_graphs(model, p.pre, trained.classifier_onnx, trained.classifier)
         files = save(graphs, tmp)
-        (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        anchors: dict[str, Any] = {}
+        sealed = [*files.values(), "report.json"]
+        if not isinstance(p.pre, ImagePreprocessor):
+            rows = select_anchors(
+                p.x_train, lambda x: _run_onnx(trained.classifier_onnx, x), count=cfg.anchors, seed=cfg.seed
+            )
+            if len(rows):
+                np.save(tmp / ANCHORS_FILE, rows, allow_pickle=False)
+                anchors = {"file": ANCHORS_FILE, "count": len(rows)}
+                sealed.append(ANCHORS_FILE)
         manifest = Manifest(
             preprocessing=p.pre,
             latent=Latent(
@@ -207,7 +227,7 @@ def write_bundle(
             ),
             search=RunSettings().override(default_search(ds.schema)),
             graphs={name: files[name] for name in GRAPHS},
-            files={fname: sha256_file(tmp / fname) for fname in [*files.values(), "report.json"]},
+            files={},
             dataset=ds.name,
             label=ds.schema.label,
             positive_class=ds.schema.positive_class,
@@ -216,9 +236,25 @@ def write_bundle(
             producer=_versions(),
             train_config=cfg.to_dict(),
             classifier="user" if user_classifier else "reference-mlp",
+            anchors=anchors,
         )
-        (tmp / MANIFEST).write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
+        manifest = _seal(tmp, manifest, report, sealed)
+        if not isinstance(p.pre, ImagePreprocessor):
+            # The quality gate: the bundle just written explains the validation rows.
+            held = trained.validation_rows
+            x_q, which = (p.x_test, "held-out") if held is None else (p.x_train[held], "validation")
+            report["quality"] = measure_quality(tmp, x_q, which)
+        report["warnings"] = gate_warnings(report)
+        manifest = _seal(tmp, manifest, report, sealed)
     return TrainResult(out, report, manifest)
+
+
+def _seal(folder: Path, manifest: Manifest, report: dict[str, Any], files: list[str]) -> Manifest:
+    """Write report.json, then the manifest with the sha256 of every file in ``files``."""
+    (folder / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    manifest = replace(manifest, files={fname: sha256_file(folder / fname) for fname in files})
+    (folder / MANIFEST).write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
+    return manifest
 
 
 def train_bundle(

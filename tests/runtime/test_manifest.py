@@ -88,7 +88,8 @@ def test_manifest_lists_the_sha256_of_every_file(bundle: Path) -> None:
     m = manifest_of(bundle)
     on_disk = {p.name for p in bundle.iterdir()} - {MANIFEST}
     assert set(m["files"]) == on_disk
-    assert {f"{g}.onnx" for g in GRAPHS} | {"report.json"} == on_disk
+    assert {f"{g}.onnx" for g in GRAPHS} | {"report.json", "anchors.npy"} == on_disk
+    assert m["anchors"]["file"] == "anchors.npy"
     for fname, digest in m["files"].items():
         assert hashlib.sha256((bundle / fname).read_bytes()).hexdigest() == digest, fname
     assert m["graphs"] == {g: f"{g}.onnx" for g in GRAPHS}

@@ -1,0 +1,238 @@
+"""The last-resort search: a query whose walk toward mu_1 never crossed the threshold walks toward
+nearby approved training rows instead (search kind ``anchored``).
+
+A bundle may carry ``anchors.npy``: a seeded sample of the training rows that f approves, in
+the model's input space (``TrainConfig.anchors`` rows at most; 0 ships none). For a missed
+query x_q with codes (z_q, z_u,q) the runtime takes the ``fallback_neighbours`` anchors nearest
+to it (L2 in the model's input space, among those f scores in [T, T + tol)) and, for each
+anchor x_a with codes (z_a, z_u,a) = (E(x_a), E_u(x_a)), decodes
+
+    D((1 - a) z_q + a z_a, (1 - a) z_u,q + a z_u,a)
+
+on ``fallback_steps`` points a in (0, 1], hard-decoded (and bounded by the constraints) exactly
+like the main search, scored by f. Both latents move: where z_u carries label information the
+walk in z alone cannot flip f, but a walk to an approved row's full code ends near that row.
+The anchor row itself (bounded by the constraints) is a candidate too, at a = 1. Of all
+candidates with T <= f < T + tol the one nearest to the query is returned (a path may wander
+off before it reaches its end, so the first crossing is not always the nearest); when the grid
+point before it was no counterfactual, that interval is subdivided once (``refine_points``).
+Encoding, decoding and scoring use the bundle's own ``encoder``, ``encoder_u``, ``decoder`` and
+``classifier`` graphs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from gmcf.runtime.errors import BundleError
+
+if TYPE_CHECKING:
+    from gmcf.runtime.engine import Engine
+    from gmcf.runtime.schema import Preprocessor
+    from gmcf.runtime.settings import RunSettings
+
+#: Candidates decoded per call (queries x anchors x alphas).
+CALL_ROWS = 16384
+
+
+@dataclass
+class Anchors:
+    """Approved training rows, their latent codes and f's scores of them."""
+
+    z: np.ndarray  # [n, d]
+    zu: np.ndarray  # [n, d_u]
+    rows: np.ndarray  # [n, F] model space
+    score: np.ndarray  # [n] f(rows)
+
+
+@dataclass
+class Rescued:
+    """Outcome for the rows handed to ``rescue`` (arrays of their length)."""
+
+    found: np.ndarray  # bool
+    cf: np.ndarray  # [m, F]
+    cf_score: np.ndarray
+    alpha: np.ndarray
+    evaluations: np.ndarray
+
+
+def load_anchors(engine: Engine) -> Anchors | None:
+    """The bundle's anchors with their codes and f's scores, or None when it carries none."""
+    spec = engine.bundle.manifest.anchors
+    if not spec:
+        return None
+    path = engine.bundle.path / str(spec["file"])
+    try:
+        rows = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise BundleError(f"bundle {engine.bundle.path}: cannot read {spec['file']} ({exc})") from exc
+    if rows.ndim != 2 or rows.shape[1] != engine.pre.width:
+        raise BundleError(
+            f"bundle {engine.bundle.path}: {spec['file']} has shape {list(rows.shape)}, "
+            f"expected [rows, {engine.pre.width}]"
+        )
+    rows = np.ascontiguousarray(rows, dtype=np.float32)
+    if len(rows) == 0:
+        return None
+    z = engine.run("encoder", {"x": rows})
+    zu = engine.run("encoder_u", {"x": rows})
+    return Anchors(z, zu, rows, engine.score(rows))
+
+
+def hard_decode(
+    pre: Preprocessor, soft: np.ndarray, lower: np.ndarray | None = None, upper: np.ndarray | None = None
+) -> np.ndarray:
+    """The search graphs' hard decoding in numpy: numeric values clamped to the bounds and
+    integers rounded to their grid, each categorical block arg-maxed over its allowed categories."""
+    n = pre.n_numeric
+    out = np.zeros_like(soft, dtype=np.float32)
+    cont = soft[:, :n]
+    lo_b = np.zeros_like(cont) if lower is None else lower[:, :n]
+    up_b = np.ones_like(cont) if upper is None else upper[:, :n]
+    cont = np.minimum(np.maximum(cont, lo_b), up_b)
+    lo, hi = pre.lo_hi()
+    span = np.where(hi > lo, hi - lo, 1.0)
+    scale = np.where(pre.integer_mask(), span, 2.0**24).astype(np.float32)
+    cont = np.round(cont * scale) * (np.float32(1.0) / scale)
+    out[:, :n] = np.minimum(np.maximum(cont, lo_b), up_b)
+    offset = n
+    rows = np.arange(len(soft))
+    for k in pre.cat_sizes:
+        blk = soft[:, offset: offset + k]
+        if upper is not None:
+            blk = blk - 1e9 * (1.0 - upper[:, offset: offset + k])
+        out[rows, offset + np.argmax(blk, axis=1)] = 1.0
+        offset += k
+    return out
+
+
+def compact(pre: Preprocessor, rows: np.ndarray) -> np.ndarray:
+    """Model-space rows -> compact code (the inverse of ``Preprocessor.expand_code``)."""
+    n = pre.n_numeric
+    parts = [rows[:, :n]]
+    offset = n
+    for k in pre.cat_sizes:
+        parts.append(np.argmax(rows[:, offset: offset + k], axis=1)[:, None].astype(np.float32))
+        offset += k
+    return np.concatenate(parts, axis=1).astype(np.float32)
+
+
+def _decode_score(
+    engine: Engine, z: np.ndarray, zu: np.ndarray, lower: np.ndarray | None, upper: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    rows = np.empty((len(z), engine.pre.width), np.float32)
+    score = np.empty(len(z), np.float32)
+    for i in range(0, len(z), CALL_ROWS):
+        s = slice(i, i + CALL_ROWS)
+        soft = engine.run("decoder", {"z": z[s], "z_u": zu[s]})
+        rows[s] = hard_decode(
+            engine.pre, soft, None if lower is None else lower[s], None if upper is None else upper[s]
+        )
+        score[s] = engine.score(rows[s])
+    return rows, score
+
+
+def rescue(
+    engine: Engine,
+    x: np.ndarray,
+    cfg: RunSettings,
+    bounds: tuple[np.ndarray, np.ndarray] | None = None,
+) -> Rescued | None:
+    """Walk each row of ``x`` (model space, rows the main search missed) toward its nearest
+    anchors; None when the bundle has no anchors."""
+    anchors = engine.anchors
+    if anchors is None or len(x) == 0:
+        return None
+    m, width = x.shape
+    t, top = cfg.threshold, cfg.threshold + cfg.tol
+    usable = np.nonzero((anchors.score >= t) & (anchors.score < top))[0]
+    if usable.size == 0:
+        return None
+    k = min(cfg.fallback_neighbours, usable.size)
+    # The nearest approved anchors, by L2 in the model's input space.
+    a_rows = anchors.rows[usable]
+    d2 = (x**2).sum(1)[:, None] - 2.0 * x @ a_rows.T + (a_rows**2).sum(1)[None, :]
+    part = np.argpartition(d2, k - 1, axis=1)[:, :k] if k < usable.size else np.tile(np.arange(k), (m, 1))
+    order = np.argsort(np.take_along_axis(d2, part, axis=1), axis=1, kind="stable")
+    near = usable[np.take_along_axis(part, order, axis=1)]  # [m, k], nearest first
+    zq = engine.run("encoder", {"x": x})
+    zuq = engine.run("encoder_u", {"x": x})
+    pair_q = np.repeat(np.arange(m), k)  # query of each (query, anchor) pair
+    za, zua = anchors.z[near.reshape(-1)], anchors.zu[near.reshape(-1)]
+
+    def candidates(pairs: np.ndarray, alphas: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Rows [P, S, F], scores [P, S] and squared distances to the query [P, S] (inf where
+        the score is outside [T, T + tol)) of the pairs ``pairs`` at ``alphas`` [P, S]."""
+        s = alphas.shape[1]
+        a = alphas.reshape(-1, 1)
+        rep = np.repeat(pairs, s)
+        q = pair_q[rep]
+        rows, score = _decode_score(
+            engine, (1 - a) * zq[q] + a * za[rep], (1 - a) * zuq[q] + a * zua[rep],
+            None if bounds is None else bounds[0][q], None if bounds is None else bounds[1][q],
+        )
+        d2 = ((rows - x[q]) ** 2).sum(1)
+        d2 = np.where((score >= t) & (score < top), d2, np.inf)
+        return rows.reshape(len(pairs), s, width), score.reshape(len(pairs), s), d2.reshape(len(pairs), s)
+
+    grid = np.linspace(1.0 / cfg.fallback_steps, 1.0, cfg.fallback_steps, dtype=np.float32)
+    steps = grid.size
+    rows, score, d2 = candidates(np.arange(m * k), np.broadcast_to(grid, (m * k, steps)).copy())
+    evals = np.full(m, k * steps, np.int32)
+    # The nearest approved candidate over every anchor's path (not the first crossing: a path
+    # may wander off before it reaches the anchor's own decoding, its last point).
+    flat = d2.reshape(m, k * steps)
+    pick = flat.argmin(1)
+    found = np.isfinite(flat[np.arange(m), pick])
+    pair = np.arange(m) * k + pick // steps
+    step = pick % steps
+    best_row = rows[pair, step]
+    best_score = score[pair, step]
+    best_alpha = grid[step]
+    best_d2 = flat[np.arange(m), pick]
+    # One round of refinement between the chosen point and the grid point before it, when that
+    # one was not a counterfactual: the candidates there are closer to the query.
+    redo = np.nonzero(found & (step > 0))[0]
+    redo = redo[~np.isfinite(d2[pair[redo], step[redo] - 1])]
+    if cfg.refine and redo.size:
+        frac = np.arange(1, cfg.refine_points + 1, dtype=np.float32) / (cfg.refine_points + 1)
+        lo = grid[step[redo] - 1]
+        alphas = (lo[:, None] + (grid[step[redo]] - lo)[:, None] * frac[None, :]).astype(np.float32)
+        r_rows, r_score, r_d2 = candidates(pair[redo], alphas)
+        j = r_d2.argmin(1)
+        i = np.arange(redo.size)
+        better = r_d2[i, j] < best_d2[redo]
+        w = redo[better]
+        best_row[w] = r_rows[i[better], j[better]]
+        best_score[w] = r_score[i[better], j[better]]
+        best_alpha[w] = alphas[i[better], j[better]]
+        best_d2[w] = r_d2[i[better], j[better]]
+        evals[redo] += cfg.refine_points
+    # The anchors themselves (within the constraints), at a = 1.
+    pair_rows = anchors.rows[near.reshape(-1)]
+    if bounds is not None:
+        pair_rows = hard_decode(engine.pre, pair_rows, bounds[0][pair_q], bounds[1][pair_q])
+        pair_score = engine.score(pair_rows)
+        evals += k
+    else:
+        pair_score = anchors.score[near.reshape(-1)]
+    a_d2 = np.where(
+        (pair_score >= t) & (pair_score < top), ((pair_rows - x[pair_q]) ** 2).sum(1), np.inf
+    ).reshape(m, k)
+    j = a_d2.argmin(1)
+    nearer = a_d2[np.arange(m), j] < np.where(found, best_d2, np.inf)
+    w = np.nonzero(nearer)[0]
+    best_row[w] = pair_rows[w * k + j[w]]
+    best_score[w] = pair_score[w * k + j[w]]
+    best_alpha[w] = 1.0
+    found = found | nearer
+    return Rescued(
+        found=found,
+        cf=np.where(found[:, None], best_row, 0.0).astype(np.float32),
+        cf_score=np.where(found, best_score, np.nan).astype(np.float32),
+        alpha=np.where(found, best_alpha, np.nan).astype(np.float32),
+        evaluations=evals,
+    )
