@@ -78,13 +78,16 @@ def write_data(tmp: Path, df: Any, schema: dict[str, Any]) -> tuple[Path, Path]:
 # -- the users' models ------------------------------------------------------------------------
 
 
-def _column_pipeline(estimator: Any) -> Any:
+def _column_pipeline(estimator: Any, scale: bool) -> Any:
+    """One-hot education; numbers scaled for a linear model, raw for trees (as practitioners
+    build them: skl2onnx scales in float32 where scikit-learn scales in float64, so a scaler in
+    front of trees can move a value across a split point; docs/your-model.md)."""
     from sklearn.compose import make_column_transformer
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
     pre = make_column_transformer(
-        (StandardScaler(), NUMERIC),
+        (StandardScaler() if scale else "passthrough", NUMERIC),
         (OneHotEncoder(handle_unknown="ignore", sparse_output=False), ["education"]),
     )
     return make_pipeline(pre, estimator)
@@ -104,12 +107,12 @@ class UserModel:
         self.fitted, self.onnx_bytes, self.schema, self.proba = fitted, onnx_bytes, schema, proba
 
 
-def sklearn_model(estimator: Any) -> Callable[[Any], UserModel]:
+def sklearn_model(estimator: Any, scale: bool = False) -> Callable[[Any], UserModel]:
     def make(train: Any) -> UserModel:
         from skl2onnx import to_onnx
 
         x, y = train.drop(columns="income"), train["income"]
-        pipe = _column_pipeline(estimator).fit(x, y)
+        pipe = _column_pipeline(estimator, scale).fit(x, y)
         pos = list(pipe.classes_).index(">50K")
         return UserModel(
             pipe,
@@ -185,7 +188,7 @@ def _models() -> dict[str, Callable[[Any], UserModel]]:
     from sklearn.linear_model import LogisticRegression
 
     return {
-        "logistic-regression": sklearn_model(LogisticRegression(max_iter=1000)),
+        "logistic-regression": sklearn_model(LogisticRegression(max_iter=1000), scale=True),
         "hist-gradient-boosting": sklearn_model(
             HistGradientBoostingClassifier(max_iter=40, random_state=0)
         ),
