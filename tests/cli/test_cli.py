@@ -103,7 +103,7 @@ def test_explain_default_output_and_bundle(sample_file: Path, tmp_path: Path, mo
     found = [s for s, st in zip(out.column("cf_score").to_pylist(), out.column("status").to_pylist(), strict=True)
              if st == "found"]
     assert all(s >= 0.6 for s in found)
-    assert set(out.column("search").drop_null().to_pylist()) <= {"grid", "extrapolated"}
+    assert set(out.column("search").drop_null().to_pylist()) <= {"grid", "extrapolated", "anchored"}
 
 
 def test_explain_with_workers_matches_one_process(sample_file: Path, adult_bundle: Path, tmp_path: Path) -> None:

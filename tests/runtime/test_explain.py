@@ -138,7 +138,7 @@ def test_found_rows_are_valid_counterfactuals(explainer: Explainer, adult_bundle
     alpha = floats(out, "alpha")
     assert np.all(alpha[found] > 0) and np.all(alpha[found] <= ex.settings.max_alpha + 1e-6)
     assert np.all(np.asarray(out.column("evaluations"))[found] >= 1)
-    assert set(out.column("search").take(pa.array(found)).to_pylist()) <= {"grid", "refined", "extrapolated"}
+    assert set(out.column("search").take(pa.array(found)).to_pylist()) <= {"grid", "refined", "extrapolated", "anchored"}
     for f in pre.features:
         col = out.column(f"cf_{f.name}")
         assert col.null_count == out.num_rows - found.size, f.name
