@@ -38,7 +38,7 @@ def measure_quality(bundle: Path, x: np.ndarray, rows: str, chunk: int = 2048) -
     status, kind, evals = [], [], []
     l2, l0, confirmed = [], [], 0
     for start in range(0, len(x), chunk):
-        xr = np.ascontiguousarray(x[start: start + chunk], dtype=np.float32)
+        xr = np.ascontiguousarray(x[start : start + chunk], dtype=np.float32)
         res = search(engine, xr, cfg)
         hit = res.status == FOUND
         status.append(res.status)
@@ -64,7 +64,9 @@ def measure_quality(bundle: Path, x: np.ndarray, rows: str, chunk: int = 2048) -
         "proximity_l2": mean(l2),
         "l0": mean(l0),
         "evaluations_per_row": mean(evals),
-        "by_search": {k: float((kinds == i).mean()) if found else 0.0 for i, k in enumerate(SEARCH_KINDS)},
+        "by_search": {
+            k: float((kinds == i).mean()) if found else 0.0 for i, k in enumerate(SEARCH_KINDS)
+        },
         "search_settings": cfg.to_dict(),
     }
 

@@ -23,7 +23,9 @@ def run_python(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_runtime_and_cli_explain_with_torch_and_onnx_blocked(adult_bundle: Path, tmp_path: Path) -> None:
+def test_runtime_and_cli_explain_with_torch_and_onnx_blocked(
+    adult_bundle: Path, tmp_path: Path
+) -> None:
     code = textwrap.dedent(
         """
         import sys
@@ -59,7 +61,9 @@ def test_runtime_and_cli_explain_with_torch_and_onnx_blocked(adult_bundle: Path,
 
 
 def test_import_time_lists_neither_torch_nor_onnx(tmp_path: Path) -> None:
-    proc = run_python(["-X", "importtime", "-c", "import gmcf.runtime, gmcf.cli.main"], cwd=tmp_path)
+    proc = run_python(
+        ["-X", "importtime", "-c", "import gmcf.runtime, gmcf.cli.main"], cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr
     modules = [
         line.rsplit("|", 1)[1].strip()
