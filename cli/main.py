@@ -30,7 +30,8 @@ if TYPE_CHECKING:
     from gmcf.runtime.status import Summary
 
 app = typer.Typer(
-    help="Counterfactual explanations at scale: what would have to change for the decision to go the other way.",
+    help="Counterfactual explanations at scale: what would have to change for the decision to go "
+    "the other way.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -87,7 +88,8 @@ def explain(
         typer.Option(
             "-o",
             "--output",
-            help="Output Parquet file, or folder for a folder \\[default: INPUT.explained.parquet; INPUT.explained/].",
+            help="Output Parquet file, or folder for a folder \\[default: INPUT.explained.parquet; "
+            "INPUT.explained/].",
         ),
     ] = None,
     bundle: Annotated[
@@ -102,7 +104,8 @@ def explain(
     tol: Annotated[
         float | None,
         typer.Option(
-            help="A counterfactual's score must lie in [T, T + tol) \\[default: the bundle's; with --threshold alone, 1 - T when the bundle accepts any score up to 1]."
+            help="A counterfactual's score must lie in [T, T + tol) \\[default: the bundle's; with "
+            "--threshold alone, 1 - T when the bundle accepts any score up to 1]."
         ),
     ] = None,
     steps: Annotated[int | None, typer.Option(help="Points on the alpha grid in (0, 1].")] = None,
@@ -120,13 +123,15 @@ def explain(
         bool | None,
         typer.Option(
             "--fallback/--no-fallback",
-            help="Last resort for rows the walk misses: walk toward nearby approved training rows (search `anchored`).",
+            help="Last resort for rows the walk misses: walk toward nearby approved training rows "
+            "(search `anchored`).",
         ),
     ] = None,
     batch_size: Annotated[
         int | None,
         typer.Option(
-            help=f"Rows read, searched and written at a time \\[default: {DEFAULT_BATCH_SIZE:,} tabular rows; ~2,700 images]."
+            help=f"Rows read, searched and written at a time \\[default: {DEFAULT_BATCH_SIZE:,} "
+            f"tabular rows; ~2,700 images]."
         ),
     ] = None,
     threads: Annotated[int, typer.Option(help="onnxruntime intra-op threads per worker.")] = 1,
@@ -166,13 +171,15 @@ def explain(
     range_margin: Annotated[
         float | None,
         typer.Option(
-            help="A numeric value more than this share of the training range beyond it makes its row invalid \\[default: 0.05]."
+            help="A numeric value more than this share of the training range beyond it makes its "
+            "row invalid \\[default: 0.05]."
         ),
     ] = None,
     summary_json: Annotated[
         Path | None,
         typer.Option(
-            help="Also write the run's summary as JSON here (atomically; also when the run fails or is stopped)."
+            help="Also write the run's summary as JSON here (atomically; also when the run fails "
+            "or is stopped)."
         ),
     ] = None,
     resume: Annotated[
@@ -189,7 +196,8 @@ def explain(
         ),
     ] = True,
 ) -> None:
-    """Explain every row of INPUT (a Parquet file, or a folder of Parquet parts): a counterfactual for each row the classifier rejects.
+    """Explain every row of INPUT (a Parquet file, or a folder of Parquet parts): a counterfactual
+    for each row the classifier rejects.
 
     Exit codes: 0 done; 1 an error (one line on stderr, no output left); 2 bad usage; 143, 130,
     129 stopped by SIGTERM, SIGINT, SIGHUP (see docs/nightly.md)."""
@@ -206,7 +214,8 @@ def explain(
         fail("--resume needs a folder of Parquet parts as input")
     record = RunRecord(input, output, bundle)
     if summary_json is not None:
-        try:  # a summary that cannot be written, or would land on the input or output, is not written
+        # a summary that cannot be written, or would land on the input or output, is not written
+        try:
             publish.check_output(summary_json, True, input, output, label="summary")
         except GmcfError as exc:
             fail(str(exc))
@@ -276,8 +285,8 @@ def explain(
     )
     if isinstance(s, FolderSummary):
         out.print(
-            f"{s.parts:,} parts: {s.parts - s.skipped:,} explained, {s.skipped:,} kept from an earlier run "
-            f"({s.skipped_rows:,} rows)",
+            f"{s.parts:,} parts: {s.parts - s.skipped:,} explained, {s.skipped:,} kept from an "
+            f"earlier run ({s.skipped_rows:,} rows)",
             highlight=False,
             markup=False,
             soft_wrap=True,
@@ -475,10 +484,14 @@ def _report_lines(r: dict[str, Any]) -> str:
     probe = r["z_u_probe"]
     return "\n".join(
         [
-            f"classifier: accuracy {r['classifier']['accuracy']:.3f}, balanced accuracy {r['classifier']['balanced_accuracy']:.3f} (held out)",
-            f"GM posterior agrees with f on {100 * r['gm_posterior_agreement']:.1f}% of held-out rows",
-            f"z_u probe balanced accuracy {probe['balanced_accuracy']:.3f} (0.5 = no leakage; majority rate {probe['majority_rate']:.3f})",
-            f"reconstruction MSE {r['reconstruction_mse']:.5f}; training {r['seconds']:.0f} s on {r['rows']['train']:,} rows",
+            f"classifier: accuracy {r['classifier']['accuracy']:.3f}, balanced accuracy "
+            f"{r['classifier']['balanced_accuracy']:.3f} (held out)",
+            f"GM posterior agrees with f on {100 * r['gm_posterior_agreement']:.1f}% of held-out "
+            "rows",
+            f"z_u probe balanced accuracy {probe['balanced_accuracy']:.3f} (0.5 = no leakage; "
+            f"majority rate {probe['majority_rate']:.3f})",
+            f"reconstruction MSE {r['reconstruction_mse']:.5f}; training {r['seconds']:.0f} s on "
+            f"{r['rows']['train']:,} rows",
             *_parity_line(r["classifier"].get("user_model", {}).get("parity")),
             *quality_lines(r),
         ]
@@ -489,8 +502,9 @@ def _parity_line(parity: dict[str, Any] | None) -> list[str]:
     if not parity:
         return []
     return [
-        f"bundle vs your model on {parity['rows']:,} held-out raw rows: {100 * parity['equal_decisions']:.2f}% "
-        f"equal decisions, max |dp| {parity['max_abs_dp']:.2g}"
+        f"bundle vs your model on {parity['rows']:,} held-out raw rows: "
+        f"{100 * parity['equal_decisions']:.2f}% equal decisions, max |dp| "
+        f"{parity['max_abs_dp']:.2g}"
     ]
 
 
@@ -646,7 +660,8 @@ def evaluate(
     work_dir: Annotated[
         Path | None,
         typer.Option(
-            help="Keep each repetition's bundle and peer files here \\[default: a temporary folder]."
+            help="Keep each repetition's bundle and peer files here \\[default: a temporary "
+            "folder]."
         ),
     ] = None,
     threads: Annotated[int, typer.Option(help="torch threads.")] = 1,
@@ -791,12 +806,14 @@ def plot(
     tol: Annotated[
         float | None,
         typer.Option(
-            help="A counterfactual's score must lie in [T, T + tol) \\[default: the bundle's; with --threshold alone, 1 - T when the bundle accepts any score up to 1]."
+            help="A counterfactual's score must lie in [T, T + tol) \\[default: the bundle's; with "
+            "--threshold alone, 1 - T when the bundle accepts any score up to 1]."
         ),
     ] = None,
 ) -> None:
     """Draw the paper's MNIST figures for an image bundle: queries and counterfactuals (figure2),
-    interpolation paths with f's scores (figure3), PCA of the latent z (figure4). Needs matplotlib."""
+    interpolation paths with f's scores (figure3), PCA of the latent z (figure4). Needs
+    matplotlib."""
     from gmcf.trainer.image_report import plot_figures
 
     path = Path(bundle) if Path(bundle).is_dir() else EXPORTED / bundle

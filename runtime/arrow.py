@@ -102,7 +102,8 @@ def valid_mask(col: pa.Array | pa.ChunkedArray) -> np.ndarray:
 
 
 def values(col: pa.Array | pa.ChunkedArray, typ: pa.DataType, fill: float | int = 0) -> np.ndarray:
-    """``col`` cast to ``typ`` (int8/32/64, float32/64) as a new numpy array, nulls set to ``fill``."""
+    """``col`` cast to ``typ`` (int8/32/64, float32/64) as a new numpy array, nulls set to
+    ``fill``."""
     arr = _flat(col.cast(typ))
     n = len(arr)
     dtype = np.dtype(_NUMPY[typ])

@@ -71,7 +71,8 @@ class Constraints:
     def from_dict(cls, data: Mapping[str, Any]) -> Constraints:
         if not isinstance(data, Mapping):
             raise ConstraintError(
-                f"constraints: expected a table of features and their settings, got {type(data).__name__}"
+                "constraints: expected a table of features and their settings, got "
+                f"{type(data).__name__}"
             )
         items: dict[str, Constraint] = {}
         for name, spec in data.items():
@@ -94,7 +95,8 @@ class Constraints:
             direction = spec.get("direction")
             if direction is not None and direction not in DIRECTIONS:
                 raise ConstraintError(
-                    f"constraint for {name!r}: direction must be 'increase' or 'decrease', got {direction!r}"
+                    f"constraint for {name!r}: direction must be 'increase' or 'decrease', got "
+                    f"{direction!r}"
                 )
             lo = hi = None
             if "range" in spec:
@@ -135,7 +137,8 @@ class Constraints:
             raise ConstraintError(f"constraints file {path}: cannot parse: {exc}") from exc
         if not isinstance(data, dict):
             raise ConstraintError(
-                f"constraints file {path}: expected a table of features and their settings, got {type(data).__name__}"
+                f"constraints file {path}: expected a table of features and their settings, got "
+                f"{type(data).__name__}"
             )
         return cls.from_dict(data)
 
@@ -234,8 +237,9 @@ class Constraints:
                     unknown = sorted(set(c.allowed) - set(f.categories))
                     if unknown:
                         raise ConstraintError(
-                            f"allowed values for {name!r} include unknown categories {unknown[:5]}; "
-                            f"known: {', '.join(f.categories[:10])}{' ...' if len(f.categories) > 10 else ''}"
+                            f"allowed values for {name!r} include unknown categories "
+                            f"{unknown[:5]}; known: {', '.join(f.categories[:10])}"
+                            f"{' ...' if len(f.categories) > 10 else ''}"
                         )
                     if not c.allowed:
                         raise ConstraintError(f"allowed set for {name!r} is empty")

@@ -1,4 +1,5 @@
-"""The public API: ``Explainer.from_bundle(path)``, ``explain(table)``, ``explain_parquet(src, dst)``.
+"""The public API: ``Explainer.from_bundle(path)``, ``explain(table)``,
+``explain_parquet(src, dst)``.
 
 A query row follows one path (docs/design.md): read (``runtime.read``) -> encode
 (``runtime.encode``) -> search (``runtime.search``) -> decode (``runtime.decode``) -> write

@@ -40,12 +40,14 @@ RESULT_COLUMNS: tuple[tuple[str, pa.DataType, str], ...] = (
     (
         "alpha",
         pa.float32(),
-        "interpolation weight a of z_s = (1 - a) z + a mu_1 that gave the counterfactual (> 1 if extrapolated; for `anchored`, the weight toward the approved training row's code)",
+        "interpolation weight a of z_s = (1 - a) z + a mu_1 that gave the counterfactual (> 1 if "
+        "extrapolated; for `anchored`, the weight toward the approved training row's code)",
     ),
     (
         "search",
         _DICT_STRING,
-        "how it was found: `grid`, `refined` (bisection of the crossing), `extrapolated` (past mu_1) or `anchored` (the last resort: toward nearby approved training rows)",
+        "how it was found: `grid`, `refined` (bisection of the crossing), `extrapolated` (past "
+        "mu_1) or `anchored` (the last resort: toward nearby approved training rows)",
     ),
     ("evaluations", pa.int32(), "decoder evaluations spent on the row (0 unless searched)"),
     (
@@ -67,7 +69,8 @@ RESULT_COLUMNS: tuple[tuple[str, pa.DataType, str], ...] = (
     (
         "plausibility",
         pa.float32(),
-        "log-density of the counterfactual's latent code E(x_cf) under the target class's Gaussian (higher: more typical of rows f approves)",
+        "log-density of the counterfactual's latent code E(x_cf) under the target class's Gaussian "
+        "(higher: more typical of rows f approves)",
     ),
     (
         "reverted",
@@ -96,7 +99,8 @@ def cf_type(f: Feature) -> pa.DataType:
 RANK_COLUMN = (
     "cf_rank",
     pa.int32(),
-    "only with `--num-cfs K > 1`: rank of this option among the query's counterfactuals (1 = nearest); null when the query has none",
+    "only with `--num-cfs K > 1`: rank of this option among the query's counterfactuals (1 = "
+    "nearest); null when the query has none",
 )
 
 

@@ -52,7 +52,8 @@ class Feature:
     ``auto`` when declared: chosen from the training data."""
     band_lo: float | None = None
     band_hi: float | None = None
-    """Numeric features: the training distribution's [p0.5, p99.5], which counterfactuals keep to."""
+    """Numeric features: the training distribution's [p0.5, p99.5], which counterfactuals keep
+    to."""
     determined_by: str | None = None
     lookup: tuple[float, ...] = ()
     """A numeric feature determined by a categorical one: its value for each category."""
@@ -153,7 +154,8 @@ def _image_feature(d: Mapping[str, Any]) -> Feature:
         or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape)
     ):
         raise SchemaError(
-            f"image feature {d.get('name')!r}: needs a shape of positive integers, e.g. [28, 28]; got {shape!r}"
+            f"image feature {d.get('name')!r}: needs a shape of positive integers, e.g. [28, 28]; "
+            f"got {shape!r}"
         )
     lo, hi = float(d.get("lo", 0.0)), float(d.get("hi", 1.0))
     if (lo, hi) != (0.0, 1.0):
@@ -203,7 +205,8 @@ class DataSchema:
             unknown = set(raw) - set(KINDS)
             if unknown:
                 raise SchemaError(
-                    f"schema: unknown feature kind(s) {sorted(unknown)}; expected {', '.join(KINDS)}"
+                    f"schema: unknown feature kind(s) {sorted(unknown)}; expected "
+                    f"{', '.join(KINDS)}"
                 )
             if raw.get(IMAGE):
                 raise SchemaError(
@@ -240,7 +243,8 @@ class DataSchema:
         determined = d.get("determined", {})
         if not isinstance(determined, Mapping):
             raise SchemaError(
-                "schema: 'determined' must map a numeric feature to the categorical one that determines it"
+                "schema: 'determined' must map a numeric feature to the categorical one that "
+                "determines it"
             )
         determined = {str(k): str(v) for k, v in determined.items()}
         transforms.check_determined(determined, feats)
@@ -403,8 +407,8 @@ class Preprocessor:
                     dhi is not None and finite.max() > dhi
                 ):
                     raise InputError(
-                        f"column {f.name!r}: training values {finite.min():g}..{finite.max():g} lie outside "
-                        f"the declared domain {_domain_text(f.domain)}"
+                        f"column {f.name!r}: training values {finite.min():g}..{finite.max():g} "
+                        f"lie outside the declared domain {_domain_text(f.domain)}"
                     )
                 transform = (
                     transforms.choose_transform(finite)
@@ -454,8 +458,9 @@ class Preprocessor:
             t = schema.field(f.name).type
             if _is_list(t):
                 raise InputError(
-                    f"column {f.name!r}: expected a {'number' if not f.is_categorical else 'string category'}, "
-                    f"got {t} (a list column: this bundle explains tabular rows, not images)"
+                    f"column {f.name!r}: expected a "
+                    f"{'number' if not f.is_categorical else 'string category'}, got {t} (a list "
+                    "column: this bundle explains tabular rows, not images)"
                 )
             if pa.types.is_dictionary(t):
                 t = t.value_type
@@ -651,7 +656,8 @@ def _is_list(t: pa.DataType) -> bool:
 
 
 def image_column(values: np.ndarray, keep: np.ndarray | None = None) -> pa.FixedSizeListArray:
-    """Rows of ``values`` [n, size] as a fixed-size list column; rows where ``keep`` is False null."""
+    """Rows of ``values`` [n, size] as a fixed-size list column; rows where ``keep`` is False
+    null."""
     flat = arrow.numeric(np.ascontiguousarray(values, dtype=np.float32).reshape(-1), pa.float32())
     return fixed_size_lists(flat, values.shape[1], keep)
 
@@ -714,7 +720,10 @@ class ImagePreprocessor(Preprocessor):
 
     def _describe(self) -> str:
         f = self.image
-        return f"{f.size} pixels ({'x'.join(map(str, f.shape))}), fixed_size_list<float32>[{f.size}] in [0, 1] or 8-bit integers 0..255"
+        return (
+            f"{f.size} pixels ({'x'.join(map(str, f.shape))}), fixed_size_list<float32>[{f.size}] "
+            "in [0, 1] or 8-bit integers 0..255"
+        )
 
     def check_columns(self, schema: pa.Schema) -> None:
         check_unique_names(schema)
@@ -732,14 +741,16 @@ class ImagePreprocessor(Preprocessor):
             raise InputError(f"column {f.name!r}: expected a list of {self._describe()}; got {t}")
         if pa.types.is_fixed_size_list(t) and t.list_size != f.size:
             raise InputError(
-                f"column {f.name!r}: fixed-size lists of {t.list_size} values, but the bundle expects {f.size}"
+                f"column {f.name!r}: fixed-size lists of {t.list_size} values, but the bundle "
+                f"expects {f.size}"
             )
         v = t.value_type
         if not (pa.types.is_floating(v) or pa.types.is_integer(v)):
             raise InputError(f"column {f.name!r}: pixel values must be numbers, got {v}")
 
     def pixels(self, col: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Read an image column: (values float32 [n, size] scaled to 0..1, readable [n], reason [n]).
+        """Read an image column: (values float32 [n, size] scaled to 0..1, readable [n],
+        reason [n]).
 
         ``readable`` is False for rows with no values (missing image, wrong length); ``reason``
         names the first problem of every unusable row (None for a usable one)."""

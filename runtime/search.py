@@ -293,7 +293,8 @@ class BatchResult:
     rank: np.ndarray | None = None
     """[m] rank of the option among its query's (1 = nearest; 0: the query has none)."""
     plausibility: np.ndarray | None = None
-    """[m] log-density of each counterfactual's latent code under the target Gaussian (NaN where none)."""
+    """[m] log-density of each counterfactual's latent code under the target Gaussian (NaN where
+    none)."""
 
 
 def search_batch(

@@ -44,7 +44,8 @@ BAND = (0.005, 0.995)
 def check_transform(name: str, transform: str) -> str:
     if transform not in (*TRANSFORMS, AUTO):
         raise SchemaError(
-            f"feature {name!r}: transform must be one of {', '.join((*TRANSFORMS, AUTO))}, got {transform!r}"
+            f"feature {name!r}: transform must be one of {', '.join((*TRANSFORMS, AUTO))}, got "
+            f"{transform!r}"
         )
     return transform
 

@@ -10,7 +10,8 @@ intra-op threads): what scoring alone costs, next to explaining. ``--mode both``
 two (explain first) ``--repeat`` times and prints each one's median and their ratio.
 
     python scripts/benchmark.py --rows 1000000 --workers 2
-    python scripts/benchmark.py --rows 1000000 -- --increase-only age --immutable education --num-cfs 3
+    python scripts/benchmark.py --rows 1000000 -- \\
+        --increase-only age --immutable education --num-cfs 3
     python scripts/benchmark.py --rows 1000000 --bundle my-bundle --mode both --repeat 5
 """
 
@@ -225,7 +226,8 @@ def main() -> None:
         print("command:", " ".join(cmd[1:]).replace(str(exe), "gmcf-batch"))
     if args.mode != "explain":
         print(
-            f"scoring only: read, encode, f ({args.workers * args.threads} onnxruntime threads), write id and score"
+            f"scoring only: read, encode, f ({args.workers * args.threads} onnxruntime threads), "
+            "write id and score"
         )
     walls: dict[str, list[float]] = {"explain": [], "score": []}
     out = ""
@@ -244,8 +246,9 @@ def main() -> None:
     if args.mode == "both":
         e, s_ = float(np.median(walls["explain"])), float(np.median(walls["score"]))
         print(
-            f"medians of {args.repeat}: explain {e:.2f} s ({args.rows / e:,.0f} rows/s), scoring only "
-            f"{s_:.2f} s ({args.rows / s_:,.0f} rows/s); explain takes {e / s_:.2f}x the time of scoring"
+            f"medians of {args.repeat}: explain {e:.2f} s ({args.rows / e:,.0f} rows/s), scoring "
+            f"only {s_:.2f} s ({args.rows / s_:,.0f} rows/s); explain takes {e / s_:.2f}x the time "
+            "of scoring"
         )
 
 

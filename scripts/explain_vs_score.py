@@ -94,8 +94,9 @@ def main() -> None:
     for k, v in times.items():
         print(f"  {k:8s} " + ", ".join(f"{t:.2f} s" for t in v) + f"  (median {med[k]:.2f} s)")
     print(
-        f"  explain / score: {med['explain'] / med['score']:.2f}x; validity {100 * summary.validity:.1f}% of "
-        f"{searched.sum():,} searched; {evals[searched].mean():.1f} evaluations per searched row; "
+        f"  explain / score: {med['explain'] / med['score']:.2f}x; validity "
+        f"{100 * summary.validity:.1f}% of {searched.sum():,} searched; "
+        f"{evals[searched].mean():.1f} evaluations per searched row; "
         + ", ".join(
             f"{k} {100 * (kinds[searched] == k).mean():.1f}%"
             for k in ("grid", "refined", "extrapolated", "anchored")

@@ -59,7 +59,8 @@ def evaluate(path: str, held: pa.Table, label: str, **kw: Any) -> None:
     print(
         f"| {label} | {searched:,} | {100 * found.sum() / searched:.1f}% | "
         f"{np.mean(f.column('proximity_l2').to_numpy()):.3f} | "
-        f"{np.mean(f.column('sparsity_l1').to_numpy()):.3f} | {np.mean(f.column('sparsity_l0').to_numpy()):.2f} | "
+        f"{np.mean(f.column('sparsity_l1').to_numpy()):.3f} | "
+        f"{np.mean(f.column('sparsity_l0').to_numpy()):.2f} | "
         f"{'' if np.isnan(sat) else f'{100 * sat:.1f}%'} | {options} | {diversity} | {dt:.2f} s |"
     )
 
@@ -77,8 +78,8 @@ def main() -> None:
     )
     args = ap.parse_args()
     print(
-        "| bundle / setting | rejected by f | validity | proximity L2 | sparsity L1 | L0 | satisfy constraints "
-        "| options per query | diversity L2 / features (queries with >= 2) | time |"
+        "| bundle / setting | rejected by f | validity | proximity L2 | sparsity L1 | L0 | satisfy "
+        "constraints | options per query | diversity L2 / features (queries with >= 2) | time |"
     )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for path in args.bundles:

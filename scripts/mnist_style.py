@@ -1,11 +1,13 @@
 """Do an image bundle's counterfactuals read as the target digit, and keep the query's slant and
 stroke thickness? On the held-out test-set 1s, for several thresholds T.
 
-    python scripts/mnist_style.py exported/mnist-1-to-7 [--thresholds 0.5:0.5,0.9:0.1,0.99:0.01] [--json]
+    python scripts/mnist_style.py exported/mnist-1-to-7 \\
+        [--thresholds 0.5:0.5,0.9:0.1,0.99:0.01] [--json]
 
 "Reads as a 7" is the verdict of small CNNs (``gmcf.trainer.baselines.ImageJudge``, one per seed)
-trained on MNIST's training 1s and 7s with their true labels: observers that are not f. Slant and thickness
-are those of the stem (``gmcf.trainer.morphology``). Needs torch (the trainer extra) for the judge.
+trained on MNIST's training 1s and 7s with their true labels: observers that are not f. Slant and
+thickness are those of the stem (``gmcf.trainer.morphology``). Needs torch (the trainer extra) for
+the judge.
 """
 
 from __future__ import annotations

@@ -132,8 +132,8 @@ def main() -> None:
     tenths = [rss[(times >= wall * i / 10) & (times < wall * (i + 1) / 10)] for i in range(10)]
     peaks = [f"{part.max():.0f}" if part.size else "-" for part in tenths]
     print(
-        f"rows {args.rows:,}  workers {args.workers}  wall {wall:.1f} s  {args.rows / wall:,.0f} rows/s  "
-        f"peak RSS {rss.max():.0f} MiB"
+        f"rows {args.rows:,}  workers {args.workers}  wall {wall:.1f} s  {args.rows / wall:,.0f} "
+        f"rows/s  peak RSS {rss.max():.0f} MiB"
     )
     print("peak RSS (MiB) in each tenth of the run:", " ".join(peaks))
 

@@ -11,7 +11,8 @@ proximity L2, L0 and the share of the counterfactuals found by each search kind;
 validity of the walk alone (the last-resort search off).
 
     python scripts/validity_levers.py adult --classifier hgb --epochs 20 -o /tmp/vl/adult-hgb
-    python scripts/validity_levers.py adult --classifier hgb --epochs 20 --set lambda_tie=1 -o /tmp/vl/adult-hgb-tie
+    python scripts/validity_levers.py adult --classifier hgb --epochs 20 --set lambda_tie=1 \\
+        -o /tmp/vl/adult-hgb-tie
     python scripts/validity_levers.py --bundle /tmp/vl/adult-hgb --search fallback=false
 
 Every run appends its figures as one JSON line to ``--log`` (default /tmp/vl/levers.jsonl).
@@ -213,8 +214,9 @@ def main() -> None:
     probe = "" if r["probe"] is None else f"{r['probe']:.3f} ({r['probe_majority']:.3f})"
     agree = "" if r["agreement"] is None else f"{100 * r['agreement']:.1f}%"
     print(
-        f"| {args.label or bundle} | {r['rejected']:,} | {100 * r['validity_walk']:.1f}% | {100 * r['validity']:.1f}% | {r['l2']:.3f} | "
-        f"{r['l0']:.2f} | {kinds} | {r['evaluations_per_searched']:.1f} | {probe} | {agree} |"
+        f"| {args.label or bundle} | {r['rejected']:,} | {100 * r['validity_walk']:.1f}% | "
+        f"{100 * r['validity']:.1f}% | {r['l2']:.3f} | {r['l0']:.2f} | {kinds} | "
+        f"{r['evaluations_per_searched']:.1f} | {probe} | {agree} |"
     )
 
 

@@ -27,7 +27,9 @@ def main() -> None:
     args = ap.parse_args()
     ds = load_dataset("adult")
     print(
-        "| rep (seed) | rejected by f | validity | misses: path never crossed T | validity, extrapolating to alpha 4 | z_u probe balanced accuracy (majority rate) | GM posterior agrees with f | checkpoint kept |"
+        "| rep (seed) | rejected by f | validity | misses: path never crossed T | validity, "
+        "extrapolating to alpha 4 | z_u probe balanced accuracy (majority rate) | GM posterior "
+        "agrees with f | checkpoint kept |"
     )
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for b in args.bundles:
@@ -54,7 +56,10 @@ def main() -> None:
         r = ex.bundle.report
         pr = r["z_u_probe"]
         print(
-            f"| {cfg['seed']} | {row[0][3]:,} | {100 * row[0][0]:.1f}% | {row[0][1]:,} of {row[0][2]:,} | {100 * row[1][0]:.1f}% | {pr['balanced_accuracy']:.3f} ({pr['majority_rate']:.3f}) | {100 * r['gm_posterior_agreement']:.1f}% | {r['model_selection']['selected_epoch']} |"
+            f"| {cfg['seed']} | {row[0][3]:,} | {100 * row[0][0]:.1f}% | {row[0][1]:,} of "
+            f"{row[0][2]:,} | {100 * row[1][0]:.1f}% | {pr['balanced_accuracy']:.3f} "
+            f"({pr['majority_rate']:.3f}) | {100 * r['gm_posterior_agreement']:.1f}% | "
+            f"{r['model_selection']['selected_epoch']} |"
         )
 
 

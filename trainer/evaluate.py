@@ -3,10 +3,10 @@
 Per repetition: a fresh seeded 80/20 split; the classifier f and the explainer trained on the
 80% (``train_models``) and exported as a bundle; the judge autoencoder and GDL's VAE trained on
 the same 80%; the held-out rows f rejects are the queries. GMCF explains them with the torch-free
-runtime at the paper's T = 0.5 and the bundle's other search settings; GDL and the peers (in their own environment, see
-bench/peers/) get the same queries, capped at ``max_queries`` per repetition. Every returned
-row is scored by the exported ONNX f, and every method is measured by the same functions
-(``gmcf.runtime.metrics``) in the model's input space.
+runtime at the paper's T = 0.5 and the bundle's other search settings; GDL and the peers (in their
+own environment, see bench/peers/) get the same queries, capped at ``max_queries`` per repetition.
+Every returned row is scored by the exported ONNX f, and every method is measured by the same
+functions (``gmcf.runtime.metrics``) in the model's input space.
 """
 
 from __future__ import annotations
@@ -719,8 +719,8 @@ def _run_line(run: MethodRun) -> str:
     m = run.metrics
     return (
         f"{run.method}: {run.queries} queries, validity {m.get('validity', float('nan')):.1f}%, "
-        f"proximity {m.get('proximity_l2', float('nan')):.3f}, {m.get('time_single', float('nan')):.4f} s/query "
-        f"({run.seconds:.0f} s)"
+        f"proximity {m.get('proximity_l2', float('nan')):.3f}, "
+        f"{m.get('time_single', float('nan')):.4f} s/query ({run.seconds:.0f} s)"
     )
 
 

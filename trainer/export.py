@@ -102,7 +102,8 @@ class HardDecode(nn.Module):
 def split_first_layer(
     model: GMCF,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, nn.Sequential]:
-    """The decoder's first layer W [z; z_u] + b as (W_z, W_u, b), copies, and the layers after it."""
+    """The decoder's first layer W [z; z_u] + b as (W_z, W_u, b), copies, and the layers after
+    it."""
     body = list(cast(nn.Sequential, model.decoder.body))
     first = body[0]
     assert isinstance(first, nn.Linear)
@@ -437,7 +438,8 @@ def adapt_classifier(model: onnx.ModelProto, width: int) -> onnx.ModelProto:
         )
     if dims[1].HasField("dim_value") and dims[1].dim_value != width:
         raise InputError(
-            f"classifier: input {inp.name!r} has {dims[1].dim_value} features, but the preprocessed data has {width}"
+            f"classifier: input {inp.name!r} has {dims[1].dim_value} features, but the "
+            f"preprocessed data has {width}"
         )
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), OPSET)
     if opset != OPSET:

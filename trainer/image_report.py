@@ -169,21 +169,22 @@ def style_markdown(rows: list[dict[str, Any]]) -> str:
     judges, the share read as the target is their mean (lowest-highest)."""
     target = rows[0].get("target", "the target") if rows else "the target"
     lines = [
-        f"| counterfactual | validity (%) | read as {target} by the CNN judges (%) | slant r | slant diff (deg) "
-        "| thickness r | thickness diff (px) | proximity L2 |",
+        f"| counterfactual | validity (%) | read as {target} by the CNN judges (%) | slant r | "
+        "slant diff (deg) | thickness r | thickness diff (px) | proximity L2 |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for m in rows:
         c = m["cf"]
         lines.append(
-            f"| first image with T <= f < T + tol, T = {m['threshold']:g}, tol = {m['tol']:g} | {m['validity_pct']:.1f} | "
-            f"{_judged(c)} | {c['slant_r']:.3f} | {c['slant_mad']:.1f} | "
+            f"| first image with T <= f < T + tol, T = {m['threshold']:g}, tol = {m['tol']:g} | "
+            f"{m['validity_pct']:.1f} | {_judged(c)} | {c['slant_r']:.3f} | {c['slant_mad']:.1f} | "
             f"{c['thickness_r']:.3f} | {c['thickness_mad']:.2f} | {m['proximity_l2']:.2f} |"
         )
     e = rows[-1]["path_end"]
     lines.append(
         f"| end of the path (a = 1: mu_1 with the query's z_u) | | {_judged(e)} | "
-        f"{e['slant_r']:.3f} | {e['slant_mad']:.1f} | {e['thickness_r']:.3f} | {e['thickness_mad']:.2f} | |"
+        f"{e['slant_r']:.3f} | {e['slant_mad']:.1f} | {e['thickness_r']:.3f} | "
+        f"{e['thickness_mad']:.2f} | |"
     )
     return "\n".join(lines)
 
@@ -198,17 +199,19 @@ def table1_markdown(m: dict[str, Any]) -> str:
 
     return "\n".join(
         [
-            "| method | time (s) | reconstruction | sparsity L1 | sparsity L0 (pixels) | validity (%) | proximity L2 |",
+            "| method | time (s) | reconstruction | sparsity L1 | sparsity L0 (pixels) | validity "
+            "(%) | proximity L2 |",
             "|---|---:|---:|---:|---:|---:|---:|",
-            f"| gmcf-batch, T = {m['threshold']:g} ({m['rejected_by_f']:,} test-set 1s with f < T) | {m['time_per_query_s']:.5f} | "
-            f"{cell('reconstruction')} | {cell('sparsity_l1')} | {m['sparsity_l0']['mean']:.0f} ± {m['sparsity_l0']['sd']:.0f} | "
+            f"| gmcf-batch, T = {m['threshold']:g} ({m['rejected_by_f']:,} test-set 1s with f < T) "
+            f"| {m['time_per_query_s']:.5f} | {cell('reconstruction')} | {cell('sparsity_l1')} | "
+            f"{m['sparsity_l0']['mean']:.0f} ± {m['sparsity_l0']['sd']:.0f} | "
             f"{m['validity_pct']:.1f} | {cell('proximity_l2')} |",
             "| paper, Our Method | " + " | ".join((*ours[:3], "-", *ours[3:])) + " |",
         ]
     )
 
 
-# -- figures ----------------------------------------------------------------------------------------
+# -- figures ---------------------------------------------------------------------------------------
 def _pyplot() -> Any:
     try:
         import matplotlib
@@ -300,7 +303,10 @@ def plot_figures(
     axes[0, 0].set_ylabel("query", fontsize=8)
     for r, (_, _, label) in enumerate(rows_shown, start=1):
         axes[r, 0].set_ylabel(f"cf, {label}", fontsize=8)
-    title = f"Held-out 1s (top); their counterfactuals, the first image on the path with f = P(7) >= T: T = {st.threshold:g}"
+    title = (
+        "Held-out 1s (top); their counterfactuals, the first image on the path with f = P(7) >= T: "
+        f"T = {st.threshold:g}"
+    )
     title += f", then T = {BOUNDARY:g} (the decision boundary)" if len(rows_shown) > 1 else ""
     fig.suptitle(title, fontsize=9)
     fig.tight_layout(h_pad=1.2)

@@ -34,7 +34,8 @@ def labels(ds: Dataset) -> np.ndarray:
     classes = sorted(pc.unique(s).to_pylist())
     if len(classes) < 2:
         raise InputError(
-            f"label column {ds.schema.label!r} has a single class {classes}: there is nothing to explain"
+            f"label column {ds.schema.label!r} has a single class {classes}: there is nothing to "
+            "explain"
         )
     # A label with more than two values: the positive class against the rest (label_classes).
     if ds.schema.positive_class not in classes:

@@ -105,7 +105,8 @@ def run_dice(
                 and "could not find" not in str(exc).lower()
             ):
                 print(
-                    f"{method} query {i}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+                    f"{method} query {i}: {type(exc).__name__}: "
+                    f"{str(exc).splitlines()[0] if str(exc) else ''}",
                     file=sys.stderr,
                 )
             out = None

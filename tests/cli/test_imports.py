@@ -103,10 +103,9 @@ def test_explain_never_imports_pandas(adult_bundle: Path, tmp_path: Path) -> Non
     for workers in ("1", "2"):
         dst = tmp_path / f"out{workers}.parquet"
         code = (
-            "import sys; sys.modules['pandas'] = None; "
-            "from gmcf.cli.main import app; "
-            f"sys.argv = ['gmcf-batch', 'explain', {str(src)!r}, '-o', {str(dst)!r}, "
-            f"'--bundle', {str(adult_bundle)!r}, '--workers', {workers!r}, '--batch-size', '100']; app()"
+            "import sys; sys.modules['pandas'] = None; from gmcf.cli.main import app; sys.argv = "
+            f"['gmcf-batch', 'explain', {str(src)!r}, '-o', {str(dst)!r}, '--bundle', "
+            f"{str(adult_bundle)!r}, '--workers', {workers!r}, '--batch-size', '100']; app()"
         )
         proc = run_python(["-c", code], cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr

@@ -430,8 +430,8 @@ def test_values_beyond_the_training_range_by_more_than_the_margin_are_invalid(
     assert reasons[:4] == [None] * 4
     for r in reasons[4:]:
         assert (
-            r
-            == "age: value far outside the training range [17, 90] (more than 5% of its width beyond it)"
+            r == "age: value far outside the training range [17, 90] (more than 5% of its width "
+            "beyond it)"
         )
     wide = Explainer.from_bundle(adult_bundle, range_margin=0.5)  # the margin is a setting
     assert (

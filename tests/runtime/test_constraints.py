@@ -581,7 +581,7 @@ def test_api_rejects_bad_constraints(adult_bundle: Path) -> None:
         Explainer.from_bundle(adult_bundle, num_cfs=0)
 
 
-# -- 8. default constraints in the bundle's manifest ------------------------------------------------
+# -- 8. default constraints in the bundle's manifest -----------------------------------------------
 @pytest.fixture
 def frozen_education_bundle(adult_bundle: Path, tmp_path: Path) -> Path:
     dst = tmp_path / "bundle"

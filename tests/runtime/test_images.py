@@ -55,7 +55,7 @@ def pixels_of(table: pa.Table) -> np.ndarray:
     return np.asarray(col.values.to_numpy(zero_copy_only=False), np.float64).reshape(len(col), -1)
 
 
-# -- schema ------------------------------------------------------------------------------------------
+# -- schema ----------------------------------------------------------------------------------------
 def test_image_schema_round_trips_and_reads_every_documented_form(
     mnist: pa.Table, pre: ImagePreprocessor
 ) -> None:
@@ -105,7 +105,7 @@ def test_image_schema_declaration_errors() -> None:
         )
 
 
-# -- the committed bundle ------------------------------------------------------------------------------
+# -- the committed bundle --------------------------------------------------------------------------
 def test_committed_bundle_turns_held_out_ones_into_sevens(mnist: pa.Table) -> None:
     ex = Explainer.from_bundle(MNIST)
     out = ex.explain(mnist, id_column="id")
@@ -152,7 +152,7 @@ def test_sample_writes_held_out_ones_that_explain(tmp_path: Path) -> None:
     assert "6 rows" in stdout and pq.read_table(o).num_rows == 6
 
 
-# -- bad input -----------------------------------------------------------------------------------------
+# -- bad input -------------------------------------------------------------------------------------
 def test_rows_with_bad_pixels_are_invalid_and_the_rest_explained(
     mnist: pa.Table, tmp_path: Path
 ) -> None:
@@ -254,7 +254,7 @@ def test_image_input_without_the_pixel_column_is_an_input_error(pre: ImagePrepro
         pre.check_columns(pa.schema([("image", pa.list_(pa.float32(), 784))]))
 
 
-# -- export parity ---------------------------------------------------------------------------------------
+# -- export parity ---------------------------------------------------------------------------------
 def test_image_graphs_match_torch() -> None:
     """A tiny convolutional GMCF (400 real images, 1 epoch): every graph against torch."""
     torch = pytest.importorskip("torch")
@@ -306,7 +306,7 @@ def test_image_graphs_match_torch() -> None:
     assert front.min() >= 0.0 and front.max() <= 1.0
 
 
-# -- report ------------------------------------------------------------------------------------------
+# -- report ----------------------------------------------------------------------------------------
 def test_table1_metrics_on_the_held_out_ones() -> None:
     from gmcf.trainer.image_report import table1_markdown, table1_metrics
 

@@ -161,7 +161,8 @@ def case_classifier_width(tmp: Path, adult: pa.Table) -> tuple[list[str], str]:
     return (
         data_args(data, schema, "--classifier", str(clf)),
         f"input 'input' is a block of 5 columns; declare their features in order in the schema: "
-        f'"classifier": {{"columns": {{"input": [...]}}}} (a model on the bundle\'s own encoding takes {width} columns)',
+        f'"classifier": {{"columns": {{"input": [...]}}}} (a model on the bundle\'s own encoding '
+        f"takes {width} columns)",
     )
 
 
