@@ -92,8 +92,10 @@ def _read_csv(path: Path | str) -> pa.Table:
 
 def load_mnist_1_7() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every MNIST 1 and 7: (images uint8 [15170, 28, 28], digit uint8 [15170], is_test bool)."""
-    with resources.as_file(resources.files(__package__).joinpath("mnist_1_7.npz")) as p, \
-            np.load(p, allow_pickle=False) as d:
+    with (
+        resources.as_file(resources.files(__package__).joinpath("mnist_1_7.npz")) as p,
+        np.load(p, allow_pickle=False) as d,
+    ):
         return d["images"], d["labels"], d["split"] == "test"
 
 
@@ -134,7 +136,9 @@ def load_table(path: Path, schema: DataSchema) -> Dataset:
     needed = [f.name for f in schema.features] + [schema.label]
     missing = [c for c in needed if c not in table.column_names]
     if missing:
-        raise InputError(f"{path}: schema names column(s) the file lacks: {', '.join(map(repr, missing))}")
+        raise InputError(
+            f"{path}: schema names column(s) the file lacks: {', '.join(map(repr, missing))}"
+        )
     return Dataset(path.stem, table.select(needed), schema)
 
 
@@ -146,5 +150,7 @@ def heldout_base_rows(ds: Dataset) -> np.ndarray:
     if ds.test_mask is None:
         raise InputError(f"dataset {ds.name} has no held-out split of its own")
     label = pc.cast(ds.table.column(ds.schema.label), pa.string())
-    base = np.asarray(pc.not_equal(label, ds.schema.positive_class).to_numpy(zero_copy_only=False), dtype=bool)
+    base = np.asarray(
+        pc.not_equal(label, ds.schema.positive_class).to_numpy(zero_copy_only=False), dtype=bool
+    )
     return np.nonzero(ds.test_mask & base)[0]

@@ -13,8 +13,11 @@ import numpy as np
 import pyarrow as pa
 
 _NUMPY = {
-    pa.int8(): np.int8, pa.int32(): np.int32, pa.int64(): np.int64,
-    pa.float32(): np.float32, pa.float64(): np.float64,
+    pa.int8(): np.int8,
+    pa.int32(): np.int32,
+    pa.int64(): np.int64,
+    pa.float32(): np.float32,
+    pa.float64(): np.float64,
 }
 
 
@@ -52,21 +55,30 @@ def strings(values: Sequence[str | None] | np.ndarray) -> pa.Array:
     np.cumsum(lengths, out=offsets[1:])
     bitmap, nulls = validity_buffer(valid, n)
     return pa.Array.from_buffers(
-        pa.string(), n, [bitmap, pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded))], null_count=nulls
+        pa.string(),
+        n,
+        [bitmap, pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded))],
+        null_count=nulls,
     )
 
 
 def boolean(mask: np.ndarray) -> pa.Array:
     """A boolean array (no nulls) from a numpy mask."""
     mask = np.asarray(mask, dtype=bool)
-    return pa.Array.from_buffers(pa.bool_(), len(mask), [None, pa.py_buffer(np.packbits(mask, bitorder="little"))])
+    return pa.Array.from_buffers(
+        pa.bool_(), len(mask), [None, pa.py_buffer(np.packbits(mask, bitorder="little"))]
+    )
 
 
 _INT32 = pa.int32()
 
 
-def dictionary(indices: np.ndarray, values: pa.Array, index_type: pa.DataType = _INT32,
-               valid: np.ndarray | None = None) -> pa.DictionaryArray:
+def dictionary(
+    indices: np.ndarray,
+    values: pa.Array,
+    index_type: pa.DataType = _INT32,
+    valid: np.ndarray | None = None,
+) -> pa.DictionaryArray:
     """A dictionary-encoded array: ``indices`` into ``values``, null where ``valid`` is False."""
     return pa.DictionaryArray.from_arrays(numeric(indices, index_type, valid), values)
 
@@ -86,16 +98,21 @@ def valid_mask(col: pa.Array | pa.ChunkedArray) -> np.ndarray:
     if arr.null_count == n and arr.buffers()[0] is None:
         return np.zeros(n, bool)
     bits = np.frombuffer(arr.buffers()[0], np.uint8)
-    return np.unpackbits(bits, bitorder="little", count=arr.offset + n)[arr.offset:].astype(bool)
+    return np.unpackbits(bits, bitorder="little", count=arr.offset + n)[arr.offset :].astype(bool)
 
 
 def values(col: pa.Array | pa.ChunkedArray, typ: pa.DataType, fill: float | int = 0) -> np.ndarray:
-    """``col`` cast to ``typ`` (int8/32/64, float32/64) as a new numpy array, nulls set to ``fill``."""
+    """``col`` cast to ``typ`` (int8/32/64, float32/64) as a new numpy array, nulls set to
+    ``fill``."""
     arr = _flat(col.cast(typ))
     n = len(arr)
     dtype = np.dtype(_NUMPY[typ])
     data = arr.buffers()[1]
-    out = np.full(n, fill, dtype) if data is None else np.frombuffer(data, dtype)[arr.offset: arr.offset + n].copy()
+    out = (
+        np.full(n, fill, dtype)
+        if data is None
+        else np.frombuffer(data, dtype)[arr.offset : arr.offset + n].copy()
+    )
     if arr.null_count:
         out[~valid_mask(arr)] = fill
     return np.asarray(out)

@@ -77,7 +77,9 @@ def load_bundle(path: Path | str, verify: bool = True) -> Bundle:
         if not fpath.exists():
             raise BundleError(f"bundle {path}: file {fname} is missing")
         if verify and sha256_file(fpath) != digest:
-            raise BundleError(f"bundle {path}: file {fname} does not match its sha256 in the manifest (altered?)")
+            raise BundleError(
+                f"bundle {path}: file {fname} does not match its sha256 in the manifest (altered?)"
+            )
     return Bundle(path, manifest)
 
 

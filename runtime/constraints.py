@@ -12,7 +12,7 @@ A constraints file (TOML or JSON) maps feature names to settings::
     direction = "increase"
     [education]
     immutable = true
-    [hours-per-week]
+    [hours - per - week]
     range = [20, 60]
     [purpose]
     allowed = ["credit_card", "debt_consolidation"]
@@ -71,12 +71,15 @@ class Constraints:
     def from_dict(cls, data: Mapping[str, Any]) -> Constraints:
         if not isinstance(data, Mapping):
             raise ConstraintError(
-                f"constraints: expected a table of features and their settings, got {type(data).__name__}"
+                "constraints: expected a table of features and their settings, got "
+                f"{type(data).__name__}"
             )
         items: dict[str, Constraint] = {}
         for name, spec in data.items():
             if not isinstance(spec, Mapping):
-                raise ConstraintError(f"constraint for {name!r}: expected a table of settings, got {spec!r}")
+                raise ConstraintError(
+                    f"constraint for {name!r}: expected a table of settings, got {spec!r}"
+                )
             unknown = set(spec) - {"immutable", "direction", "range", "allowed"}
             if unknown:
                 raise ConstraintError(
@@ -86,24 +89,35 @@ class Constraints:
             if not isinstance(spec.get("immutable", False), bool):
                 raise ConstraintError(f"constraint for {name!r}: immutable must be true or false")
             if "allowed" in spec and not isinstance(spec["allowed"], list | tuple):
-                raise ConstraintError(f"constraint for {name!r}: allowed must be a list of categories")
+                raise ConstraintError(
+                    f"constraint for {name!r}: allowed must be a list of categories"
+                )
             direction = spec.get("direction")
             if direction is not None and direction not in DIRECTIONS:
                 raise ConstraintError(
-                    f"constraint for {name!r}: direction must be 'increase' or 'decrease', got {direction!r}"
+                    f"constraint for {name!r}: direction must be 'increase' or 'decrease', got "
+                    f"{direction!r}"
                 )
             lo = hi = None
             if "range" in spec:
                 rng = spec["range"]
                 if not isinstance(rng, list | tuple) or len(rng) != 2:
-                    raise ConstraintError(f"constraint for {name!r}: range must be [lo, hi], got {rng!r}")
+                    raise ConstraintError(
+                        f"constraint for {name!r}: range must be [lo, hi], got {rng!r}"
+                    )
                 try:
                     lo, hi = (None if v is None else float(v) for v in rng)
                 except (TypeError, ValueError) as exc:
-                    raise ConstraintError(f"constraint for {name!r}: range ends must be numbers, got {rng!r}") from exc
+                    raise ConstraintError(
+                        f"constraint for {name!r}: range ends must be numbers, got {rng!r}"
+                    ) from exc
             allowed = spec.get("allowed")
             items[str(name)] = Constraint(
-                str(name), bool(spec.get("immutable", False)), direction, lo, hi,
+                str(name),
+                bool(spec.get("immutable", False)),
+                direction,
+                lo,
+                hi,
                 None if allowed is None else tuple(str(a) for a in allowed),
             )
         return cls(items)
@@ -123,7 +137,8 @@ class Constraints:
             raise ConstraintError(f"constraints file {path}: cannot parse: {exc}") from exc
         if not isinstance(data, dict):
             raise ConstraintError(
-                f"constraints file {path}: expected a table of features and their settings, got {type(data).__name__}"
+                f"constraints file {path}: expected a table of features and their settings, got "
+                f"{type(data).__name__}"
             )
         return cls.from_dict(data)
 
@@ -196,7 +211,9 @@ class Constraints:
                 )
             if f.is_numeric:
                 if c.allowed is not None:
-                    raise ConstraintError(f"feature {name!r} is numeric: use a range, not an allowed set")
+                    raise ConstraintError(
+                        f"feature {name!r} is numeric: use a range, not an allowed set"
+                    )
                 lo_t, hi_t = float(f.lo or 0.0), float(f.hi or 0.0)
                 lo = lo_t if c.lo is None else c.lo
                 hi = hi_t if c.hi is None else c.hi
@@ -208,7 +225,9 @@ class Constraints:
                         f"[{lo_t:g}, {hi_t:g}]"
                     )
                 if f.kind == "integer" and np.ceil(lo) > np.floor(hi):
-                    raise ConstraintError(f"range for {name!r}: [{lo:g}, {hi:g}] holds no integer value")
+                    raise ConstraintError(
+                        f"range for {name!r}: [{lo:g}, {hi:g}] holds no integer value"
+                    )
             else:
                 if c.direction is not None:
                     raise ConstraintError(f"feature {name!r} is categorical: it has no direction")
@@ -218,8 +237,9 @@ class Constraints:
                     unknown = sorted(set(c.allowed) - set(f.categories))
                     if unknown:
                         raise ConstraintError(
-                            f"allowed values for {name!r} include unknown categories {unknown[:5]}; "
-                            f"known: {', '.join(f.categories[:10])}{' ...' if len(f.categories) > 10 else ''}"
+                            f"allowed values for {name!r} include unknown categories "
+                            f"{unknown[:5]}; known: {', '.join(f.categories[:10])}"
+                            f"{' ...' if len(f.categories) > 10 else ''}"
                         )
                     if not c.allowed:
                         raise ConstraintError(f"allowed set for {name!r} is empty")
@@ -263,7 +283,9 @@ class Constraints:
         # feature's bounds may be chosen.
         for j, off, values in dependencies.determined(pre):
             blk = slice(off, off + values.size)
-            meets = (values[None, :] >= lower[:, j: j + 1] - 1e-6) & (values[None, :] <= upper[:, j: j + 1] + 1e-6)
+            meets = (values[None, :] >= lower[:, j : j + 1] - 1e-6) & (
+                values[None, :] <= upper[:, j : j + 1] + 1e-6
+            )
             upper[:, blk] *= meets
         return lower, upper
 
@@ -286,33 +308,47 @@ class Constraints:
                 raw = np.rint(raw)
             lo, hi = _raw_range(f, c)
             lo, hi = (-np.inf if c.lo is None else lo), (np.inf if c.hi is None else hi)
-            least = np.maximum(lo, raw) if c.immutable or c.direction == "increase" else np.full_like(raw, lo)
-            most = np.minimum(hi, raw) if c.immutable or c.direction == "decrease" else np.full_like(raw, hi)
+            least = (
+                np.maximum(lo, raw)
+                if c.immutable or c.direction == "increase"
+                else np.full_like(raw, lo)
+            )
+            most = (
+                np.minimum(hi, raw)
+                if c.immutable or c.direction == "decrease"
+                else np.full_like(raw, hi)
+            )
             bad = (least > most + 1e-6 * span[j]) & (reason == None)  # noqa: E711
             rule = "immutable" if c.immutable else f"{c.direction} only"
             for i in np.nonzero(bad)[0]:
-                reason[i] = (f"constraints on {f.name!r} cannot be met: {rule}, range [{lo:g}, {hi:g}], "
-                             f"query value {raw[i]:g}")
+                reason[i] = (
+                    f"constraints on {f.name!r} cannot be met: {rule}, range [{lo:g}, {hi:g}], "
+                    f"query value {raw[i]:g}"
+                )
         offset = pre.n_numeric
         for f in pre.categorical:
             k = len(f.categories)
             c = self.items.get(f.name)
             if c is not None and c.immutable and c.allowed is not None:
                 mask = np.array([cat in c.allowed for cat in f.categories])
-                idx = np.argmax(x[:, offset: offset + k], axis=1)
+                idx = np.argmax(x[:, offset : offset + k], axis=1)
                 bad = ~mask[idx] & (reason == None)  # noqa: E711
                 for i in np.nonzero(bad)[0]:
-                    reason[i] = (f"constraints on {f.name!r} cannot be met: immutable, and the query's "
-                                 f"value {f.categories[idx[i]]!r} is not allowed")
+                    reason[i] = (
+                        f"constraints on {f.name!r} cannot be met: immutable, and the query's "
+                        f"value {f.categories[idx[i]]!r} is not allowed"
+                    )
             offset += k
         if any(f.determined_by is not None for f in pre.numeric):
             _, upper = self.bounds(pre, x)
             for j, off, values in dependencies.determined(pre):
-                none = ~(upper[:, off: off + values.size] > 0.5).any(axis=1) & (reason == None)  # noqa: E711
+                none = ~(upper[:, off : off + values.size] > 0.5).any(axis=1) & (reason == None)  # noqa: E711
                 name = pre.numeric[j].name
                 for i in np.nonzero(none)[0]:
-                    reason[i] = (f"constraints on {name!r} cannot be met: no category of "
-                                 f"{pre.numeric[j].determined_by!r} gives a value they allow")
+                    reason[i] = (
+                        f"constraints on {name!r} cannot be met: no category of "
+                        f"{pre.numeric[j].determined_by!r} gives a value they allow"
+                    )
         return reason
 
     def satisfied(self, pre: Preprocessor, x: np.ndarray, cf: np.ndarray) -> np.ndarray:
@@ -320,7 +356,9 @@ class Constraints:
         lower, upper = self.bounds(pre, x)
         eps = 1e-6
         n_num = pre.n_numeric
-        ok = ((cf[:, :n_num] >= lower[:, :n_num] - eps) & (cf[:, :n_num] <= upper[:, :n_num] + eps)).all(axis=1)
+        ok = (
+            (cf[:, :n_num] >= lower[:, :n_num] - eps) & (cf[:, :n_num] <= upper[:, :n_num] + eps)
+        ).all(axis=1)
         cat = cf[:, n_num:] > 0.5
         ok &= ~(cat & (upper[:, n_num:] < 0.5)).any(axis=1)
         ok &= self.unmeetable(pre, x) == None  # noqa: E711

@@ -79,8 +79,11 @@ def decode(pre: Preprocessor, batch: BatchResult) -> ExplainedBatch:
         "sparsity_l0": numeric(changed_features(pre, x, res.cf), pa.int32(), found),
         "reconstruction_error": numeric(batch.recon, pa.float32(), found),
         "plausibility": numeric(
-            np.full(len(found), np.nan, np.float32) if batch.plausibility is None else batch.plausibility,
-            pa.float32(), found,
+            np.full(len(found), np.nan, np.float32)
+            if batch.plausibility is None
+            else batch.plausibility,
+            pa.float32(),
+            found,
         ),
         "reverted": numeric(res.reverted, pa.int32(), found),
     }

@@ -56,8 +56,14 @@ def fit_determined(
             c = by_name[declared[f.name]]
             ok = (index[c.name] >= 0) & np.isfinite(v)
             exact = transforms.exact_lookup(index[c.name][ok], v[ok], len(c.categories))
-            found = (c.name, exact if exact is not None else transforms.modal_lookup(
-                index[c.name][ok], v[ok], len(c.categories), f.name, c.name))
+            found = (
+                c.name,
+                exact
+                if exact is not None
+                else transforms.modal_lookup(
+                    index[c.name][ok], v[ok], len(c.categories), f.name, c.name
+                ),
+            )
         elif detect:
             for c in cats:
                 ok = (index[c.name] >= 0) & np.isfinite(v)
@@ -84,7 +90,9 @@ def determined(pre: Preprocessor) -> list[tuple[int, int, np.ndarray]]:
     out = []
     for j, f in enumerate(pre.numeric):
         if f.determined_by is not None:
-            out.append((j, offsets[f.determined_by], transforms.raw_to_model(f, np.array(f.lookup))))
+            out.append(
+                (j, offsets[f.determined_by], transforms.raw_to_model(f, np.array(f.lookup)))
+            )
     return out
 
 
@@ -96,7 +104,7 @@ def lookup_matrix(pre: Preprocessor) -> tuple[np.ndarray, np.ndarray]:
     table = np.zeros((n, pre.width - n), np.float32)
     for j, offset, values in determined(pre):
         keep[j] = 0.0
-        table[j, offset - n: offset - n + values.size] = values
+        table[j, offset - n : offset - n + values.size] = values
     return keep, table
 
 
@@ -104,7 +112,7 @@ def apply_lookup(pre: Preprocessor, x: np.ndarray) -> np.ndarray:
     """Rows ``x`` with every determined feature set from its category (numpy; a copy)."""
     x = np.array(x, dtype=np.float32, copy=True)
     for j, offset, values in determined(pre):
-        x[:, j] = values[np.argmax(x[:, offset: offset + values.size], axis=1)]
+        x[:, j] = values[np.argmax(x[:, offset : offset + values.size], axis=1)]
     return x
 
 

@@ -42,7 +42,8 @@ class Engine:
         shape = self.sessions["classifier"].get_inputs()[0].shape
         if isinstance(shape[1], int) and shape[1] != width:
             raise BundleError(
-                f"bundle {bundle.path}: classifier takes {shape[1]} inputs, preprocessing makes {width}"
+                f"bundle {bundle.path}: classifier takes {shape[1]} inputs, preprocessing makes "
+                f"{width}"
             )
         self.mu_1 = np.asarray(bundle.mu_1, dtype=np.float32)
         self._probe("search")
@@ -88,8 +89,9 @@ class Engine:
         code_width = self.pre.code_width
         if code.shape != (2, code_width) or score.shape != (2,):
             raise BundleError(
-                f"bundle {self.bundle.path}: {name} graph returns code {list(code.shape)} and scores "
-                f"{list(score.shape)} for 1 query x 2 alphas, expected [2, {code_width}] and [2]"
+                f"bundle {self.bundle.path}: {name} graph returns code {list(code.shape)} and "
+                f"scores {list(score.shape)} for 1 query x 2 alphas, expected [2, {code_width}] "
+                "and [2]"
             )
 
     def score(self, x: np.ndarray) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""The public API: ``Explainer.from_bundle(path)``, ``explain(table)``, ``explain_parquet(src, dst)``.
+"""The public API: ``Explainer.from_bundle(path)``, ``explain(table)``,
+``explain_parquet(src, dst)``.
 
 A query row follows one path (docs/design.md): read (``runtime.read``) -> encode
 (``runtime.encode``) -> search (``runtime.search``) -> decode (``runtime.decode``) -> write
@@ -49,7 +50,7 @@ class Explainer:
     """Counterfactual explanations from a bundle, with onnxruntime on CPU (no torch).
 
     >>> ex = Explainer.from_bundle("exported/adult")
-    >>> out = ex.explain(table)                   # Arrow in, Arrow out; a DataFrame gives a DataFrame
+    >>> out = ex.explain(table)  # Arrow in, Arrow out; a DataFrame gives a DataFrame
     >>> ex.explain_parquet("in.parquet", "out.parquet", batch_size=65536)
     """
 
@@ -105,8 +106,17 @@ class Explainer:
         """Dask's token of the explainer: the bundle's files and the run's settings (not its
         sessions, which Dask cannot hash)."""
         files = sorted(self.bundle.manifest.files.items())
-        return repr((str(self.bundle.path), files, self.settings.to_dict(), self.constraints.to_dict(),
-                     self.threads, self.num_cfs, self.revert))
+        return repr(
+            (
+                str(self.bundle.path),
+                files,
+                self.settings.to_dict(),
+                self.constraints.to_dict(),
+                self.threads,
+                self.num_cfs,
+                self.revert,
+            )
+        )
 
     @property
     def engine(self) -> Engine:
@@ -118,7 +128,9 @@ class Explainer:
     def search_batch(self, batch: pa.RecordBatch | pa.Table) -> BatchResult:
         """Encode and search a batch of queries (the feature columns are enough)."""
         encoded = encode(self.bundle.preprocessor, batch)
-        return search_batch(self.engine, encoded, self.settings, self.constraints, self.num_cfs, self.revert)
+        return search_batch(
+            self.engine, encoded, self.settings, self.constraints, self.num_cfs, self.revert
+        )
 
     def explain_batch(self, batch: pa.RecordBatch | pa.Table) -> ExplainedBatch:
         """The result columns of a batch of queries: encode, search, decode."""

@@ -68,7 +68,9 @@ def load_anchors(engine: Engine) -> Anchors | None:
     try:
         rows = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
-        raise BundleError(f"bundle {engine.bundle.path}: cannot read {spec['file']} ({exc})") from exc
+        raise BundleError(
+            f"bundle {engine.bundle.path}: cannot read {spec['file']} ({exc})"
+        ) from exc
     if rows.ndim != 2 or rows.shape[1] != engine.pre.width:
         raise BundleError(
             f"bundle {engine.bundle.path}: {spec['file']} has shape {list(rows.shape)}, "
@@ -83,7 +85,10 @@ def load_anchors(engine: Engine) -> Anchors | None:
 
 
 def hard_decode(
-    pre: Preprocessor, soft: np.ndarray, lower: np.ndarray | None = None, upper: np.ndarray | None = None
+    pre: Preprocessor,
+    soft: np.ndarray,
+    lower: np.ndarray | None = None,
+    upper: np.ndarray | None = None,
 ) -> np.ndarray:
     """The search graphs' hard decoding in numpy: numeric values clamped to the bounds and
     integers rounded to their grid, each categorical block arg-maxed over its allowed categories."""
@@ -101,9 +106,9 @@ def hard_decode(
     offset = n
     rows = np.arange(len(soft))
     for k in pre.cat_sizes:
-        blk = soft[:, offset: offset + k]
+        blk = soft[:, offset : offset + k]
         if upper is not None:
-            blk = blk - 1e9 * (1.0 - upper[:, offset: offset + k])
+            blk = blk - 1e9 * (1.0 - upper[:, offset : offset + k])
         out[rows, offset + np.argmax(blk, axis=1)] = 1.0
         offset += k
     return out
@@ -115,13 +120,17 @@ def compact(pre: Preprocessor, rows: np.ndarray) -> np.ndarray:
     parts = [rows[:, :n]]
     offset = n
     for k in pre.cat_sizes:
-        parts.append(np.argmax(rows[:, offset: offset + k], axis=1)[:, None].astype(np.float32))
+        parts.append(np.argmax(rows[:, offset : offset + k], axis=1)[:, None].astype(np.float32))
         offset += k
     return np.concatenate(parts, axis=1).astype(np.float32)
 
 
 def _decode_score(
-    engine: Engine, z: np.ndarray, zu: np.ndarray, lower: np.ndarray | None, upper: np.ndarray | None
+    engine: Engine,
+    z: np.ndarray,
+    zu: np.ndarray,
+    lower: np.ndarray | None,
+    upper: np.ndarray | None,
 ) -> tuple[np.ndarray, np.ndarray]:
     rows = np.empty((len(z), engine.pre.width), np.float32)
     score = np.empty(len(z), np.float32)
@@ -129,7 +138,10 @@ def _decode_score(
         s = slice(i, i + CALL_ROWS)
         soft = engine.run("decoder", {"z": z[s], "z_u": zu[s]})
         rows[s] = hard_decode(
-            engine.pre, soft, None if lower is None else lower[s], None if upper is None else upper[s]
+            engine.pre,
+            soft,
+            None if lower is None else lower[s],
+            None if upper is None else upper[s],
         )
         score[s] = engine.score(rows[s])
     return rows, score
@@ -155,7 +167,11 @@ def rescue(
     # The nearest approved anchors, by L2 in the model's input space.
     a_rows = anchors.rows[usable]
     d2 = (x**2).sum(1)[:, None] - 2.0 * x @ a_rows.T + (a_rows**2).sum(1)[None, :]
-    part = np.argpartition(d2, k - 1, axis=1)[:, :k] if k < usable.size else np.tile(np.arange(k), (m, 1))
+    part = (
+        np.argpartition(d2, k - 1, axis=1)[:, :k]
+        if k < usable.size
+        else np.tile(np.arange(k), (m, 1))
+    )
     order = np.argsort(np.take_along_axis(d2, part, axis=1), axis=1, kind="stable")
     near = usable[np.take_along_axis(part, order, axis=1)]  # [m, k], nearest first
     zq = engine.run("encoder", {"x": x})
@@ -163,7 +179,9 @@ def rescue(
     pair_q = np.repeat(np.arange(m), k)  # query of each (query, anchor) pair
     za, zua = anchors.z[near.reshape(-1)], anchors.zu[near.reshape(-1)]
 
-    def candidates(pairs: np.ndarray, alphas: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def candidates(
+        pairs: np.ndarray, alphas: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Rows [P, S, F], scores [P, S] and squared distances to the query [P, S] (inf where
         the score is outside [T, T + tol)) of the pairs ``pairs`` at ``alphas`` [P, S]."""
         s = alphas.shape[1]
@@ -171,12 +189,19 @@ def rescue(
         rep = np.repeat(pairs, s)
         q = pair_q[rep]
         rows, score = _decode_score(
-            engine, (1 - a) * zq[q] + a * za[rep], (1 - a) * zuq[q] + a * zua[rep],
-            None if bounds is None else bounds[0][q], None if bounds is None else bounds[1][q],
+            engine,
+            (1 - a) * zq[q] + a * za[rep],
+            (1 - a) * zuq[q] + a * zua[rep],
+            None if bounds is None else bounds[0][q],
+            None if bounds is None else bounds[1][q],
         )
         d2 = ((rows - x[q]) ** 2).sum(1)
         d2 = np.where((score >= t) & (score < top), d2, np.inf)
-        return rows.reshape(len(pairs), s, width), score.reshape(len(pairs), s), d2.reshape(len(pairs), s)
+        return (
+            rows.reshape(len(pairs), s, width),
+            score.reshape(len(pairs), s),
+            d2.reshape(len(pairs), s),
+        )
 
     grid = np.linspace(1.0 / cfg.fallback_steps, 1.0, cfg.fallback_steps, dtype=np.float32)
     steps = grid.size

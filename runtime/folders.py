@@ -222,7 +222,8 @@ def explain_folder(
         raise InputError(f"output {dst} exists; pass --force to overwrite it")
     if stage.exists() and not (resume or force):
         raise InputError(
-            f"an unfinished run left {stage}; pass --resume to continue it or --force to start again"
+            f"an unfinished run left {stage}; pass --resume to continue it or --force to start "
+            "again"
         )
     stage.mkdir(parents=True, exist_ok=True)
     with _locked(stage):
@@ -231,8 +232,8 @@ def explain_folder(
         old = _read_job(stage)
         if old is not None and old != record:
             raise InputError(
-                f"{stage} was left by a different run ({', '.join(_differences(old, record))} differ); "
-                "pass --force to start again"
+                f"{stage} was left by a different run ({', '.join(_differences(old, record))} "
+                "differ); pass --force to start again"
             )
         for tmp in stage.rglob(".*.tmp"):  # a dead run's unfinished parts
             tmp.unlink()

@@ -59,14 +59,18 @@ def harden(pre: Preprocessor, x_soft: np.ndarray) -> np.ndarray:
     return np.asarray(hard, dtype=np.float32)
 
 
-def outside_band(x_raw: np.ndarray, cf_raw: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+def outside_band(
+    x_raw: np.ndarray, cf_raw: np.ndarray, lo: np.ndarray, hi: np.ndarray
+) -> np.ndarray:
     """Boolean [n, features]: the counterfactual's value lies outside the training band
     [lo, hi] (per feature, e.g. p0.5 and p99.5) although the query's lies inside it."""
     inside = (x_raw >= lo) & (x_raw <= hi)
     return np.asarray(inside & ((cf_raw < lo) | (cf_raw > hi)))
 
 
-def ynn(cf: np.ndarray, train: np.ndarray, approved: np.ndarray, k: int = 5, chunk: int = 512) -> np.ndarray:
+def ynn(
+    cf: np.ndarray, train: np.ndarray, approved: np.ndarray, k: int = 5, chunk: int = 512
+) -> np.ndarray:
     """yNN per counterfactual: the share of its ``k`` nearest training rows (L2, in the space of
     ``train``) that the model approves (``approved`` bool per training row). A counterfactual
     among approved rows scores 1; one alone in rejected territory 0."""
@@ -74,14 +78,16 @@ def ynn(cf: np.ndarray, train: np.ndarray, approved: np.ndarray, k: int = 5, chu
     sq = np.einsum("ij,ij->i", train, train)
     out = np.empty(len(cf), np.float64)
     for start in range(0, len(cf), chunk):
-        c = np.asarray(cf[start: start + chunk], np.float32)
+        c = np.asarray(cf[start : start + chunk], np.float32)
         d = sq[None, :] - 2.0 * (c @ train.T)  # + |c|^2, the same for every training row
         near = np.argpartition(d, k - 1, axis=1)[:, :k]
-        out[start: start + len(c)] = approved[near].mean(axis=1)
+        out[start : start + len(c)] = approved[near].mean(axis=1)
     return out
 
 
-def option_diversity(pre: Preprocessor, query: np.ndarray, cf: np.ndarray) -> tuple[float, float, int]:
+def option_diversity(
+    pre: Preprocessor, query: np.ndarray, cf: np.ndarray
+) -> tuple[float, float, int]:
     """Diversity among each query's options (``--num-cfs K``), as DiCE measures it: the mean
     pairwise L2 distance between a query's counterfactuals in model space, and the mean number of
     features in which two of them differ, averaged over the queries with at least two options.
@@ -105,4 +111,8 @@ def option_diversity(pre: Preprocessor, query: np.ndarray, cf: np.ndarray) -> tu
     if not multi.any():
         return float("nan"), float("nan"), 0
     pairs = counts[multi] * (counts[multi] - 1) / 2
-    return float((l2_sum[multi] / pairs).mean()), float((l0_sum[multi] / pairs).mean()), int(multi.sum())
+    return (
+        float((l2_sum[multi] / pairs).mean()),
+        float((l0_sum[multi] / pairs).mean()),
+        int(multi.sum()),
+    )

@@ -21,19 +21,62 @@ _DICT_STRING = pa.dictionary(pa.int8(), pa.string())
 #: The result columns that follow the query's features and the ``cf_<feature>`` columns, in
 #: order: (name, Arrow type, description). The README's output table is generated from this.
 RESULT_COLUMNS: tuple[tuple[str, pa.DataType, str], ...] = (
-    ("status", _DICT_STRING, "`found`, `already_target` (f already gives the positive class), `not_found`, or `invalid`"),
+    (
+        "status",
+        _DICT_STRING,
+        "`found`, `already_target` (f already gives the positive class), `not_found`, or `invalid`",
+    ),
     ("reason", pa.string(), "why a row is `not_found` or `invalid`; null otherwise"),
-    ("score", pa.float32(), "f(x): the classifier's probability of the positive class for the query; null if invalid"),
-    ("cf_score", pa.float32(), "f(x_cf) for the counterfactual exactly as returned; null unless found"),
-    ("alpha", pa.float32(), "interpolation weight a of z_s = (1 - a) z + a mu_1 that gave the counterfactual (> 1 if extrapolated; for `anchored`, the weight toward the approved training row's code)"),
-    ("search", _DICT_STRING, "how it was found: `grid`, `refined` (bisection of the crossing), `extrapolated` (past mu_1) or `anchored` (the last resort: toward nearby approved training rows)"),
+    (
+        "score",
+        pa.float32(),
+        "f(x): the classifier's probability of the positive class for the query; null if invalid",
+    ),
+    (
+        "cf_score",
+        pa.float32(),
+        "f(x_cf) for the counterfactual exactly as returned; null unless found",
+    ),
+    (
+        "alpha",
+        pa.float32(),
+        "interpolation weight a of z_s = (1 - a) z + a mu_1 that gave the counterfactual (> 1 if "
+        "extrapolated; for `anchored`, the weight toward the approved training row's code)",
+    ),
+    (
+        "search",
+        _DICT_STRING,
+        "how it was found: `grid`, `refined` (bisection of the crossing), `extrapolated` (past "
+        "mu_1) or `anchored` (the last resort: toward nearby approved training rows)",
+    ),
     ("evaluations", pa.int32(), "decoder evaluations spent on the row (0 unless searched)"),
-    ("proximity_l2", pa.float32(), "L2 distance between query and counterfactual in the model's input space"),
-    ("sparsity_l1", pa.float32(), "L1 norm of the change in the model's input space (the paper's sparsity)"),
+    (
+        "proximity_l2",
+        pa.float32(),
+        "L2 distance between query and counterfactual in the model's input space",
+    ),
+    (
+        "sparsity_l1",
+        pa.float32(),
+        "L1 norm of the change in the model's input space (the paper's sparsity)",
+    ),
     ("sparsity_l0", pa.int32(), "number of features whose value changed"),
-    ("reconstruction_error", pa.float32(), "the autoencoder's mean squared reconstruction error on the counterfactual"),
-    ("plausibility", pa.float32(), "log-density of the counterfactual's latent code E(x_cf) under the target class's Gaussian (higher: more typical of rows f approves)"),
-    ("reverted", pa.int32(), "changes of the latent answer put back because f did not need them (0 with `--no-revert`)"),
+    (
+        "reconstruction_error",
+        pa.float32(),
+        "the autoencoder's mean squared reconstruction error on the counterfactual",
+    ),
+    (
+        "plausibility",
+        pa.float32(),
+        "log-density of the counterfactual's latent code E(x_cf) under the target class's Gaussian "
+        "(higher: more typical of rows f approves)",
+    ),
+    (
+        "reverted",
+        pa.int32(),
+        "changes of the latent answer put back because f did not need them (0 with `--no-revert`)",
+    ),
 )
 
 
@@ -54,12 +97,16 @@ def cf_type(f: Feature) -> pa.DataType:
 
 
 RANK_COLUMN = (
-    "cf_rank", pa.int32(),
-    "only with `--num-cfs K > 1`: rank of this option among the query's counterfactuals (1 = nearest); null when the query has none",
+    "cf_rank",
+    pa.int32(),
+    "only with `--num-cfs K > 1`: rank of this option among the query's counterfactuals (1 = "
+    "nearest); null when the query has none",
 )
 
 
-def output_schema(pre: Preprocessor, id_field: pa.Field | None = None, ranked: bool = False) -> pa.Schema:
+def output_schema(
+    pre: Preprocessor, id_field: pa.Field | None = None, ranked: bool = False
+) -> pa.Schema:
     """Schema of the explanation table for a bundle's features."""
     fields: list[pa.Field] = [] if id_field is None else [id_field]
     fields += [pa.field(f.name, query_type(f)) for f in pre.features]
@@ -92,7 +139,10 @@ def query_columns(
 
 
 def output_batch(
-    schema: pa.Schema, pre: Preprocessor, batch: pa.RecordBatch | pa.Table, id_column: str | None,
+    schema: pa.Schema,
+    pre: Preprocessor,
+    batch: pa.RecordBatch | pa.Table,
+    id_column: str | None,
     explained: ExplainedBatch,
 ) -> pa.RecordBatch:
     """One output batch: the query's columns (repeated per option when ``explained.source`` is
@@ -103,14 +153,18 @@ def output_batch(
     named = [*query, *as_given(pre, dict(query), explained.columns).items()]
     names = [name for name, _ in named]
     if names != schema.names:
-        raise AssertionError(f"output columns {names} do not match the output schema {schema.names}")
+        raise AssertionError(
+            f"output columns {names} do not match the output schema {schema.names}"
+        )
     n = explained.num_rows
     cols = [col for _, col in named]
     assert all(len(c) == n for c in cols)
     return pa.RecordBatch.from_arrays(cols, schema=schema)
 
 
-def as_given(pre: Preprocessor, query: dict[str, pa.Array], columns: dict[str, pa.Array]) -> dict[str, pa.Array]:
+def as_given(
+    pre: Preprocessor, query: dict[str, pa.Array], columns: dict[str, pa.Array]
+) -> dict[str, pa.Array]:
     """``columns`` with every continuous ``cf_<feature>`` that equals the query's value to the
     model's float32 precision (a change the revert step put back, a feature the walk left)
     replaced by the query's value exactly, so that an unchanged value reads unchanged."""

@@ -38,15 +38,26 @@ _worker: Explainer | None = None
 
 
 def start_worker(
-    parent: int, bundle: str, settings: RunSettings, threads: int, constraints: dict[str, Any], num_cfs: int,
-    range_margin: float, revert: bool = True,
+    parent: int,
+    bundle: str,
+    settings: RunSettings,
+    threads: int,
+    constraints: dict[str, Any],
+    num_cfs: int,
+    range_margin: float,
+    revert: bool = True,
 ) -> None:
     """In a new worker: die with the parent (even on kill -9), then load the bundle with the
     parent's run settings."""
     global _worker
     stops.worker_setup(parent)
     _worker = Explainer.from_bundle(
-        bundle, threads=threads, constraints=constraints, num_cfs=num_cfs, range_margin=range_margin, revert=revert,
+        bundle,
+        threads=threads,
+        constraints=constraints,
+        num_cfs=num_cfs,
+        range_margin=range_margin,
+        revert=revert,
         **settings.to_dict(),
     )
 
@@ -65,7 +76,9 @@ def auto_workers(src: str | Path, batch_size: int) -> int:
         rows = int(pq.read_metadata(src).num_rows)
     except (OSError, pa.ArrowInvalid):
         return 1  # the explain itself reports what is wrong with the file
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = (
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    )
     return max(1, min(cores, -(-rows // max(batch_size, 1))))
 
 
@@ -77,13 +90,25 @@ def process_pool(ex: Explainer, workers: int) -> Callable[[], AbstractContextMan
         method = "fork" if sys.platform.startswith("linux") else "spawn"
         features = ex.bundle.preprocessor.names
         pool = ProcessPoolExecutor(
-            workers, mp_context=mp.get_context(method), initializer=start_worker,
-            initargs=(os.getpid(), str(ex.bundle.path), ex.settings, ex.threads, ex.constraints.to_dict(),
-                      ex.num_cfs, ex.range_margin, ex.revert),
+            workers,
+            mp_context=mp.get_context(method),
+            initializer=start_worker,
+            initargs=(
+                os.getpid(),
+                str(ex.bundle.path),
+                ex.settings,
+                ex.threads,
+                ex.constraints.to_dict(),
+                ex.num_cfs,
+                ex.range_margin,
+                ex.revert,
+            ),
         )
         try:
 
-            def explain_batches(batches: Iterable[pa.RecordBatch]) -> Iterator[tuple[pa.RecordBatch, ExplainedBatch]]:
+            def explain_batches(
+                batches: Iterable[pa.RecordBatch],
+            ) -> Iterator[tuple[pa.RecordBatch, ExplainedBatch]]:
                 pending: deque[tuple[pa.RecordBatch, Future[ExplainedBatch]]] = deque()
                 for batch in batches:
                     pending.append((batch, pool.submit(explain_in_worker, batch.select(features))))
@@ -102,7 +127,9 @@ def process_pool(ex: Explainer, workers: int) -> Callable[[], AbstractContextMan
     return open_pool
 
 
-def _collect(item: tuple[pa.RecordBatch, Future[ExplainedBatch]]) -> tuple[pa.RecordBatch, ExplainedBatch]:
+def _collect(
+    item: tuple[pa.RecordBatch, Future[ExplainedBatch]],
+) -> tuple[pa.RecordBatch, ExplainedBatch]:
     batch, future = item
     return batch, future.result()
 
@@ -120,6 +147,9 @@ def explain_parquet_parallel(
     """Like ``Explainer.explain_parquet``, with up to ``workers`` processes: no more than there
     are batches, and a file of one batch is explained in-process. Same output, same order."""
     check_workers(workers)
-    workers = min(workers, max(1, count_batches(src, batch_size_for(batch_size, ex.bundle.preprocessor.width))))
+    workers = min(
+        workers,
+        max(1, count_batches(src, batch_size_for(batch_size, ex.bundle.preprocessor.width))),
+    )
     pool = process_pool(ex, workers) if workers > 1 else None
     return explain_file(ex, src, dst, batch_size, id_column, progress, pool=pool, force=force)

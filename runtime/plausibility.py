@@ -17,5 +17,6 @@ def log_density(z: np.ndarray, mu: np.ndarray, var: np.ndarray) -> np.ndarray:
     z = np.asarray(z, np.float64)
     var = np.asarray(var, np.float64)
     return np.asarray(
-        -0.5 * (((z - mu) ** 2 / var).sum(axis=1) + np.log(2.0 * np.pi * var).sum()), dtype=np.float32
+        -0.5 * (((z - mu) ** 2 / var).sum(axis=1) + np.log(2.0 * np.pi * var).sum()),
+        dtype=np.float32,
     )

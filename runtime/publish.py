@@ -238,8 +238,8 @@ def _publish(tmp: Path, dst: Path, force: bool) -> None:
             os.unlink(tmp)
     if not done:
         raise OutputError(
-            f"output {dst} appeared while this run was writing it (another run?); it was left as it "
-            f"is and this run's result discarded; pass --force (force=True) to replace it"
+            f"output {dst} appeared while this run was writing it (another run?); it was left as "
+            "it is and this run's result discarded; pass --force (force=True) to replace it"
         )
 
 

@@ -26,7 +26,9 @@ CHUNK = 65536
 
 def _within(rows: np.ndarray, lower: np.ndarray, upper: np.ndarray, n_num: int) -> np.ndarray:
     eps = 1e-6
-    ok = ((rows[:, :n_num] >= lower[:, :n_num] - eps) & (rows[:, :n_num] <= upper[:, :n_num] + eps)).all(axis=1)
+    ok = (
+        (rows[:, :n_num] >= lower[:, :n_num] - eps) & (rows[:, :n_num] <= upper[:, :n_num] + eps)
+    ).all(axis=1)
     return np.asarray(ok & ~((rows[:, n_num:] > 0.5) & (upper[:, n_num:] < 0.5)).any(axis=1))
 
 
@@ -71,7 +73,7 @@ def revert_changes(
             sel = np.nonzero(g_idx == gi)[0]
             if sel.size:
                 cand[sel[:, None], cols] = xq[r_idx[sel][:, None], cols]
-        s = np.concatenate([score(cand[i: i + CHUNK]) for i in range(0, len(cand), CHUNK)])
+        s = np.concatenate([score(cand[i : i + CHUNK]) for i in range(0, len(cand), CHUNK)])
         ok = (s >= threshold) & (s < upper)
         if bounds is not None:
             rows = active[r_idx]

@@ -52,7 +52,8 @@ class Feature:
     ``auto`` when declared: chosen from the training data."""
     band_lo: float | None = None
     band_hi: float | None = None
-    """Numeric features: the training distribution's [p0.5, p99.5], which counterfactuals keep to."""
+    """Numeric features: the training distribution's [p0.5, p99.5], which counterfactuals keep
+    to."""
     determined_by: str | None = None
     lookup: tuple[float, ...] = ()
     """A numeric feature determined by a categorical one: its value for each category."""
@@ -124,11 +125,20 @@ def _domain(name: object, kind: object, value: object) -> tuple[float | None, fl
     if value is None:
         return (None, None)
     if kind not in ("continuous", "integer"):
-        raise SchemaError(f"feature {name!r}: a domain applies to numeric features only, not {kind}")
-    if not isinstance(value, list | tuple) or len(value) != 2 or not all(
-        v is None or (isinstance(v, int | float) and not isinstance(v, bool) and np.isfinite(v)) for v in value
+        raise SchemaError(
+            f"feature {name!r}: a domain applies to numeric features only, not {kind}"
+        )
+    if (
+        not isinstance(value, list | tuple)
+        or len(value) != 2
+        or not all(
+            v is None or (isinstance(v, int | float) and not isinstance(v, bool) and np.isfinite(v))
+            for v in value
+        )
     ):
-        raise SchemaError(f"feature {name!r}: domain must be [lo, hi] with numbers or null, got {value!r}")
+        raise SchemaError(
+            f"feature {name!r}: domain must be [lo, hi] with numbers or null, got {value!r}"
+        )
     lo, hi = (None if v is None else float(v) for v in value)
     if lo is not None and hi is not None and lo > hi:
         raise SchemaError(f"feature {name!r}: domain [{lo:g}, {hi:g}] has lo > hi")
@@ -138,14 +148,20 @@ def _domain(name: object, kind: object, value: object) -> tuple[float | None, fl
 def _image_feature(d: Mapping[str, Any]) -> Feature:
     """An image feature from its declaration: a shape of positive sizes; the scale is 0..1."""
     shape = d.get("shape")
-    if (not isinstance(shape, list | tuple) or not shape
-            or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape)):
+    if (
+        not isinstance(shape, list | tuple)
+        or not shape
+        or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape)
+    ):
         raise SchemaError(
-            f"image feature {d.get('name')!r}: needs a shape of positive integers, e.g. [28, 28]; got {shape!r}"
+            f"image feature {d.get('name')!r}: needs a shape of positive integers, e.g. [28, 28]; "
+            f"got {shape!r}"
         )
     lo, hi = float(d.get("lo", 0.0)), float(d.get("hi", 1.0))
     if (lo, hi) != (0.0, 1.0):
-        raise SchemaError(f"image feature {d.get('name')!r}: the pixel scale is 0..1, got {lo:g}..{hi:g}")
+        raise SchemaError(
+            f"image feature {d.get('name')!r}: the pixel scale is 0..1, got {lo:g}..{hi:g}"
+        )
     return Feature(str(d["name"]), IMAGE, 0.0, 1.0, shape=tuple(shape))
 
 
@@ -189,7 +205,8 @@ class DataSchema:
             unknown = set(raw) - set(KINDS)
             if unknown:
                 raise SchemaError(
-                    f"schema: unknown feature kind(s) {sorted(unknown)}; expected {', '.join(KINDS)}"
+                    f"schema: unknown feature kind(s) {sorted(unknown)}; expected "
+                    f"{', '.join(KINDS)}"
                 )
             if raw.get(IMAGE):
                 raise SchemaError(
@@ -216,16 +233,28 @@ class DataSchema:
         by_name = {f.name: f for f in feats}
         for name, t in declared.items():
             if name not in by_name or not by_name[name].is_numeric:
-                raise SchemaError(f"schema: 'transforms' names {name!r}, which is not a numeric feature")
-            by_name[name] = replace(by_name[name], transform=transforms.check_transform(name, str(t)))
+                raise SchemaError(
+                    f"schema: 'transforms' names {name!r}, which is not a numeric feature"
+                )
+            by_name[name] = replace(
+                by_name[name], transform=transforms.check_transform(name, str(t))
+            )
         feats = [by_name[f.name] for f in feats]
         determined = d.get("determined", {})
         if not isinstance(determined, Mapping):
-            raise SchemaError("schema: 'determined' must map a numeric feature to the categorical one that determines it")
+            raise SchemaError(
+                "schema: 'determined' must map a numeric feature to the categorical one that "
+                "determines it"
+            )
         determined = {str(k): str(v) for k, v in determined.items()}
         transforms.check_determined(determined, feats)
-        return cls(tuple(feats), str(d["label"]), str(d["positive_class"]), determined,
-                   bool(d.get("detect_determined", True)))
+        return cls(
+            tuple(feats),
+            str(d["label"]),
+            str(d["positive_class"]),
+            determined,
+            bool(d.get("detect_determined", True)),
+        )
 
     @classmethod
     def from_file(cls, path: Path) -> DataSchema:
@@ -252,8 +281,10 @@ def _with_domains(feats: list[Feature], domains: object) -> list[Feature]:
     unknown = sorted(set(domains) - set(kinds))
     if unknown:
         raise SchemaError(f"schema: domain names unknown feature(s) {unknown}")
-    return [replace(f, domain=_domain(f.name, f.kind, domains[f.name])) if f.name in domains else f
-            for f in feats]
+    return [
+        replace(f, domain=_domain(f.name, f.kind, domains[f.name])) if f.name in domains else f
+        for f in feats
+    ]
 
 
 def usable_rows(reason: np.ndarray) -> np.ndarray:
@@ -264,9 +295,13 @@ def usable_rows(reason: np.ndarray) -> np.ndarray:
 def _numeric_array(col: pa.ChunkedArray | pa.Array, name: str) -> np.ndarray:
     if pa.types.is_dictionary(col.type):
         col = col.cast(col.type.value_type)
-    if not (pa.types.is_integer(col.type) or pa.types.is_floating(col.type)
-            or pa.types.is_boolean(col.type) or pa.types.is_decimal(col.type)
-            or pa.types.is_null(col.type)):
+    if not (
+        pa.types.is_integer(col.type)
+        or pa.types.is_floating(col.type)
+        or pa.types.is_boolean(col.type)
+        or pa.types.is_decimal(col.type)
+        or pa.types.is_null(col.type)
+    ):
         raise InputError(f"column {name!r}: expected a number, got {col.type}")
     return np.asarray(arrow.values(col, pa.float64(), np.nan), dtype=np.float64)
 
@@ -284,10 +319,10 @@ class Preprocessor:
             if not f.is_categorical and (f.lo is None or f.hi is None):
                 raise SchemaError(f"feature {f.name!r}: preprocessing is not fitted (no lo/hi)")
             if f.is_categorical and not f.categories:
-                raise SchemaError(f"feature {f.name!r}: preprocessing is not fitted (no categories)")
-        self._cat_values = {
-            f.name: arrow.strings(list(f.categories)) for f in self.categorical
-        }
+                raise SchemaError(
+                    f"feature {f.name!r}: preprocessing is not fitted (no categories)"
+                )
+        self._cat_values = {f.name: arrow.strings(list(f.categories)) for f in self.categorical}
 
     # -- layout -------------------------------------------------------------------------------
     @property
@@ -341,7 +376,10 @@ class Preprocessor:
     # -- fit ----------------------------------------------------------------------------------
     @classmethod
     def fit(
-        cls, table: pa.Table, features: Sequence[Feature], determined: Mapping[str, str] | None = None,
+        cls,
+        table: pa.Table,
+        features: Sequence[Feature],
+        determined: Mapping[str, str] | None = None,
         detect: bool = True,
     ) -> Preprocessor:
         """Fit the scaling (transform, range and band of each numeric feature), the categories,
@@ -351,7 +389,9 @@ class Preprocessor:
         fitted: list[Feature] = []
         for f in features:
             if f.name not in table.column_names:
-                raise InputError(f"column {f.name!r} is declared in the schema but missing from the data")
+                raise InputError(
+                    f"column {f.name!r} is declared in the schema but missing from the data"
+                )
             col = table.column(f.name)
             if not f.is_categorical:
                 v = _numeric_array(col, f.name)
@@ -363,15 +403,31 @@ class Preprocessor:
                         f"column {f.name!r} is declared integer but holds non-integer values"
                     )
                 dlo, dhi = f.domain
-                if (dlo is not None and finite.min() < dlo) or (dhi is not None and finite.max() > dhi):
+                if (dlo is not None and finite.min() < dlo) or (
+                    dhi is not None and finite.max() > dhi
+                ):
                     raise InputError(
-                        f"column {f.name!r}: training values {finite.min():g}..{finite.max():g} lie outside "
-                        f"the declared domain {_domain_text(f.domain)}"
+                        f"column {f.name!r}: training values {finite.min():g}..{finite.max():g} "
+                        f"lie outside the declared domain {_domain_text(f.domain)}"
                     )
-                transform = transforms.choose_transform(finite) if f.transform == transforms.AUTO else f.transform
+                transform = (
+                    transforms.choose_transform(finite)
+                    if f.transform == transforms.AUTO
+                    else f.transform
+                )
                 band = transforms.fit_band(finite)
-                fitted.append(Feature(f.name, f.kind, float(finite.min()), float(finite.max()), domain=f.domain,
-                                      transform=transform, band_lo=band[0], band_hi=band[1]))
+                fitted.append(
+                    Feature(
+                        f.name,
+                        f.kind,
+                        float(finite.min()),
+                        float(finite.max()),
+                        domain=f.domain,
+                        transform=transform,
+                        band_lo=band[0],
+                        band_hi=band[1],
+                    )
+                )
             else:
                 cats = pc.unique(pc.drop_null(col.cast(pa.string()))).to_pylist()
                 if not cats:
@@ -390,7 +446,11 @@ class Preprocessor:
         if missing:
             shown = ", ".join(repr(m) for m in missing[:5]) + (" ..." if len(missing) > 5 else "")
             lists = [f.name for f in schema if _is_list(f.type)]
-            hint = f" (list column {lists[0]!r} looks like images; this bundle explains tabular rows)" if lists else ""
+            hint = (
+                f" (list column {lists[0]!r} looks like images; this bundle explains tabular rows)"
+                if lists
+                else ""
+            )
             raise InputError(
                 f"input lacks {len(missing)} feature column(s) the bundle expects: {shown}{hint}"
             )
@@ -398,28 +458,37 @@ class Preprocessor:
             t = schema.field(f.name).type
             if _is_list(t):
                 raise InputError(
-                    f"column {f.name!r}: expected a {'number' if not f.is_categorical else 'string category'}, "
-                    f"got {t} (a list column: this bundle explains tabular rows, not images)"
+                    f"column {f.name!r}: expected a "
+                    f"{'number' if not f.is_categorical else 'string category'}, got {t} (a list "
+                    "column: this bundle explains tabular rows, not images)"
                 )
             if pa.types.is_dictionary(t):
                 t = t.value_type
-            if not f.is_categorical and not (pa.types.is_integer(t) or pa.types.is_floating(t)
-                                     or pa.types.is_decimal(t) or pa.types.is_boolean(t)
-                                     or pa.types.is_null(t)):
+            if not f.is_categorical and not (
+                pa.types.is_integer(t)
+                or pa.types.is_floating(t)
+                or pa.types.is_decimal(t)
+                or pa.types.is_boolean(t)
+                or pa.types.is_null(t)
+            ):
                 raise InputError(f"column {f.name!r}: expected a number, got {t}")
-            if f.is_categorical and not (pa.types.is_string(t) or pa.types.is_large_string(t)
-                                         or pa.types.is_null(t)
-                                         or (pa.types.is_integer(t) and _integer_categories(f))):
+            if f.is_categorical and not (
+                pa.types.is_string(t)
+                or pa.types.is_large_string(t)
+                or pa.types.is_null(t)
+                or (pa.types.is_integer(t) and _integer_categories(f))
+            ):
                 example = f" such as {f.categories[0]!r}" if f.categories else ""
                 raise InputError(
                     f"column {f.name!r}: expected a string category{example}, got {t}"
-                    + (" (the bundle's categories are text, so numbers cannot match them)"
-                       if pa.types.is_integer(t) or pa.types.is_floating(t) else "")
+                    + (
+                        " (the bundle's categories are text, so numbers cannot match them)"
+                        if pa.types.is_integer(t) or pa.types.is_floating(t)
+                        else ""
+                    )
                 )
 
-    def transform(
-        self, table: pa.Table | pa.RecordBatch
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def transform(self, table: pa.Table | pa.RecordBatch) -> tuple[np.ndarray, np.ndarray]:
         """Encode raw columns. Returns (X float32 [n, width], reason object array [n]).
 
         ``reason[i]`` is None for a usable row, else a short text naming the first problem;
@@ -443,13 +512,21 @@ class Preprocessor:
             flag(np.isinf(v), f"{f.name}: infinite value")
             dlo, dhi = f.domain
             if dlo is not None or dhi is not None:
-                out = (v < (-np.inf if dlo is None else dlo)) | (v > (np.inf if dhi is None else dhi))
+                out = (v < (-np.inf if dlo is None else dlo)) | (
+                    v > (np.inf if dhi is None else dhi)
+                )
                 if out.any():
-                    flag(out & np.isfinite(v), f"{f.name}: value outside the declared domain {_domain_text(f.domain)}")
+                    flag(
+                        out & np.isfinite(v),
+                        f"{f.name}: value outside the declared domain {_domain_text(f.domain)}",
+                    )
             far = (v < lo - self.range_margin * span) | (v > hi + self.range_margin * span)
             if far.any():
-                flag(far & np.isfinite(v), f"{f.name}: value far outside the training range [{lo:g}, {hi:g}] "
-                                           f"(more than {100 * self.range_margin:g}% of its width beyond it)")
+                flag(
+                    far & np.isfinite(v),
+                    f"{f.name}: value far outside the training range [{lo:g}, {hi:g}] "
+                    f"(more than {100 * self.range_margin:g}% of its width beyond it)",
+                )
             scaled = transforms.raw_to_model(f, np.where(np.isfinite(v), v, lo))
             x[:, j] = np.where(np.isfinite(scaled), scaled, 0.0)
         offset = self.n_numeric
@@ -476,14 +553,24 @@ class Preprocessor:
         """The numeric entries of model-space rows ``x`` [n, >= n_numeric] in raw units, float64
         [n, n_numeric] (integers not rounded): the exact inverse of the scaling."""
         u = np.asarray(x[:, : self.n_numeric], dtype=np.float64)
-        return np.stack([transforms.model_to_raw(f, u[:, j]) for j, f in enumerate(self.numeric)], axis=1) \
-            if self.n_numeric else u
+        return (
+            np.stack(
+                [transforms.model_to_raw(f, u[:, j]) for j, f in enumerate(self.numeric)], axis=1
+            )
+            if self.n_numeric
+            else u
+        )
 
     def model_values(self, raw: np.ndarray) -> np.ndarray:
         """Raw numeric values [n, n_numeric] -> model space (float64): the scaling."""
         raw = np.asarray(raw, dtype=np.float64)
-        return np.stack([transforms.raw_to_model(f, raw[:, j]) for j, f in enumerate(self.numeric)], axis=1) \
-            if self.n_numeric else raw
+        return (
+            np.stack(
+                [transforms.raw_to_model(f, raw[:, j]) for j, f in enumerate(self.numeric)], axis=1
+            )
+            if self.n_numeric
+            else raw
+        )
 
     def bands(self) -> tuple[np.ndarray, np.ndarray]:
         """Per numeric feature, the band [p0.5, p99.5] of training in model space."""
@@ -500,7 +587,7 @@ class Preprocessor:
         offset = self.n_numeric
         for f in self.categorical:
             k = len(f.categories)
-            out[f.name] = np.argmax(x[:, offset: offset + k], axis=1).astype(np.int32)
+            out[f.name] = np.argmax(x[:, offset : offset + k], axis=1).astype(np.int32)
             offset += k
         return out
 
@@ -541,13 +628,17 @@ def check_unique_names(schema: pa.Schema) -> None:
         seen.add(name)
     if dup:
         shown = ", ".join(repr(n) for n in dup[:5]) + (" ..." if len(dup) > 5 else "")
-        raise InputError(f"input has duplicate column names: {shown}; each column must have its own name")
+        raise InputError(
+            f"input has duplicate column names: {shown}; each column must have its own name"
+        )
 
 
 def _integer_categories(f: Feature) -> bool:
     """True when every category is an integer written plainly ('0', '12'): then a column of
     integers can name them."""
-    return bool(f.categories) and all(c.lstrip("-").isdigit() and str(int(c)) == c for c in f.categories)
+    return bool(f.categories) and all(
+        c.lstrip("-").isdigit() and str(int(c)) == c for c in f.categories
+    )
 
 
 def _domain_text(domain: tuple[float | None, float | None]) -> str:
@@ -565,19 +656,23 @@ def _is_list(t: pa.DataType) -> bool:
 
 
 def image_column(values: np.ndarray, keep: np.ndarray | None = None) -> pa.FixedSizeListArray:
-    """Rows of ``values`` [n, size] as a fixed-size list column; rows where ``keep`` is False null."""
+    """Rows of ``values`` [n, size] as a fixed-size list column; rows where ``keep`` is False
+    null."""
     flat = arrow.numeric(np.ascontiguousarray(values, dtype=np.float32).reshape(-1), pa.float32())
     return fixed_size_lists(flat, values.shape[1], keep)
 
 
-def fixed_size_lists(flat: pa.Array, size: int, keep: np.ndarray | None = None) -> pa.FixedSizeListArray:
+def fixed_size_lists(
+    flat: pa.Array, size: int, keep: np.ndarray | None = None
+) -> pa.FixedSizeListArray:
     """``flat`` cut into lists of ``size`` values; rows where ``keep`` is False are null.
     (Built from buffers: ``FixedSizeListArray.from_arrays`` takes no mask in older pyarrow.)"""
     validity, nulls = arrow.validity_buffer(keep, len(flat) // size)
     if not nulls:
         return pa.FixedSizeListArray.from_arrays(flat, size)
-    out = pa.Array.from_buffers(pa.list_(flat.type, size), len(flat) // size, [validity], null_count=nulls,
-                                children=[flat])
+    out = pa.Array.from_buffers(
+        pa.list_(flat.type, size), len(flat) // size, [validity], null_count=nulls, children=[flat]
+    )
     assert isinstance(out, pa.FixedSizeListArray)
     return out
 
@@ -625,13 +720,18 @@ class ImagePreprocessor(Preprocessor):
 
     def _describe(self) -> str:
         f = self.image
-        return f"{f.size} pixels ({'x'.join(map(str, f.shape))}), fixed_size_list<float32>[{f.size}] in [0, 1] or 8-bit integers 0..255"
+        return (
+            f"{f.size} pixels ({'x'.join(map(str, f.shape))}), fixed_size_list<float32>[{f.size}] "
+            "in [0, 1] or 8-bit integers 0..255"
+        )
 
     def check_columns(self, schema: pa.Schema) -> None:
         check_unique_names(schema)
         f = self.image
         if f.name not in schema.names:
-            shown = ", ".join(repr(n) for n in schema.names[:5]) + (" ..." if len(schema.names) > 5 else "")
+            shown = ", ".join(repr(n) for n in schema.names[:5]) + (
+                " ..." if len(schema.names) > 5 else ""
+            )
             raise InputError(
                 f"input lacks the image column {f.name!r} ({self._describe()}) that this image "
                 f"bundle expects; input columns: {shown}"
@@ -641,14 +741,16 @@ class ImagePreprocessor(Preprocessor):
             raise InputError(f"column {f.name!r}: expected a list of {self._describe()}; got {t}")
         if pa.types.is_fixed_size_list(t) and t.list_size != f.size:
             raise InputError(
-                f"column {f.name!r}: fixed-size lists of {t.list_size} values, but the bundle expects {f.size}"
+                f"column {f.name!r}: fixed-size lists of {t.list_size} values, but the bundle "
+                f"expects {f.size}"
             )
         v = t.value_type
         if not (pa.types.is_floating(v) or pa.types.is_integer(v)):
             raise InputError(f"column {f.name!r}: pixel values must be numbers, got {v}")
 
     def pixels(self, col: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Read an image column: (values float32 [n, size] scaled to 0..1, readable [n], reason [n]).
+        """Read an image column: (values float32 [n, size] scaled to 0..1, readable [n],
+        reason [n]).
 
         ``readable`` is False for rows with no values (missing image, wrong length); ``reason``
         names the first problem of every unusable row (None for a usable one)."""

@@ -78,7 +78,17 @@ class SearchResult:
     overshoot: np.ndarray  # best crossing score where the search crossed T but never within tol
     reverted: np.ndarray  # changes of the latent answer put back by the revert step
 
-    FIELDS = ("status", "kind", "score", "cf", "cf_score", "alpha", "evaluations", "overshoot", "reverted")
+    FIELDS = (
+        "status",
+        "kind",
+        "score",
+        "cf",
+        "cf_score",
+        "alpha",
+        "evaluations",
+        "overshoot",
+        "reverted",
+    )
 
     def assign(self, rows: np.ndarray, part: SearchResult) -> None:
         """Copy ``part`` (results for ``rows`` of this result, in order) into place."""
@@ -136,10 +146,13 @@ def search(
 
     def run(rows: np.ndarray, alphas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return engine.codes(
-            xq[rows], alphas, target_q[rows],
+            xq[rows],
+            alphas,
+            target_q[rows],
             None if lower_bound is None else lower_bound[rows],
             None if upper_bound is None else upper_bound[rows],
         )
+
     m = todo.size
     ar = np.arange(m)
 
@@ -175,7 +188,7 @@ def search(
         for i in range(0, path.size, BLOCK):
             if rows.size == 0:
                 return
-            part = path[i: i + BLOCK]
+            part = path[i : i + BLOCK]
             walk(rows, np.broadcast_to(part, (rows.size, part.size)).copy(), lo[rows].copy(), how)
             rows = rows[np.isnan(best_score[rows])]
 
@@ -201,8 +214,12 @@ def search(
 
     found = ~np.isnan(best_score) & (best_score < ceiling)
     over = ~np.isnan(best_score) & ~found
-    if cfg.fallback and (not found.all() or (cfg.fallback_extrapolated and (kind == EXTRAPOLATED).any())):
-        _last_resort(engine, xq, cfg, bounds, todo, found, best_code, best_score, best_alpha, kind, evals)
+    if cfg.fallback and (
+        not found.all() or (cfg.fallback_extrapolated and (kind == EXTRAPOLATED).any())
+    ):
+        _last_resort(
+            engine, xq, cfg, bounds, todo, found, best_code, best_score, best_alpha, kind, evals
+        )
         over &= ~found
     idx = todo[found]
     res.status[idx] = FOUND
@@ -216,9 +233,17 @@ def search(
 
 
 def _last_resort(
-    engine: Engine, xq: np.ndarray, cfg: RunSettings, bounds: tuple[np.ndarray, np.ndarray] | None,
-    todo: np.ndarray, found: np.ndarray, best_code: np.ndarray, best_score: np.ndarray,
-    best_alpha: np.ndarray, kind: np.ndarray, evals: np.ndarray,
+    engine: Engine,
+    xq: np.ndarray,
+    cfg: RunSettings,
+    bounds: tuple[np.ndarray, np.ndarray] | None,
+    todo: np.ndarray,
+    found: np.ndarray,
+    best_code: np.ndarray,
+    best_score: np.ndarray,
+    best_alpha: np.ndarray,
+    kind: np.ndarray,
+    evals: np.ndarray,
 ) -> None:
     """Rows the walk missed walk toward nearby approved training rows (``gmcf.runtime.fallback``);
     so do rows it answered only past mu_1 (``fallback_extrapolated``), which keep the nearer of
@@ -268,11 +293,16 @@ class BatchResult:
     rank: np.ndarray | None = None
     """[m] rank of the option among its query's (1 = nearest; 0: the query has none)."""
     plausibility: np.ndarray | None = None
-    """[m] log-density of each counterfactual's latent code under the target Gaussian (NaN where none)."""
+    """[m] log-density of each counterfactual's latent code under the target Gaussian (NaN where
+    none)."""
 
 
 def search_batch(
-    engine: Engine, encoded: Encoded, settings: RunSettings, constraints: Constraints, num_cfs: int = 1,
+    engine: Engine,
+    encoded: Encoded,
+    settings: RunSettings,
+    constraints: Constraints,
+    num_cfs: int = 1,
     revert: bool = False,
 ) -> BatchResult:
     """Search every usable row of an encoded batch, in chunks of ``search_chunk`` queries;
@@ -286,12 +316,14 @@ def search_batch(
         ok, reason = set_aside_unmeetable(engine, x, reason, ok, walks, settings, constraints)
     chunk = chunk_for(engine)
     for start in range(0, ok.size, chunk):
-        rows = ok[start: start + chunk]
+        rows = ok[start : start + chunk]
         xr = x[rows]
         bounds = constraints.bounds(pre, xr) if constraints else None
         score = engine.score(xr) if len(targets) > 1 else None
         for res, target in zip(walks, targets, strict=True):
-            tgt = None if target is None else np.broadcast_to(target, (rows.size, target.size)).copy()
+            tgt = (
+                None if target is None else np.broadcast_to(target, (rows.size, target.size)).copy()
+            )
             part = search(engine, xr, settings, bounds, tgt, score)
             if revert:
                 revert_found(engine, part, xr, settings, bounds)
@@ -299,15 +331,36 @@ def search_batch(
     ceiling, constrained = settings.score_ceiling, bool(constraints)
     if num_cfs == 1:
         res = walks[0]
-        return BatchResult(x, reason, res, reconstruction_errors(engine, res), res.status, ceiling, constrained,
-                           plausibility=plausibilities(engine, res))
+        return BatchResult(
+            x,
+            reason,
+            res,
+            reconstruction_errors(engine, res),
+            res.status,
+            ceiling,
+            constrained,
+            plausibility=plausibilities(engine, res),
+        )
     src, rank, res = rank_options(walks, x, num_cfs)
-    return BatchResult(x[src], reason[src], res, reconstruction_errors(engine, res), res.status[rank <= 1],
-                       ceiling, constrained, src, rank, plausibilities(engine, res))
+    return BatchResult(
+        x[src],
+        reason[src],
+        res,
+        reconstruction_errors(engine, res),
+        res.status[rank <= 1],
+        ceiling,
+        constrained,
+        src,
+        rank,
+        plausibilities(engine, res),
+    )
 
 
 def revert_found(
-    engine: Engine, part: SearchResult, x: np.ndarray, settings: RunSettings,
+    engine: Engine,
+    part: SearchResult,
+    x: np.ndarray,
+    settings: RunSettings,
     bounds: tuple[np.ndarray, np.ndarray] | None,
 ) -> None:
     """The revert step on the found rows of one searched chunk (in place). Image bundles are
@@ -320,8 +373,14 @@ def revert_found(
         return
     b = None if bounds is None else (bounds[0][hit], bounds[1][hit])
     part.cf[hit], part.cf_score[hit], part.reverted[hit] = revert_changes(
-        engine.pre, engine.score, x[hit], part.cf[hit], part.cf_score[hit],
-        settings.threshold, settings.score_ceiling, b,
+        engine.pre,
+        engine.score,
+        x[hit],
+        part.cf[hit],
+        part.cf_score[hit],
+        settings.threshold,
+        settings.score_ceiling,
+        b,
     )
 
 
@@ -335,7 +394,7 @@ def plausibilities(engine: Engine, res: SearchResult) -> np.ndarray:
     mu, var = np.asarray(latent.mu_1, np.float32), np.asarray(latent.var_1, np.float32)
     chunk = chunk_for(engine)
     for start in range(0, hit.size, chunk):
-        rows = hit[start: start + chunk]
+        rows = hit[start : start + chunk]
         out[rows] = log_density(engine.latent(res.cf[rows]), mu, var)
     return out
 
@@ -346,8 +405,13 @@ def chunk_for(engine: Engine) -> int:
 
 
 def set_aside_unmeetable(
-    engine: Engine, x: np.ndarray, reason: np.ndarray, ok: np.ndarray, walks: list[SearchResult],
-    settings: RunSettings, constraints: Constraints,
+    engine: Engine,
+    x: np.ndarray,
+    reason: np.ndarray,
+    ok: np.ndarray,
+    walks: list[SearchResult],
+    settings: RunSettings,
+    constraints: Constraints,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Queries whose constraints contradict each other (no row can meet them) are scored
     but not searched: ``already_target`` if f accepts them, else ``not_found`` with the
@@ -373,7 +437,7 @@ def reconstruction_errors(engine: Engine, res: SearchResult) -> np.ndarray:
     hit = np.nonzero(res.status == FOUND)[0]
     chunk = chunk_for(engine)
     for start in range(0, hit.size, chunk):
-        rows = hit[start: start + chunk]
+        rows = hit[start : start + chunk]
         recon[rows] = engine.reconstruction_error(res.cf[rows])
     return recon
 
@@ -426,7 +490,9 @@ def rank_options(
     pick[slots] = order[kept_j, kept_q]
     out = SearchResult.empty(src.size, width)
     for name in SearchResult.FIELDS:
-        stacked = cf if name == "cf" else np.stack([getattr(r, name) for r in walks])  # cf: stacked above
+        stacked = (
+            cf if name == "cf" else np.stack([getattr(r, name) for r in walks])
+        )  # cf: stacked above
         getattr(out, name)[:] = stacked[pick, src]
     out.evaluations[:] = np.stack([r.evaluations for r in walks]).sum(axis=0)[src]
     return src, rank, out

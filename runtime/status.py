@@ -26,7 +26,10 @@ WITHIN_CONSTRAINTS = " within the constraints"
 
 def overshoot_reason(score: float, score_ceiling: float) -> str:
     """Reason of a row whose path crossed the threshold only above threshold + tol."""
-    return f"crossed the threshold only with score {score:.3f} >= threshold + tol ({score_ceiling:.3f})"
+    return (
+        f"crossed the threshold only with score {score:.3f} >= threshold + tol "
+        f"({score_ceiling:.3f})"
+    )
 
 
 def never_crossed_reason(constrained: bool) -> str:

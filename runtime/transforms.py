@@ -44,7 +44,8 @@ BAND = (0.005, 0.995)
 def check_transform(name: str, transform: str) -> str:
     if transform not in (*TRANSFORMS, AUTO):
         raise SchemaError(
-            f"feature {name!r}: transform must be one of {', '.join((*TRANSFORMS, AUTO))}, got {transform!r}"
+            f"feature {name!r}: transform must be one of {', '.join((*TRANSFORMS, AUTO))}, got "
+            f"{transform!r}"
         )
     return transform
 
@@ -58,7 +59,7 @@ def skewness(v: np.ndarray) -> float:
 def choose_transform(v: np.ndarray) -> str:
     """``log`` for a right-skewed feature (skewness above ``HEAVY_TAIL_SKEW``) with more than
     two distinct values, else ``minmax``."""
-    if np.unique(v[: 200_000]).size <= 2:
+    if np.unique(v[:200_000]).size <= 2:
         return "minmax"
     return "log" if skewness(v) > HEAVY_TAIL_SKEW else "minmax"
 
@@ -136,14 +137,18 @@ def exact_lookup(cats: np.ndarray, values: np.ndarray, n_cats: int) -> np.ndarra
     return lut
 
 
-def modal_lookup(cats: np.ndarray, values: np.ndarray, n_cats: int, name: str, by: str) -> np.ndarray:
+def modal_lookup(
+    cats: np.ndarray, values: np.ndarray, n_cats: int, name: str, by: str
+) -> np.ndarray:
     """The most frequent value per category (a declared dependency that the data does not hold
     exactly); a category with no rows is an error."""
     lut = np.full(n_cats, np.nan)
     for k in range(n_cats):
         vk = values[cats == k]
         if vk.size == 0:
-            raise InputError(f"feature {name!r} is declared determined by {by!r}, but a category has no rows")
+            raise InputError(
+                f"feature {name!r} is declared determined by {by!r}, but a category has no rows"
+            )
         vals, counts = np.unique(vk, return_counts=True)
         lut[k] = vals[np.argmax(counts)]
     return lut
@@ -157,6 +162,10 @@ def check_determined(declared: Mapping[str, str], features: Sequence[Feature]) -
             missing = num if num not in kinds else cat
             raise SchemaError(f"schema: 'determined' names unknown feature {missing!r}")
         if not kinds[num].is_numeric or kinds[num].kind == "image":
-            raise SchemaError(f"schema: determined feature {num!r} must be numeric (it follows a category)")
+            raise SchemaError(
+                f"schema: determined feature {num!r} must be numeric (it follows a category)"
+            )
         if not kinds[cat].is_categorical:
-            raise SchemaError(f"schema: {num!r} can only be determined by a categorical feature, not {cat!r}")
+            raise SchemaError(
+                f"schema: {num!r} can only be determined by a categorical feature, not {cat!r}"
+            )

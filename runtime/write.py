@@ -77,7 +77,9 @@ class ParquetOutput:
 
 
 @contextmanager
-def atomic_parquet_writer(dst: Path, schema: pa.Schema, force: bool = False) -> Iterator[ParquetOutput]:
+def atomic_parquet_writer(
+    dst: Path, schema: pa.Schema, force: bool = False
+) -> Iterator[ParquetOutput]:
     """A lean Parquet writer whose file appears at ``dst`` only when the block ends without
     error, and not over an existing file unless ``force``."""
     dst = Path(dst)

@@ -24,7 +24,9 @@ FILE = "anchors.npy"
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("bundles", nargs="+", type=Path)
     ap.add_argument("--count", type=int, default=ANCHOR_COUNT)
     args = ap.parse_args()

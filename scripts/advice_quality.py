@@ -52,13 +52,21 @@ def minmax_space(pre: Preprocessor, table: pa.Table, prefix: str = "") -> np.nda
         span = (f.hi - f.lo) if f.hi > f.lo else 1.0  # type: ignore[operator]
         cols.append(((v - f.lo) / span)[:, None])
     for f in pre.categorical:
-        v = np.asarray(table.column(prefix + f.name).cast(pa.string()).to_numpy(zero_copy_only=False))
+        v = np.asarray(
+            table.column(prefix + f.name).cast(pa.string()).to_numpy(zero_copy_only=False)
+        )
         cols.append((v[:, None] == np.array(f.categories)[None, :]).astype(np.float64))
     return np.concatenate(cols, axis=1)
 
 
 def raw(table: pa.Table, names: list[str], prefix: str = "") -> np.ndarray:
-    return np.stack([np.asarray(table.column(prefix + n).to_numpy(zero_copy_only=False), np.float64) for n in names], 1)
+    return np.stack(
+        [
+            np.asarray(table.column(prefix + n).to_numpy(zero_copy_only=False), np.float64)
+            for n in names
+        ],
+        1,
+    )
 
 
 def measure(bundle: Path, dataset: str, revert: bool, k: int = 5) -> dict[str, Any]:
@@ -90,26 +98,48 @@ def measure(bundle: Path, dataset: str, revert: bool, k: int = 5) -> dict[str, A
     x_train, _ = pre.transform(train)
     approved = ex.engine.score(x_train) >= ex.settings.threshold
     res: dict[str, Any] = {
-        "bundle": str(bundle), "dataset": dataset, "revert": revert,
-        "rejected": int(rejected.size), "found": int(found.sum()),
+        "bundle": str(bundle),
+        "dataset": dataset,
+        "revert": revert,
+        "rejected": int(rejected.size),
+        "found": int(found.sum()),
         "validity": 100.0 * float(found.mean()),
         "l0": float(np.mean(out.column("sparsity_l0").to_numpy(zero_copy_only=False)[found])),
-        "l1": float(np.abs(d).sum(1).mean()), "l2": float(np.sqrt((d**2).sum(1)).mean()),
-        "plausibility": float(np.mean(out.column("plausibility").to_numpy(zero_copy_only=False)[found])),
+        "l1": float(np.abs(d).sum(1).mean()),
+        "l2": float(np.sqrt((d**2).sum(1)).mean()),
+        "plausibility": float(
+            np.mean(out.column("plausibility").to_numpy(zero_copy_only=False)[found])
+        ),
         "ynn": float(ynn(c_mm, minmax_space(pre, train), approved, k).mean()),
         "outside_band_rows": 100.0 * float(outside.any(axis=1).mean()),
-        "outside_band_values": 100.0 * float(outside.sum() / max(1, ((q_raw >= bands[0]) & (q_raw <= bands[1])).sum())),
+        "outside_band_values": 100.0
+        * float(outside.sum() / max(1, ((q_raw >= bands[0]) & (q_raw <= bands[1])).sum())),
         "outside_by_feature": {n: 100.0 * float(outside[:, j].mean()) for j, n in enumerate(num)},
         "rows_per_s": rejected.size / seconds,
     }
     if "reverted" in out.column_names:
-        res["reverted"] = float(np.mean(out.column("reverted").to_numpy(zero_copy_only=False)[found]))
+        res["reverted"] = float(
+            np.mean(out.column("reverted").to_numpy(zero_copy_only=False)[found])
+        )
     if "annual_inc" in num:
-        res["income_at_min"] = 100.0 * float((c_raw[:, num.index("annual_inc")] == train_raw[:, num.index("annual_inc")].min()).mean())
+        res["income_at_min"] = 100.0 * float(
+            (
+                c_raw[:, num.index("annual_inc")] == train_raw[:, num.index("annual_inc")].min()
+            ).mean()
+        )
     if "education-num" in num and "education" in hit.column_names:
-        pairs = set(zip(pc.cast(train.column("education"), pa.string()).to_pylist(),
-                        train.column("education-num").to_pylist(), strict=True))
-        got = zip(hit.column("cf_education").cast(pa.string()).to_pylist(), hit.column("cf_education-num").to_pylist(), strict=True)
+        pairs = set(
+            zip(
+                pc.cast(train.column("education"), pa.string()).to_pylist(),
+                train.column("education-num").to_pylist(),
+                strict=True,
+            )
+        )
+        got = zip(
+            hit.column("cf_education").cast(pa.string()).to_pylist(),
+            hit.column("cf_education-num").to_pylist(),
+            strict=True,
+        )
         res["education_agree"] = 100.0 * float(np.mean([p in pairs for p in got]))
     return res
 
@@ -137,28 +167,46 @@ def examples(bundle: Path, dataset: str, n: int, seed: int = 0) -> str:
     out = ex.explain(test.take(pa.array(pick)))
     lines = ["| applicant | advice | f before -> after |", "|---|---|---|"]
     for i, row in enumerate(out.to_pylist()):
-        changes = [f"{f.name} {_fmt_value(row[f.name])} -> {_fmt_value(row['cf_' + f.name])}"
-                   for f in pre.features if row["status"] == "found" and row[f.name] != row["cf_" + f.name]]
+        changes = [
+            f"{f.name} {_fmt_value(row[f.name])} -> {_fmt_value(row['cf_' + f.name])}"
+            for f in pre.features
+            if row["status"] == "found" and row[f.name] != row["cf_" + f.name]
+        ]
         advice = "; ".join(changes) if changes else f"({row['status']}: {row['reason']})"
         after = f"{row['cf_score']:.2f}" if row["cf_score"] is not None else "–"
         lines.append(f"| {int(test_rows[pick[i]])} | {advice} | {row['score']:.2f} -> {after} |")
     return "\n".join(lines)
 
 
-COLUMNS = (("validity", "validity %", ".1f"), ("l0", "L0", ".2f"), ("l1", "L1", ".3f"), ("l2", "L2", ".3f"),
-           ("plausibility", "plausibility", ".2f"), ("ynn", "yNN", ".3f"),
-           ("outside_band_rows", "outside band, % of CFs", ".2f"), ("outside_band_values", "outside band, % of values", ".2f"),
-           ("income_at_min", "income at min %", ".2f"), ("education_agree", "education agrees %", ".1f"),
-           ("reverted", "reverted", ".2f"), ("rows_per_s", "rows/s", ",.0f"))
+COLUMNS = (
+    ("validity", "validity %", ".1f"),
+    ("l0", "L0", ".2f"),
+    ("l1", "L1", ".3f"),
+    ("l2", "L2", ".3f"),
+    ("plausibility", "plausibility", ".2f"),
+    ("ynn", "yNN", ".3f"),
+    ("outside_band_rows", "outside band, % of CFs", ".2f"),
+    ("outside_band_values", "outside band, % of values", ".2f"),
+    ("income_at_min", "income at min %", ".2f"),
+    ("education_agree", "education agrees %", ".1f"),
+    ("reverted", "reverted", ".2f"),
+    ("rows_per_s", "rows/s", ",.0f"),
+)
 
 
 def table(results: list[dict[str, Any]]) -> str:
     cols = [c for c in COLUMNS if any(c[0] in r for r in results)]
-    lines = ["| bundle | revert | rejected | " + " | ".join(c[1] for c in cols) + " |",
-             "|---|---|---:|" + "---:|" * len(cols)]
+    lines = [
+        "| bundle | revert | rejected | " + " | ".join(c[1] for c in cols) + " |",
+        "|---|---|---:|" + "---:|" * len(cols),
+    ]
     for r in results:
         cells = [format(r[key], fmt) if key in r else "" for key, _, fmt in cols]
-        lines.append(f"| {r['bundle']} | {'on' if r['revert'] else 'off'} | {r['rejected']:,} | " + " | ".join(cells) + " |")
+        lines.append(
+            f"| {r['bundle']} | {'on' if r['revert'] else 'off'} | {r['rejected']:,} | "
+            + " | ".join(cells)
+            + " |"
+        )
     return "\n".join(lines)
 
 
@@ -167,7 +215,12 @@ def main() -> None:
     ap.add_argument("bundles", nargs="+", type=Path)
     ap.add_argument("--dataset", required=True, help="shipped dataset the bundles were trained on")
     ap.add_argument("--json", type=Path, help="write the figures here")
-    ap.add_argument("--examples", type=int, default=0, help="print this many applicants and their advice instead")
+    ap.add_argument(
+        "--examples",
+        type=int,
+        default=0,
+        help="print this many applicants and their advice instead",
+    )
     args = ap.parse_args()
     if args.examples:
         for b in args.bundles:

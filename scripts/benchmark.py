@@ -10,7 +10,8 @@ intra-op threads): what scoring alone costs, next to explaining. ``--mode both``
 two (explain first) ``--repeat`` times and prints each one's median and their ratio.
 
     python scripts/benchmark.py --rows 1000000 --workers 2
-    python scripts/benchmark.py --rows 1000000 -- --increase-only age --immutable education --num-cfs 3
+    python scripts/benchmark.py --rows 1000000 -- \\
+        --increase-only age --immutable education --num-cfs 3
     python scripts/benchmark.py --rows 1000000 --bundle my-bundle --mode both --repeat 5
 """
 
@@ -122,11 +123,15 @@ def score_only(src: Path, dst: Path, bundle_path: Path | None, threads: int) -> 
 
     from gmcf.runtime.bundle import load_bundle
 
-    bundle = load_bundle(bundle_path or Path(__file__).resolve().parent.parent / "exported" / "adult")
+    bundle = load_bundle(
+        bundle_path or Path(__file__).resolve().parent.parent / "exported" / "adult"
+    )
     pre = bundle.preprocessor
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
-    sess = ort.InferenceSession(str(bundle.graph_path("classifier")), opts, providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(
+        str(bundle.graph_path("classifier")), opts, providers=["CPUExecutionProvider"]
+    )
     pf = pq.ParquetFile(src)
     schema = pa.schema([("id", pa.int64()), ("score", pa.float32())])
     rows = 0
@@ -136,9 +141,15 @@ def score_only(src: Path, dst: Path, bundle_path: Path | None, threads: int) -> 
             x, reason = pre.transform(batch)
             score = np.asarray(sess.run(["score"], {"x": x})[0], dtype=np.float32)
             valid = reason == None  # noqa: E711 - elementwise on an object array
-            writer.write_table(pa.table({
-                "id": batch.column("id"), "score": pa.array(score, mask=~valid),
-            }, schema=schema))
+            writer.write_table(
+                pa.table(
+                    {
+                        "id": batch.column("id"),
+                        "score": pa.array(score, mask=~valid),
+                    },
+                    schema=schema,
+                )
+            )
             rows += batch.num_rows
     print(f"scored {rows:,} rows")
 
@@ -155,16 +166,24 @@ def main() -> None:
         src, dst, bundle, threads = sys.argv[2:6]
         score_only(Path(src), Path(dst), Path(bundle) if bundle else None, int(threads))
         return
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--batch-size", type=int, default=None, help="[default: explain's own]")
     ap.add_argument("--bundle", type=Path, default=None)
     ap.add_argument("--repeat", type=int, default=1)
-    ap.add_argument("--mode", choices=("explain", "score", "both"), default="explain",
-                    help="explain; score only (read, encode, f, write id and score); or both, alternating")
-    ap.add_argument("--dir", type=Path, default=None, help="where to write the files [a temp folder]")
+    ap.add_argument(
+        "--mode",
+        choices=("explain", "score", "both"),
+        default="explain",
+        help="explain; score only (read, encode, f, write id and score); or both, alternating",
+    )
+    ap.add_argument(
+        "--dir", type=Path, default=None, help="where to write the files [a temp folder]"
+    )
     ap.add_argument("explain_args", nargs="*", help="more `gmcf-batch explain` options, after --")
     args = ap.parse_args()
     folder = args.dir or Path(tempfile.mkdtemp(prefix="gmcf-bench-"))
@@ -175,19 +194,41 @@ def main() -> None:
         make_queries(args.rows, src)
         print(f"wrote {args.rows:,} query rows to {src} in {time.perf_counter() - t:.1f} s")
     exe = Path(sys.executable).with_name("gmcf-batch")
-    cmd = [str(exe), "explain", str(src), "-o", str(dst), "--force", "--workers", str(args.workers),
-           "--threads", str(args.threads), "--id-column", "id"]
+    cmd = [
+        str(exe),
+        "explain",
+        str(src),
+        "-o",
+        str(dst),
+        "--force",
+        "--workers",
+        str(args.workers),
+        "--threads",
+        str(args.threads),
+        "--id-column",
+        "id",
+    ]
     if args.batch_size is not None:
         cmd += ["--batch-size", str(args.batch_size)]
     if args.bundle:
         cmd += ["--bundle", str(args.bundle)]
     cmd += args.explain_args
-    score_cmd = [sys.executable, __file__, "--score-only-worker", str(src), str(folder / "scored.parquet"),
-                 str(args.bundle or ""), str(args.workers * args.threads)]
+    score_cmd = [
+        sys.executable,
+        __file__,
+        "--score-only-worker",
+        str(src),
+        str(folder / "scored.parquet"),
+        str(args.bundle or ""),
+        str(args.workers * args.threads),
+    ]
     if args.mode != "score":
         print("command:", " ".join(cmd[1:]).replace(str(exe), "gmcf-batch"))
     if args.mode != "explain":
-        print(f"scoring only: read, encode, f ({args.workers * args.threads} onnxruntime threads), write id and score")
+        print(
+            f"scoring only: read, encode, f ({args.workers * args.threads} onnxruntime threads), "
+            "write id and score"
+        )
     walls: dict[str, list[float]] = {"explain": [], "score": []}
     out = ""
     for _ in range(args.repeat):
@@ -205,8 +246,9 @@ def main() -> None:
     if args.mode == "both":
         e, s_ = float(np.median(walls["explain"])), float(np.median(walls["score"]))
         print(
-            f"medians of {args.repeat}: explain {e:.2f} s ({args.rows / e:,.0f} rows/s), scoring only "
-            f"{s_:.2f} s ({args.rows / s_:,.0f} rows/s); explain takes {e / s_:.2f}x the time of scoring"
+            f"medians of {args.repeat}: explain {e:.2f} s ({args.rows / e:,.0f} rows/s), scoring "
+            f"only {s_:.2f} s ({args.rows / s_:,.0f} rows/s); explain takes {e / s_:.2f}x the time "
+            "of scoring"
         )
 
 

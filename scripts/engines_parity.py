@@ -196,7 +196,8 @@ def main() -> None:
     report = {name: compare(name, read_plain(outs[name]), cli) for name in ("spark", "ray")}
     base = statistics.median(times["cli"])
     print(
-        f"\n{a.rows:,} rows, {a.cores} cores ({os.uname().machine}); wall seconds per run, start-up included"
+        f"\n{a.rows:,} rows, {a.cores} cores ({os.uname().machine}); wall seconds per run, "
+        "start-up included"
     )
     print("| engine | runs (s) | median (s) | vs CLI |")
     print("|---|---|---:|---:|")
@@ -206,8 +207,8 @@ def main() -> None:
     for name, res in report.items():
         verdict = "identical" if not res["mismatched"] else f"MISMATCH in {res['mismatched']}"
         print(
-            f"{name}: {res['rows']:,} rows by id, status/reason/search/cf_* {verdict}; "
-            f"largest float difference elsewhere: {max(res['largest_float_difference'].values()):.2e}"
+            f"{name}: {res['rows']:,} rows by id, status/reason/search/cf_* {verdict}; largest "
+            f"float difference elsewhere: {max(res['largest_float_difference'].values()):.2e}"
         )
     if any(r["mismatched"] for r in report.values()):
         sys.exit(1)

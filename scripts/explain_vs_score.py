@@ -45,14 +45,19 @@ def score_only(ex: Explainer, src: Path, dst: Path, batch_size: int) -> float:
             ok = usable_rows(reason)
             score = np.full(len(x), np.nan, np.float32)
             score[ok] = ex.engine.score(x[ok])
-            writer.write_batch(pa.record_batch(
-                [batch.column("id"), pa.array(score), pa.array(score < ex.settings.threshold)], schema=schema
-            ))
+            writer.write_batch(
+                pa.record_batch(
+                    [batch.column("id"), pa.array(score), pa.array(score < ex.settings.threshold)],
+                    schema=schema,
+                )
+            )
     return time.perf_counter() - t0
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("bundle", type=Path)
     ap.add_argument("--rows", type=int, default=200_000)
     ap.add_argument("--repeat", type=int, default=3)
@@ -62,7 +67,11 @@ def main() -> None:
     overrides = {}
     for item in args.search:
         k, _, v = item.partition("=")
-        overrides[k] = {"true": True, "false": False}.get(v.lower(), v) if not v.replace(".", "").isdigit() else (float(v) if "." in v else int(v))
+        overrides[k] = (
+            {"true": True, "false": False}.get(v.lower(), v)
+            if not v.replace(".", "").isdigit()
+            else (float(v) if "." in v else int(v))
+        )
     ex = Explainer.from_bundle(args.bundle, **overrides)
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "q.parquet"
@@ -71,7 +80,9 @@ def main() -> None:
         for _ in range(args.repeat):
             times["score"].append(score_only(ex, src, Path(tmp) / "s.parquet", args.batch_size))
             t0 = time.perf_counter()
-            summary = ex.explain_parquet(src, Path(tmp) / "e.parquet", batch_size=args.batch_size, id_column="id")
+            summary = ex.explain_parquet(
+                src, Path(tmp) / "e.parquet", batch_size=args.batch_size, id_column="id"
+            )
             times["explain"].append(time.perf_counter() - t0)
         out = pq.read_table(Path(tmp) / "e.parquet", columns=["status", "search", "evaluations"])
     status = np.asarray(out.column("status").to_pylist())
@@ -82,9 +93,15 @@ def main() -> None:
     print(f"bundle {args.bundle}, {args.rows:,} rows, search {ex.settings.to_dict()}")
     for k, v in times.items():
         print(f"  {k:8s} " + ", ".join(f"{t:.2f} s" for t in v) + f"  (median {med[k]:.2f} s)")
-    print(f"  explain / score: {med['explain'] / med['score']:.2f}x; validity {100 * summary.validity:.1f}% of "
-          f"{searched.sum():,} searched; {evals[searched].mean():.1f} evaluations per searched row; "
-          + ", ".join(f"{k} {100 * (kinds[searched] == k).mean():.1f}%" for k in ("grid", "refined", "extrapolated", "anchored")))
+    print(
+        f"  explain / score: {med['explain'] / med['score']:.2f}x; validity "
+        f"{100 * summary.validity:.1f}% of {searched.sum():,} searched; "
+        f"{evals[searched].mean():.1f} evaluations per searched row; "
+        + ", ".join(
+            f"{k} {100 * (kinds[searched] == k).mean():.1f}%"
+            for k in ("grid", "refined", "extrapolated", "anchored")
+        )
+    )
 
 
 if __name__ == "__main__":

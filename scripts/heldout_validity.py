@@ -35,7 +35,11 @@ def evaluate(path: str, held: pa.Table, label: str, **kw: Any) -> None:
     out = ex.explain(held)
     dt = time.perf_counter() - t
     status = out.column("status").to_numpy(zero_copy_only=False).astype(str)
-    rank = out.column("cf_rank").to_numpy(zero_copy_only=False) if "cf_rank" in out.column_names else None
+    rank = (
+        out.column("cf_rank").to_numpy(zero_copy_only=False)
+        if "cf_rank" in out.column_names
+        else None
+    )
     first = np.ones(len(status), bool) if rank is None else (np.isnan(rank) | (rank == 1))
     found = (status == "found") & first
     searched = found.sum() + ((status == "not_found") & first).sum()
@@ -55,20 +59,27 @@ def evaluate(path: str, held: pa.Table, label: str, **kw: Any) -> None:
     print(
         f"| {label} | {searched:,} | {100 * found.sum() / searched:.1f}% | "
         f"{np.mean(f.column('proximity_l2').to_numpy()):.3f} | "
-        f"{np.mean(f.column('sparsity_l1').to_numpy()):.3f} | {np.mean(f.column('sparsity_l0').to_numpy()):.2f} | "
+        f"{np.mean(f.column('sparsity_l1').to_numpy()):.3f} | "
+        f"{np.mean(f.column('sparsity_l0').to_numpy()):.2f} | "
         f"{'' if np.isnan(sat) else f'{100 * sat:.1f}%'} | {options} | {diversity} | {dt:.2f} s |"
     )
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("bundles", nargs="*", default=["exported/adult", "exported/lending-club"])
     ap.add_argument("--tols", default="", help="comma-separated tolerances to compare")
-    ap.add_argument("--constrained", action="store_true", help="also run Adult with age increase-only, education immutable, and K = 3")
+    ap.add_argument(
+        "--constrained",
+        action="store_true",
+        help="also run Adult with age increase-only, education immutable, and K = 3",
+    )
     args = ap.parse_args()
     print(
-        "| bundle / setting | rejected by f | validity | proximity L2 | sparsity L1 | L0 | satisfy constraints "
-        "| options per query | diversity L2 / features (queries with >= 2) | time |"
+        "| bundle / setting | rejected by f | validity | proximity L2 | sparsity L1 | L0 | satisfy "
+        "constraints | options per query | diversity L2 / features (queries with >= 2) | time |"
     )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for path in args.bundles:

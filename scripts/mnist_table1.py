@@ -17,7 +17,9 @@ from gmcf.trainer.image_report import table1_markdown, table1_metrics
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("bundle", nargs="?", default="exported/mnist-1-to-7")
     ap.add_argument("--threshold", type=float, default=0.5, help="T (default: the paper's 0.5)")
     ap.add_argument("--tol", type=float, default=0.5, help="tolerance (default: 0.5)")

@@ -26,7 +26,9 @@ import pyarrow.parquet as pq
 from benchmark import make_queries, tree_rss_kib
 
 
-def run(cmd: list[str], every: float = 0.2) -> tuple[float, list[tuple[float, int]], subprocess.CompletedProcess[str]]:
+def run(
+    cmd: list[str], every: float = 0.2
+) -> tuple[float, list[tuple[float, int]], subprocess.CompletedProcess[str]]:
     """Run ``cmd``; (wall seconds, [(seconds since start, tree RSS KiB)], the finished process)."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -61,31 +63,57 @@ def check_every_row_once_in_order(dst: Path, rows: int) -> dict[str, int]:
             raise AssertionError(f"row {expect + bad}: id {ids[bad]}, expected {expect + bad}")
         expect += len(ids)
         status = t.column("status").combine_chunks()
-        for value, n in zip(*np.unique(status.dictionary.take(status.indices).to_numpy(zero_copy_only=False),
-                                       return_counts=True), strict=True):
+        for value, n in zip(
+            *np.unique(
+                status.dictionary.take(status.indices).to_numpy(zero_copy_only=False),
+                return_counts=True,
+            ),
+            strict=True,
+        ):
             counts[str(value)] = counts.get(str(value), 0) + int(n)
     assert expect == rows
     return counts
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--rows", type=int, default=10_000_000)
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--dir", type=Path, default=None, help="where to write the files [a temp folder]")
-    ap.add_argument("--no-summary", action="store_true",
-                    help="without --summary-json (to compare with a version that lacks it)")
+    ap.add_argument(
+        "--dir", type=Path, default=None, help="where to write the files [a temp folder]"
+    )
+    ap.add_argument(
+        "--no-summary",
+        action="store_true",
+        help="without --summary-json (to compare with a version that lacks it)",
+    )
     args = ap.parse_args()
     folder = args.dir or Path(tempfile.mkdtemp(prefix="gmcf-nightly-"))
     folder.mkdir(parents=True, exist_ok=True)
-    src, dst, summary = folder / f"queries_{args.rows}.parquet", folder / "explained.parquet", folder / "run.json"
+    src, dst, summary = (
+        folder / f"queries_{args.rows}.parquet",
+        folder / "explained.parquet",
+        folder / "run.json",
+    )
     if not src.exists():
         t = time.perf_counter()
         make_queries(args.rows, src)
         print(f"wrote {args.rows:,} query rows to {src} in {time.perf_counter() - t:.1f} s")
     dst.unlink(missing_ok=True)
     exe = Path(sys.executable).with_name("gmcf-batch")
-    cmd = [str(exe), "explain", str(src), "-o", str(dst), "--workers", str(args.workers), "--id-column", "id"]
+    cmd = [
+        str(exe),
+        "explain",
+        str(src),
+        "-o",
+        str(dst),
+        "--workers",
+        str(args.workers),
+        "--id-column",
+        "id",
+    ]
     cmd += [] if args.no_summary else ["--summary-json", str(summary)]
     print("command:", " ".join(cmd).replace(str(exe), "gmcf-batch"))
     wall, samples, done = run(cmd)
@@ -103,8 +131,10 @@ def main() -> None:
     times = np.array([t for t, _ in samples])
     tenths = [rss[(times >= wall * i / 10) & (times < wall * (i + 1) / 10)] for i in range(10)]
     peaks = [f"{part.max():.0f}" if part.size else "-" for part in tenths]
-    print(f"rows {args.rows:,}  workers {args.workers}  wall {wall:.1f} s  {args.rows / wall:,.0f} rows/s  "
-          f"peak RSS {rss.max():.0f} MiB")
+    print(
+        f"rows {args.rows:,}  workers {args.workers}  wall {wall:.1f} s  {args.rows / wall:,.0f} "
+        f"rows/s  peak RSS {rss.max():.0f} MiB"
+    )
     print("peak RSS (MiB) in each tenth of the run:", " ".join(peaks))
 
 

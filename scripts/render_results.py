@@ -16,7 +16,9 @@ from gmcf.trainer.evaluate import load_evaluation, merge_evaluations, write_resu
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("results", nargs="+", type=Path)
     ap.add_argument("--merge", type=Path, help="write the merged evaluation here (.json and .md)")
     args = ap.parse_args()

@@ -6,7 +6,8 @@ purpose so that the invalid path runs too); step 2 runs a set of `explain` comma
 install; step 3 compares two such runs, table by table and byte by byte.
 
     python scripts/same_outputs.py queries DIR
-    python scripts/same_outputs.py run DIR/queries DIR/before --exe /path/to/old/.venv/bin/gmcf-batch
+    python scripts/same_outputs.py run DIR/queries DIR/before \\
+        --exe /path/to/old/.venv/bin/gmcf-batch
     python scripts/same_outputs.py run DIR/queries DIR/after --exe .venv/bin/gmcf-batch
     python scripts/same_outputs.py compare DIR/before DIR/after
 """
@@ -73,9 +74,11 @@ import pyarrow.parquet as pq
 from gmcf.runtime import Explainer
 queries, out = sys.argv[1], sys.argv[2]
 table = pq.read_table(queries).slice(0, 20_000)
-pq.write_table(Explainer.from_bundle(sys.argv[3]).explain(table, id_column="id"), out + "/api-arrow.parquet")
+pq.write_table(Explainer.from_bundle(sys.argv[3]).explain(table, id_column="id"), \
+out + "/api-arrow.parquet")
 ex = Explainer.from_bundle(sys.argv[3], num_cfs=2, constraints={"age": {"direction": "increase"}})
-frame = ex.explain(table.to_pandas(), id_column="id")  # an Arrow table in older trees, a DataFrame since
+frame = ex.explain(table.to_pandas(), id_column="id")  # an Arrow table in older trees, \
+a DataFrame since
 if not isinstance(frame, pa.Table):
     frame = pa.Table.from_pandas(frame, preserve_index=False)
 pq.write_table(frame, out + "/api-pandas.parquet")

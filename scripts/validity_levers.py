@@ -11,7 +11,8 @@ proximity L2, L0 and the share of the counterfactuals found by each search kind;
 validity of the walk alone (the last-resort search off).
 
     python scripts/validity_levers.py adult --classifier hgb --epochs 20 -o /tmp/vl/adult-hgb
-    python scripts/validity_levers.py adult --classifier hgb --epochs 20 --set lambda_tie=1 -o /tmp/vl/adult-hgb-tie
+    python scripts/validity_levers.py adult --classifier hgb --epochs 20 --set lambda_tie=1 \\
+        -o /tmp/vl/adult-hgb-tie
     python scripts/validity_levers.py --bundle /tmp/vl/adult-hgb --search fallback=false
 
 Every run appends its figures as one JSON line to ``--log`` (default /tmp/vl/levers.jsonl).
@@ -67,16 +68,25 @@ def gbm_classifier(kind: str, x: np.ndarray, y: np.ndarray, seed: int) -> Any:
         from threadpoolctl import threadpool_limits
 
         with threadpool_limits(1):  # OpenMP on a shared machine is many times slower
-            clf = HistGradientBoostingClassifier(class_weight="balanced", random_state=seed).fit(x, y)
-        return to_onnx(clf, x[:1], options={id(clf): {"zipmap": False}}, target_opset={"": 17, "ai.onnx.ml": 3})
+            clf = HistGradientBoostingClassifier(class_weight="balanced", random_state=seed).fit(
+                x, y
+            )
+        return to_onnx(
+            clf, x[:1], options={id(clf): {"zipmap": False}}, target_opset={"": 17, "ai.onnx.ml": 3}
+        )
     if kind == "lgbm":
         import lightgbm
         from onnxmltools import convert_lightgbm
         from onnxmltools.convert.common.data_types import FloatTensorType
 
-        clf = lightgbm.LGBMClassifier(class_weight="balanced", random_state=seed, verbose=-1, n_jobs=1).fit(x, y)
+        clf = lightgbm.LGBMClassifier(
+            class_weight="balanced", random_state=seed, verbose=-1, n_jobs=1
+        ).fit(x, y)
         model = convert_lightgbm(
-            clf, initial_types=[("x", FloatTensorType([None, x.shape[1]]))], zipmap=False, target_opset=15
+            clf,
+            initial_types=[("x", FloatTensorType([None, x.shape[1]]))],
+            zipmap=False,
+            target_opset=15,
         )
         # onnxmltools names an initializer "one", as does the contract's adapter: prefix ours away
         import onnx.compose
@@ -103,7 +113,9 @@ def measure(bundle: Path, search: dict[str, Any]) -> dict[str, Any]:
     evals = out.column("evaluations").to_numpy(zero_copy_only=False)
     # Confirmed by the model itself: f of the returned row, read back through the preprocessing.
     pre = ex.bundle.preprocessor
-    cf_tab = out.filter(pa.array(found)).select([f"cf_{n}" for n in pre.names]).rename_columns(pre.names)
+    cf_tab = (
+        out.filter(pa.array(found)).select([f"cf_{n}" for n in pre.names]).rename_columns(pre.names)
+    )
     x_cf, _ = pre.transform(cf_tab)
     confirmed = int((ex.engine.score(x_cf) >= ex.settings.threshold).sum()) if len(x_cf) else 0
     # The walk alone (no last resort), on the same rows: the explainer's own share.
@@ -132,13 +144,21 @@ def measure(bundle: Path, search: dict[str, Any]) -> dict[str, Any]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("dataset", nargs="?", default="adult")
     ap.add_argument("--classifier", default="mlp", help="mlp, hgb or lgbm")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--epochs", type=int, default=None, help="explainer epochs (default: TrainConfig's)")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a TrainConfig field")
-    ap.add_argument("--search", action="append", default=[], metavar="KEY=VALUE", help="a search setting")
+    ap.add_argument(
+        "--epochs", type=int, default=None, help="explainer epochs (default: TrainConfig's)"
+    )
+    ap.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="a TrainConfig field"
+    )
+    ap.add_argument(
+        "--search", action="append", default=[], metavar="KEY=VALUE", help="a search setting"
+    )
     ap.add_argument("-o", "--out", type=Path, help="bundle folder to write")
     ap.add_argument("--bundle", type=Path, help="measure this bundle instead of training one")
     ap.add_argument("--label", default="", help="the row's label in the table")
@@ -161,7 +181,11 @@ def main() -> None:
         ds = load_dataset(args.dataset)
         clf_model = None
         if args.classifier != "mlp":
-            cache = args.log.parent / "classifiers" / f"{args.dataset}-{args.classifier}-{args.seed}.onnx"
+            cache = (
+                args.log.parent
+                / "classifiers"
+                / f"{args.dataset}-{args.classifier}-{args.seed}.onnx"
+            )
             if cache.exists():
                 import onnx
 
@@ -173,7 +197,9 @@ def main() -> None:
                 cache.write_bytes(clf_model.SerializeToString())
         t0 = time.time()
         trained = train_models(ds, cfg, clf_model)
-        write_bundle(trained, ds, args.out, cfg, clf_model is not None, "scripts/validity_levers.py")
+        write_bundle(
+            trained, ds, args.out, cfg, clf_model is not None, "scripts/validity_levers.py"
+        )
         print(f"trained in {time.time() - t0:.0f} s -> {args.out}")
         bundle = args.out
     else:
@@ -188,8 +214,9 @@ def main() -> None:
     probe = "" if r["probe"] is None else f"{r['probe']:.3f} ({r['probe_majority']:.3f})"
     agree = "" if r["agreement"] is None else f"{100 * r['agreement']:.1f}%"
     print(
-        f"| {args.label or bundle} | {r['rejected']:,} | {100 * r['validity_walk']:.1f}% | {100 * r['validity']:.1f}% | {r['l2']:.3f} | "
-        f"{r['l0']:.2f} | {kinds} | {r['evaluations_per_searched']:.1f} | {probe} | {agree} |"
+        f"| {args.label or bundle} | {r['rejected']:,} | {100 * r['validity_walk']:.1f}% | "
+        f"{100 * r['validity']:.1f}% | {r['l2']:.3f} | {r['l0']:.2f} | {kinds} | "
+        f"{r['evaluations_per_searched']:.1f} | {probe} | {agree} |"
     )
 
 

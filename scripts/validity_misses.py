@@ -20,11 +20,17 @@ from gmcf.trainer.prepare import prepare
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("bundles", nargs="+", help="bundle folders of Adult evaluation repetitions")
     args = ap.parse_args()
     ds = load_dataset("adult")
-    print("| rep (seed) | rejected by f | validity | misses: path never crossed T | validity, extrapolating to alpha 4 | z_u probe balanced accuracy (majority rate) | GM posterior agrees with f | checkpoint kept |")
+    print(
+        "| rep (seed) | rejected by f | validity | misses: path never crossed T | validity, "
+        "extrapolating to alpha 4 | z_u probe balanced accuracy (majority rate) | GM posterior "
+        "agrees with f | checkpoint kept |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for b in args.bundles:
         ex = Explainer.from_bundle(b)
@@ -37,10 +43,24 @@ def main() -> None:
             st = np.array(out.column("status").to_pylist())
             rs = np.array([r or "" for r in out.column("reason").to_pylist()])
             searched = (st == "found").sum() + (st == "not_found").sum()
-            row.append(((st == "found").sum() / searched, ((st == "not_found") & np.char.startswith(rs.astype(str), "the path never")).sum(), (st == "not_found").sum(), searched))
+            row.append(
+                (
+                    (st == "found").sum() / searched,
+                    (
+                        (st == "not_found") & np.char.startswith(rs.astype(str), "the path never")
+                    ).sum(),
+                    (st == "not_found").sum(),
+                    searched,
+                )
+            )
         r = ex.bundle.report
         pr = r["z_u_probe"]
-        print(f"| {cfg['seed']} | {row[0][3]:,} | {100*row[0][0]:.1f}% | {row[0][1]:,} of {row[0][2]:,} | {100*row[1][0]:.1f}% | {pr['balanced_accuracy']:.3f} ({pr['majority_rate']:.3f}) | {100*r['gm_posterior_agreement']:.1f}% | {r['model_selection']['selected_epoch']} |")
+        print(
+            f"| {cfg['seed']} | {row[0][3]:,} | {100 * row[0][0]:.1f}% | {row[0][1]:,} of "
+            f"{row[0][2]:,} | {100 * row[1][0]:.1f}% | {pr['balanced_accuracy']:.3f} "
+            f"({pr['majority_rate']:.3f}) | {100 * r['gm_posterior_agreement']:.1f}% | "
+            f"{r['model_selection']['selected_epoch']} |"
+        )
 
 
 if __name__ == "__main__":

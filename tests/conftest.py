@@ -59,10 +59,17 @@ def gbm_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(1):  # OpenMP threads on a shared machine: 80 s instead of 2
-        clf = HistGradientBoostingClassifier(class_weight="balanced", random_state=0).fit(p.x_train, p.y_train)
+        clf = HistGradientBoostingClassifier(class_weight="balanced", random_state=0).fit(
+            p.x_train, p.y_train
+        )
     with warnings.catch_warnings():  # skl2onnx hands numpy integers to protobuf, which warns
         warnings.simplefilter("ignore")
-        model = to_onnx(clf, p.x_train[:1], options={id(clf): {"zipmap": False}}, target_opset={"": 17, "ai.onnx.ml": 3})
+        model = to_onnx(
+            clf,
+            p.x_train[:1],
+            options={id(clf): {"zipmap": False}},
+            target_opset={"": 17, "ai.onnx.ml": 3},
+        )
     folder = tmp_path_factory.mktemp("gbm")
     (folder / "hgb.onnx").write_bytes(model.SerializeToString())
     out = folder / "bundle"

@@ -33,7 +33,9 @@ def invoke(*args: str) -> tuple[int, str, str]:
     """Run ``gmcf-batch ARGS``: (exit code, stdout, stderr) without colour codes."""
     result = CliRunner().invoke(app, list(args))
     # a crash (not a clean exit) would show as an exception other than SystemExit
-    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(
+        result.exception
+    )
     return result.exit_code, ANSI.sub("", result.stdout), ANSI.sub("", result.stderr)
 
 

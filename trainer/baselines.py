@@ -39,7 +39,9 @@ class Autoencoder(nn.Module):
     """Encoder width-...-d and the explainer's decoder type; ``variational`` adds the VAE's
     log-variance head and sampling."""
 
-    def __init__(self, width: int, n_numeric: int, cat_sizes: list[int], cfg: AEConfig, variational: bool) -> None:
+    def __init__(
+        self, width: int, n_numeric: int, cat_sizes: list[int], cfg: AEConfig, variational: bool
+    ) -> None:
         super().__init__()
         self.body = mlp([width, *cfg.encoder_hidden], last_act=True)
         self.mean = nn.Linear(cfg.encoder_hidden[-1], cfg.latent_dim)
@@ -100,9 +102,16 @@ class ImageJudge(nn.Module):
         self.shape = tuple(shape)
         self.net = nn.Sequential(
             nn.Unflatten(1, (1, h, w)),
-            nn.Conv2d(1, 16, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(16, 32, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Flatten(), nn.Linear(32 * (h // 4) * (w // 4), 64), nn.ReLU(), nn.Linear(64, 1),
+            nn.Conv2d(1, 16, 5, padding=2),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 5, padding=2),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(32 * (h // 4) * (w // 4), 64),
+            nn.ReLU(),
+            nn.Linear(64, 1),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -111,12 +120,19 @@ class ImageJudge(nn.Module):
     def predict(self, x: np.ndarray) -> np.ndarray:
         """P(target class) for flat images ``x`` [N, H*W] in [0, 1]."""
         with torch.no_grad():
-            logits = self(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32).reshape(len(x), -1)))
+            logits = self(
+                torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32).reshape(len(x), -1))
+            )
         return torch.sigmoid(logits).numpy()
 
 
 def train_image_judge(
-    x: np.ndarray, y: np.ndarray, shape: Sequence[int], seed: int = 0, epochs: int = 4, shift: int = 2
+    x: np.ndarray,
+    y: np.ndarray,
+    shape: Sequence[int],
+    seed: int = 0,
+    epochs: int = 4,
+    shift: int = 2,
 ) -> ImageJudge:
     """Fit ``ImageJudge`` on flat images ``x`` in [0, 1] and their true labels ``y`` (0/1), each
     batch shifted by up to ``shift`` pixels so that the judge reads a digit wherever it sits."""
@@ -161,8 +177,13 @@ class GDLResult:
 
 
 def gdl_search(
-    vae: Autoencoder, classifier: nn.Module, pre: Preprocessor, x: np.ndarray,
-    threshold: float, tol: float, cfg: GDLConfig = GDLConfig(),
+    vae: Autoencoder,
+    classifier: nn.Module,
+    pre: Preprocessor,
+    x: np.ndarray,
+    threshold: float,
+    tol: float,
+    cfg: GDLConfig = GDLConfig(),
 ) -> GDLResult:
     """Gradient descent on the latent codes of the rows ``x`` (vectorised; each row stops at its
     first hard-decoded row with T <= f < T + tol, and Adam's update is per entry, so a row's path
@@ -193,7 +214,9 @@ def gdl_search(
         if not bool(active.any()) or step == cfg.max_steps:
             break
         steps[active.numpy()] += 1
-        soft = torch.cat([cont, *[torch.softmax(lg / cfg.temperature, dim=-1) for lg in logits]], dim=-1)
+        soft = torch.cat(
+            [cont, *[torch.softmax(lg / cfg.temperature, dim=-1) for lg in logits]], dim=-1
+        )
         loss = (((goal - classifier(soft)) ** 2) * active).sum()
         opt.zero_grad()
         loss.backward()

@@ -3,10 +3,10 @@
 Per repetition: a fresh seeded 80/20 split; the classifier f and the explainer trained on the
 80% (``train_models``) and exported as a bundle; the judge autoencoder and GDL's VAE trained on
 the same 80%; the held-out rows f rejects are the queries. GMCF explains them with the torch-free
-runtime at the paper's T = 0.5 and the bundle's other search settings; GDL and the peers (in their own environment, see
-bench/peers/) get the same queries, capped at ``max_queries`` per repetition. Every returned
-row is scored by the exported ONNX f, and every method is measured by the same functions
-(``gmcf.runtime.metrics``) in the model's input space.
+runtime at the paper's T = 0.5 and the bundle's other search settings; GDL and the peers (in their
+own environment, see bench/peers/) get the same queries, capped at ``max_queries`` per repetition.
+Every returned row is scored by the exported ONNX f, and every method is measured by the same
+functions (``gmcf.runtime.metrics``) in the model's input space.
 """
 
 from __future__ import annotations
@@ -60,7 +60,9 @@ METHODS = OWN_METHODS + PEER_METHODS
 ROOT = Path(__file__).resolve().parent.parent
 PEERS_SCRIPT = ROOT / "bench" / "peers" / "run_peers.py"
 PEERS_PYTHON = ROOT / ".venv-peers" / "bin" / "python"
-PEERS_MISSING = "peers environment not installed ({python}); install it with: bash bench/peers/setup.sh"
+PEERS_MISSING = (
+    "peers environment not installed ({python}); install it with: bash bench/peers/setup.sh"
+)
 
 #: Per-repetition figures of a method, in the order of the tables.
 METRICS = (
@@ -124,7 +126,9 @@ class EvalConfig:
 def check_methods(methods: tuple[str, ...]) -> None:
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
-        raise InputError(f"unknown method(s) {', '.join(map(repr, unknown))}; choose from: {', '.join(METHODS)}")
+        raise InputError(
+            f"unknown method(s) {', '.join(map(repr, unknown))}; choose from: {', '.join(METHODS)}"
+        )
     if not methods:
         raise InputError(f"no method given; choose from: {', '.join(METHODS)}")
 
@@ -162,9 +166,11 @@ class Evaluation:
             runs = [r for r in self.runs if r.method == name]
             ok = [r for r in runs if r.ok]
             row: dict[str, Any] = {
-                "reps_ok": len(ok), "reps_failed": len(runs) - len(ok),
+                "reps_ok": len(ok),
+                "reps_failed": len(runs) - len(ok),
                 "errors": [f"rep {r.rep}: {r.error}" for r in runs if not r.ok],
-                "queries": [r.queries for r in ok], "capped": any(r.capped for r in ok),
+                "queries": [r.queries for r in ok],
+                "capped": any(r.capped for r in ok),
             }
             for key, _ in self.metric_names():
                 vals = np.array([r.metrics[key] for r in ok if key in r.metrics], dtype=float)
@@ -234,8 +240,12 @@ def merge_evaluations(parts: list[Evaluation]) -> Evaluation:
     first = parts[0]
     base = min(e.config.seed for e in parts)
     for e in parts[1:]:
-        if e.dataset != first.dataset or replace(e.config, seed=0, reps=0) != replace(first.config, seed=0, reps=0):
-            raise InputError("only runs of the same dataset and settings (but --seed, --reps) can be merged")
+        if e.dataset != first.dataset or replace(e.config, seed=0, reps=0) != replace(
+            first.config, seed=0, reps=0
+        ):
+            raise InputError(
+                "only runs of the same dataset and settings (but --seed, --reps) can be merged"
+            )
     runs: list[MethodRun] = []
     reps: list[dict[str, Any]] = []
     for e in parts:
@@ -248,8 +258,14 @@ def merge_evaluations(parts: list[Evaluation]) -> Evaluation:
     runs.sort(key=lambda run: (_order(run.method), run.rep))
     reps.sort(key=lambda info: info["rep"])
     cfg = replace(first.config, seed=base, reps=len(reps))
-    return Evaluation(first.dataset, cfg, runs, reps, sum(e.seconds for e in parts),
-                      " ; ".join(e.command for e in parts))
+    return Evaluation(
+        first.dataset,
+        cfg,
+        runs,
+        reps,
+        sum(e.seconds for e in parts),
+        " ; ".join(e.command for e in parts),
+    )
 
 
 def mean_sd(values: np.ndarray) -> list[float] | None:
@@ -261,8 +277,12 @@ def mean_sd(values: np.ndarray) -> list[float] | None:
 
 
 def machine() -> dict[str, Any]:
-    info: dict[str, Any] = {"python": platform.python_version(), "cpus": os.cpu_count(),
-                            "torch": torch.__version__, "platform": platform.platform()}
+    info: dict[str, Any] = {
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+    }
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -307,12 +327,20 @@ def render_markdown(ev: Evaluation) -> str:
         if row["capped"]:
             qtext += f" (capped at {cfg.slow_queries if name in SLOW_METHODS else cfg.max_queries})"
         reps = f"{row['reps_ok']}/{row['reps_ok'] + row['reps_failed']}"
-        lines.append(f"| {name} | {reps} | {qtext} | " + " | ".join(_fmt(row[k], k) for k, _ in metrics) + " |")
+        lines.append(
+            f"| {name} | {reps} | {qtext} | "
+            + " | ".join(_fmt(row[k], k) for k, _ in metrics)
+            + " |"
+        )
     paper = PAPER.get(ev.dataset)
     if paper:
-        lines += ["", "The paper's table (time, reconstruction, sparsity, validity %, proximity):", "",
-                  "| method | time (s) | reconstruction | sparsity | validity (%) | proximity |",
-                  "|---|---:|---:|---:|---:|---:|"]
+        lines += [
+            "",
+            "The paper's table (time, reconstruction, sparsity, validity %, proximity):",
+            "",
+            "| method | time (s) | reconstruction | sparsity | validity (%) | proximity |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
         lines += [f"| {m} | " + " | ".join(v) + " |" for m, v in paper.items()]
     failed = [f"- {name}, {e}" for name, row in s.items() for e in row["errors"]]
     if failed:
@@ -340,7 +368,9 @@ class Rep:
     train_approved: np.ndarray | None = None  # f(x_train) >= T, for yNN
 
 
-def _score_rows(rep: Rep, run: MethodRun, rows: np.ndarray, cf: np.ndarray, returned: np.ndarray) -> None:
+def _score_rows(
+    rep: Rep, run: MethodRun, rows: np.ndarray, cf: np.ndarray, returned: np.ndarray
+) -> None:
     """Fill ``run`` from counterfactuals ``cf`` of the queries ``rows`` (NaN-free where
     ``returned``). A counterfactual counts as valid when the ONNX f scores it at >= T."""
     ex = rep.explainer
@@ -366,9 +396,14 @@ def _score_rows(rep: Rep, run: MethodRun, rows: np.ndarray, cf: np.ndarray, retu
             run.metrics[key] = float(np.mean(vals))
             run.query_sd[key] = float(np.std(vals))
         if rep.image_judge is not None and isinstance(pre, ImagePreprocessor):
-            run.metrics["read_as_target"] = 100.0 * float((rep.image_judge.predict(cv) > 0.5).mean())
+            run.metrics["read_as_target"] = 100.0 * float(
+                (rep.image_judge.predict(cv) > 0.5).mean()
+            )
             style = style_agreement(xv, cv, pre.image.shape)
-            run.metrics["slant_r"], run.metrics["thickness_r"] = style["slant_r"], style["thickness_r"]
+            run.metrics["slant_r"], run.metrics["thickness_r"] = (
+                style["slant_r"],
+                style["thickness_r"],
+            )
 
 
 def _advice_metrics(rep: Rep, x: np.ndarray, cf: np.ndarray) -> dict[str, np.ndarray]:
@@ -378,15 +413,20 @@ def _advice_metrics(rep: Rep, x: np.ndarray, cf: np.ndarray) -> dict[str, np.nda
     ex = rep.explainer
     pre = ex.bundle.preprocessor
     latent = ex.bundle.manifest.latent
-    out = {"plausibility": log_density(ex.engine.latent(cf), np.asarray(latent.mu_1), np.asarray(latent.var_1))
-           .astype(float)}
+    out = {
+        "plausibility": log_density(
+            ex.engine.latent(cf), np.asarray(latent.mu_1), np.asarray(latent.var_1)
+        ).astype(float)
+    }
     if isinstance(pre, ImagePreprocessor):
         return out
     if rep.train_approved is not None:
         out["ynn"] = ynn(cf, rep.trained.prepared.x_train, rep.train_approved, YNN_K)
     lo, hi = pre.bands()
     n = pre.n_numeric
-    out["outside_band"] = 100.0 * outside_band(x[:, :n], cf[:, :n], lo - 1e-6, hi + 1e-6).any(axis=1).astype(float)
+    out["outside_band"] = 100.0 * outside_band(x[:, :n], cf[:, :n], lo - 1e-6, hi + 1e-6).any(
+        axis=1
+    ).astype(float)
     return out
 
 
@@ -436,7 +476,9 @@ def run_gdl(rep: Rep, cfg: EvalConfig, vae: Autoencoder) -> MethodRun:
     run = MethodRun("gdl", rep.index, capped=rep.capped.size < rep.queries.num_rows)
     clf = rep.trained.classifier
     if clf is None:
-        raise InputError("GDL needs the torch classifier the trainer trained (not a user's ONNX classifier)")
+        raise InputError(
+            "GDL needs the torch classifier the trainer trained (not a user's ONNX classifier)"
+        )
     pre = rep.explainer.bundle.preprocessor
     s = rep.explainer.settings
     x = rep.x[rep.capped]
@@ -444,12 +486,18 @@ def run_gdl(rep: Rep, cfg: EvalConfig, vae: Autoencoder) -> MethodRun:
     res = gdl_search(vae, clf, pre, x, s.threshold, s.tol, cfg.gdl)
     run.metrics["time_batched"] = (time.perf_counter() - t0) / max(len(x), 1)
     _score_rows(rep, run, rep.capped, res.cf, res.found)
-    _time_each(run, rep.timed, lambda i: gdl_search(vae, clf, pre, rep.x[i: i + 1], s.threshold, s.tol, cfg.gdl))
+    _time_each(
+        run,
+        rep.timed,
+        lambda i: gdl_search(vae, clf, pre, rep.x[i : i + 1], s.threshold, s.tol, cfg.gdl),
+    )
     run.metrics["gdl_steps"] = float(res.steps.mean()) if res.steps.size else float("nan")
     return run
 
 
-def run_peers(rep: Rep, cfg: EvalConfig, methods: list[str], ds: Dataset, log: Callable[[str], None]) -> list[MethodRun]:
+def run_peers(
+    rep: Rep, cfg: EvalConfig, methods: list[str], ds: Dataset, log: Callable[[str], None]
+) -> list[MethodRun]:
     """Measure the peers in their own environment, as a subprocess, on the capped queries."""
     runs = [MethodRun(m, rep.index, capped=rep.capped.size < rep.queries.num_rows) for m in methods]
     python = Path(cfg.peers_python)
@@ -468,12 +516,34 @@ def run_peers(rep: Rep, cfg: EvalConfig, methods: list[str], ds: Dataset, log: C
     timed_pos = np.searchsorted(rep.capped, rep.timed[np.isin(rep.timed, rep.capped)])
     np.save(folder / "slow.npy", np.searchsorted(rep.capped, rep.slow))
     s = rep.explainer.settings
-    cmd = [str(python), str(PEERS_SCRIPT), "--bundle", str(rep.explainer.bundle.path), "--work", str(folder),
-           "--methods", ",".join(methods), "--threshold", str(s.threshold), "--seed", str(cfg.seed + rep.index),
-           "--slow", str(folder / "slow.npy"), "--cfrl-steps", str(cfg.cfrl_steps)]
+    cmd = [
+        str(python),
+        str(PEERS_SCRIPT),
+        "--bundle",
+        str(rep.explainer.bundle.path),
+        "--work",
+        str(folder),
+        "--methods",
+        ",".join(methods),
+        "--threshold",
+        str(s.threshold),
+        "--seed",
+        str(cfg.seed + rep.index),
+        "--slow",
+        str(folder / "slow.npy"),
+        "--cfrl-steps",
+        str(cfg.cfrl_steps),
+    ]
     log(f"rep {rep.index + 1}: peers {', '.join(methods)} on {rep.capped.size} queries")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=cfg.peers_timeout, env=env, check=False)
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "OPENBLAS_NUM_THREADS": "1",
+    }
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=cfg.peers_timeout, env=env, check=False
+    )
     for r in runs:
         res = folder / f"{r.method}.npz"
         err = folder / f"{r.method}.error"
@@ -494,7 +564,10 @@ def run_peers(rep: Rep, cfg: EvalConfig, methods: list[str], ds: Dataset, log: C
             r.query_sd["time_single"] = float(np.std(seconds[tried]))
         else:
             tail = (proc.stderr or proc.stdout or "").strip().splitlines()
-            r.ok, r.error = False, f"peer runner exited {proc.returncode}: {tail[-1] if tail else 'no output'}"
+            r.ok, r.error = (
+                False,
+                f"peer runner exited {proc.returncode}: {tail[-1] if tail else 'no output'}",
+            )
     return runs
 
 
@@ -550,28 +623,56 @@ def evaluate(
                 rep = _prepare_rep(ds, cfg, r, root / f"rep{r}", log)
             except Exception as exc:
                 log(f"rep {r + 1}: FAILED: {_one_line(exc)}")
-                rows = [*methods, "gmcf (same queries)", WALK_ONLY] if "gmcf" in methods else methods
+                rows = (
+                    [*methods, "gmcf (same queries)", WALK_ONLY] if "gmcf" in methods else methods
+                )
                 ev.runs += [MethodRun(m, r, ok=False, error=_one_line(exc)) for m in rows]
-                ev.reps.append({"rep": r, "seed": cfg.seed + r, "failed": _one_line(exc),
-                                "traceback": traceback.format_exc(limit=5)})
+                ev.reps.append(
+                    {
+                        "rep": r,
+                        "seed": cfg.seed + r,
+                        "failed": _one_line(exc),
+                        "traceback": traceback.format_exc(limit=5),
+                    }
+                )
                 continue
-            info = {"rep": r, "seed": cfg.seed + r, "train_rows": len(rep.trained.prepared.x_train),
-                    "test_rows": len(rep.trained.prepared.x_test), "rejected": rep.queries.num_rows,
-                    "capped": int(rep.capped.size), "timed": int(rep.timed.size),
-                    "classifier": rep.trained.report["classifier"],
-                    "explainer_reconstruction_mse_test": rep.trained.report["reconstruction_mse"],
-                    "judge_reconstruction_mse_test": float(np.mean(autoencoder_error(rep.judge, rep.trained.prepared.x_test))),
-                    "z_u_probe": rep.trained.report["z_u_probe"],
-                    "search": {"threshold": rep.explainer.settings.threshold, "tol": rep.explainer.settings.tol}}
+            info = {
+                "rep": r,
+                "seed": cfg.seed + r,
+                "train_rows": len(rep.trained.prepared.x_train),
+                "test_rows": len(rep.trained.prepared.x_test),
+                "rejected": rep.queries.num_rows,
+                "capped": int(rep.capped.size),
+                "timed": int(rep.timed.size),
+                "classifier": rep.trained.report["classifier"],
+                "explainer_reconstruction_mse_test": rep.trained.report["reconstruction_mse"],
+                "judge_reconstruction_mse_test": float(
+                    np.mean(autoencoder_error(rep.judge, rep.trained.prepared.x_test))
+                ),
+                "z_u_probe": rep.trained.report["z_u_probe"],
+                "search": {
+                    "threshold": rep.explainer.settings.threshold,
+                    "tol": rep.explainer.settings.tol,
+                },
+            }
             peers = [m for m in methods if m in PEER_METHODS]
             for m in [m for m in methods if m in OWN_METHODS]:
                 t0 = time.perf_counter()
                 try:
                     if m == "gmcf":
-                        runs = [run_gmcf(rep, False), run_gmcf(rep, True), run_gmcf(rep, False, walk_only=True)]
+                        runs = [
+                            run_gmcf(rep, False),
+                            run_gmcf(rep, True),
+                            run_gmcf(rep, False, walk_only=True),
+                        ]
                     else:
-                        vae = train_autoencoder(rep.trained.prepared.x_train, rep.trained.prepared.pre,
-                                                cfg.vae, cfg.seed + r + 500, variational=True)
+                        vae = train_autoencoder(
+                            rep.trained.prepared.x_train,
+                            rep.trained.prepared.pre,
+                            cfg.vae,
+                            cfg.seed + r + 500,
+                            variational=True,
+                        )
                         runs = [run_gdl(rep, cfg, vae)]
                 except Exception as exc:
                     runs = [MethodRun(m, r, ok=False, error=_one_line(exc))]
@@ -616,20 +717,28 @@ def _run_line(run: MethodRun) -> str:
     if not run.ok:
         return f"{run.method} FAILED: {run.error}"
     m = run.metrics
-    return (f"{run.method}: {run.queries} queries, validity {m.get('validity', float('nan')):.1f}%, "
-            f"proximity {m.get('proximity_l2', float('nan')):.3f}, {m.get('time_single', float('nan')):.4f} s/query "
-            f"({run.seconds:.0f} s)")
+    return (
+        f"{run.method}: {run.queries} queries, validity {m.get('validity', float('nan')):.1f}%, "
+        f"proximity {m.get('proximity_l2', float('nan')):.3f}, "
+        f"{m.get('time_single', float('nan')):.4f} s/query ({run.seconds:.0f} s)"
+    )
 
 
-def _prepare_rep(ds: Dataset, cfg: EvalConfig, r: int, folder: Path, log: Callable[[str], None]) -> Rep:
+def _prepare_rep(
+    ds: Dataset, cfg: EvalConfig, r: int, folder: Path, log: Callable[[str], None]
+) -> Rep:
     seed = cfg.seed + r
     tcfg = replace(cfg.train, seed=seed)
     log(f"rep {r + 1}/{cfg.reps}: training f and the explainer (seed {seed}, {tcfg.epochs} epochs)")
     t0 = time.perf_counter()
     trained = train_models(ds, tcfg, callbacks=_log_training(log, r))
-    bundle = write_bundle(trained, ds, folder / "bundle", tcfg, False, f"gmcf-batch evaluate (rep {r}, seed {seed})")
+    bundle = write_bundle(
+        trained, ds, folder / "bundle", tcfg, False, f"gmcf-batch evaluate (rep {r}, seed {seed})"
+    )
     log(f"rep {r + 1}: trained in {time.perf_counter() - t0:.0f} s; training the judge autoencoder")
-    judge = train_autoencoder(trained.prepared.x_train, trained.prepared.pre, cfg.judge, seed + 1000)
+    judge = train_autoencoder(
+        trained.prepared.x_train, trained.prepared.pre, cfg.judge, seed + 1000
+    )
     ex = Explainer.from_bundle(bundle.path, threshold=cfg.threshold, tol=cfg.tol)
     p = trained.prepared
     score = ex.engine.score(p.x_test)
@@ -648,8 +757,23 @@ def _prepare_rep(ds: Dataset, cfg: EvalConfig, r: int, folder: Path, log: Callab
     if isinstance(p.pre, ImagePreprocessor):
         log(f"rep {r + 1}: training the CNN judge on the true labels")
         image_judge = train_image_judge(p.x_train, p.y_train, p.pre.image.shape, seed + 3000)
-    approved = None if image_judge is not None else ex.engine.score(p.x_train) >= ex.settings.threshold
-    return Rep(r, trained, ex, queries, p.x_test[rejected], capped, timed, slow, judge, folder, image_judge, approved)
+    approved = (
+        None if image_judge is not None else ex.engine.score(p.x_train) >= ex.settings.threshold
+    )
+    return Rep(
+        r,
+        trained,
+        ex,
+        queries,
+        p.x_test[rejected],
+        capped,
+        timed,
+        slow,
+        judge,
+        folder,
+        image_judge,
+        approved,
+    )
 
 
 def write_results(ev: Evaluation, path: Path) -> tuple[Path, Path]:
@@ -659,4 +783,3 @@ def write_results(ev: Evaluation, path: Path) -> tuple[Path, Path]:
     write_text(js, json.dumps(ev.to_json(), indent=2) + "\n")
     write_text(md, ev.to_markdown())
     return js, md
-

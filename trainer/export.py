@@ -55,12 +55,18 @@ class HardDecode(nn.Module):
         self.numeric = NumericHard(pre)
         self.cat_sizes = pre.cat_sizes
         self.aranges = nn.ParameterList(
-            [nn.Parameter(torch.arange(k, dtype=torch.int64), requires_grad=False) for k in self.cat_sizes]
+            [
+                nn.Parameter(torch.arange(k, dtype=torch.int64), requires_grad=False)
+                for k in self.cat_sizes
+            ]
         )
 
     def forward(
-        self, cont: torch.Tensor, logits: list[torch.Tensor],
-        lower: torch.Tensor | None = None, upper: torch.Tensor | None = None,
+        self,
+        cont: torch.Tensor,
+        logits: list[torch.Tensor],
+        lower: torch.Tensor | None = None,
+        upper: torch.Tensor | None = None,
         x: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``lower``/``upper`` bound every entry of the row (broadcastable to it). Numeric values
@@ -70,8 +76,10 @@ class HardDecode(nn.Module):
         within it. ``x``, the query's row, widens the training band to include its values."""
         n = cont.shape[-1]
         cont = self.numeric(
-            cont, None if x is None else x[..., :n],
-            None if lower is None else lower[..., :n], None if upper is None else upper[..., :n],
+            cont,
+            None if x is None else x[..., :n],
+            None if lower is None else lower[..., :n],
+            None if upper is None else upper[..., :n],
         )
         blocks = []
         offset = n
@@ -83,7 +91,7 @@ class HardDecode(nn.Module):
         for lg, ar in zip(logits, self.aranges, strict=True):
             k = lg.shape[-1]
             if cat_upper is not None:
-                lg = lg - 1e9 * (1.0 - cat_upper[..., offset - n: offset - n + k])
+                lg = lg - 1e9 * (1.0 - cat_upper[..., offset - n : offset - n + k])
             blocks.append((ar == torch.argmax(lg, dim=-1, keepdim=True)).to(torch.float32))
             offset += k
         if blocks:
@@ -91,8 +99,11 @@ class HardDecode(nn.Module):
         return torch.cat([cont, *blocks], dim=-1)
 
 
-def split_first_layer(model: GMCF) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, nn.Sequential]:
-    """The decoder's first layer W [z; z_u] + b as (W_z, W_u, b), copies, and the layers after it."""
+def split_first_layer(
+    model: GMCF,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, nn.Sequential]:
+    """The decoder's first layer W [z; z_u] + b as (W_z, W_u, b), copies, and the layers after
+    it."""
     body = list(cast(nn.Sequential, model.decoder.body))
     first = body[0]
     assert isinstance(first, nn.Linear)
@@ -133,11 +144,17 @@ class SearchFront(nn.Module):
         q = (target - z) @ self.w_z  # [B, H]
         b, s = alphas.shape
         h = (p[:, None, :] + alphas[:, :, None] * q[:, None, :]).reshape(b * s, -1)
-        cont, logits = cast(RawDecode, self.decoder.raw)(self.rest(h))  # 2-D: each layer is one Gemm
+        cont, logits = cast(RawDecode, self.decoder.raw)(
+            self.rest(h)
+        )  # 2-D: each layer is one Gemm
         return cont.reshape(b, s, -1), [lg.reshape(b, s, -1) for lg in logits]
 
     def forward(
-        self, x: torch.Tensor, alphas: torch.Tensor, target: torch.Tensor, lower: torch.Tensor,
+        self,
+        x: torch.Tensor,
+        alphas: torch.Tensor,
+        target: torch.Tensor,
+        lower: torch.Tensor,
         upper: torch.Tensor,
     ) -> torch.Tensor:
         cont, logits = self.decode(x, alphas, target)
@@ -162,7 +179,9 @@ def _code_of(rows: torch.Tensor, pre: Preprocessor) -> torch.Tensor:
     parts = [rows[:, :n]]
     offset = n
     for k in pre.cat_sizes:
-        parts.append(torch.argmax(rows[:, offset: offset + k], dim=1, keepdim=True).to(torch.float32))
+        parts.append(
+            torch.argmax(rows[:, offset : offset + k], dim=1, keepdim=True).to(torch.float32)
+        )
         offset += k
     return torch.cat(parts, dim=1)
 
@@ -180,7 +199,11 @@ class RowSearchPlain(PlainSearchFront):
 
 class RowSearchBounded(SearchFront):
     def forward(  # type: ignore[override]
-        self, x: torch.Tensor, alphas: torch.Tensor, target: torch.Tensor, lower: torch.Tensor,
+        self,
+        x: torch.Tensor,
+        alphas: torch.Tensor,
+        target: torch.Tensor,
+        lower: torch.Tensor,
         upper: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         rows = super().forward(x, alphas, target, lower, upper)
@@ -188,14 +211,18 @@ class RowSearchBounded(SearchFront):
 
 
 def _mlp(seq: nn.Module) -> bool:
-    return isinstance(seq, nn.Sequential) and all(isinstance(m, nn.Linear | nn.ReLU | nn.LeakyReLU) for m in seq)
+    return isinstance(seq, nn.Sequential) and all(
+        isinstance(m, nn.Linear | nn.ReLU | nn.LeakyReLU) for m in seq
+    )
 
 
 def column_ready(model: GMCF) -> bool:
     """The column layout runs MLP encoders and a decoder whose body and head are linear layers."""
     dec = model.decoder
     return (
-        _mlp(model.encoder) and _mlp(model.encoder_u) and _mlp(getattr(dec, "body", nn.Identity()))
+        _mlp(model.encoder)
+        and _mlp(model.encoder_u)
+        and _mlp(getattr(dec, "body", nn.Identity()))
         and isinstance(getattr(dec, "head", None), nn.Linear)
     )
 
@@ -211,8 +238,10 @@ def transposable_classifier(clf: nn.Module | None) -> nn.Sequential | None:
     """The layer stack of a classifier the search graph can run on columns (the reference
     classifier: Linear and ReLU layers, then a sigmoid), else None."""
     net = getattr(clf, "net", None)
-    if isinstance(clf, ReferenceClassifier) and isinstance(net, nn.Sequential) and all(
-        isinstance(m, nn.Linear | nn.ReLU | nn.LeakyReLU) for m in net
+    if (
+        isinstance(clf, ReferenceClassifier)
+        and isinstance(net, nn.Sequential)
+        and all(isinstance(m, nn.Linear | nn.ReLU | nn.LeakyReLU) for m in net)
     ):
         return net
     return None
@@ -234,21 +263,32 @@ class ColumnSearch(nn.Module):
     def __init__(self, model: GMCF, pre: Preprocessor, clf: nn.Sequential | None) -> None:
         super().__init__()
         # column_ready(model): both encoders are nn.Sequential MLPs
-        self.encoder, self.encoder_u = cast(nn.Sequential, model.encoder), cast(nn.Sequential, model.encoder_u)
+        self.encoder, self.encoder_u = (
+            cast(nn.Sequential, model.encoder),
+            cast(nn.Sequential, model.encoder_u),
+        )
         w_z, w_u, b, rest = split_first_layer(model)
         self.register_buffer("w_z", w_z)
         self.register_buffer("w_u", w_u)
         self.register_buffer("b", b[:, None])
-        self.layers = nn.Sequential(*rest, cast(nn.Module, model.decoder.head))  # after the folded first layer
+        self.layers = nn.Sequential(
+            *rest, cast(nn.Module, model.decoder.head)
+        )  # after the folded first layer
         self.numeric = NumericHard(pre, columns=True)
         self.n = pre.n_numeric
         self.cat_sizes = list(pre.cat_sizes)
-        self.register_buffer("index", torch.arange(max(self.cat_sizes, default=1), dtype=torch.float32)[None, :])
+        self.register_buffer(
+            "index", torch.arange(max(self.cat_sizes, default=1), dtype=torch.float32)[None, :]
+        )
         self.clf = clf
 
     def run(
-        self, x: torch.Tensor, alphas: torch.Tensor, target: torch.Tensor,
-        lower: torch.Tensor | None, upper: torch.Tensor | None,
+        self,
+        x: torch.Tensor,
+        alphas: torch.Tensor,
+        target: torch.Tensor,
+        lower: torch.Tensor | None,
+        upper: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         # Columns are ordered s * B + b inside (alpha-major), so that every per-query vector
         # broadcasts over the middle axis, which onnxruntime does at full speed; the outputs are
@@ -264,24 +304,29 @@ class ColumnSearch(nn.Module):
         up_t = None if upper is None else upper.t()[:, None, :]
         cont = torch.sigmoid(out[: self.n]).reshape(self.n, s, b)
         cont = self.numeric(
-            cont, xt[: self.n][:, None, :],
-            None if lo_t is None else lo_t[: self.n], None if up_t is None else up_t[: self.n],
+            cont,
+            xt[: self.n][:, None, :],
+            None if lo_t is None else lo_t[: self.n],
+            None if up_t is None else up_t[: self.n],
         )
         cont = cont.reshape(self.n, s * b)
         blocks, codes = [], []
         offset = self.n
         cat_up = None
         if lo_t is not None and up_t is not None:
-            cat_up = up_t[self.n:]
+            cat_up = up_t[self.n :]
             mask = self.numeric.category_mask(lo_t[: self.n], up_t[: self.n], cat_up.shape[0])
             cat_up = cat_up if mask is None else cat_up * mask
         for k in self.cat_sizes:
-            lg = out[offset: offset + k]
+            lg = out[offset : offset + k]
             if cat_up is not None:
-                lg = (lg.reshape(k, s, b) - 1e9 * (1.0 - cat_up[offset - self.n: offset - self.n + k])).reshape(k, s * b)
+                lg = (
+                    lg.reshape(k, s, b)
+                    - 1e9 * (1.0 - cat_up[offset - self.n : offset - self.n + k])
+                ).reshape(k, s * b)
             top = lg[0:1]
             for j in range(1, k):
-                top = torch.maximum(top, lg[j: j + 1])
+                top = torch.maximum(top, lg[j : j + 1])
             hit = (lg == top).to(torch.float32)
             one_hot = hit * (torch.cumsum(hit, dim=0) == 1).to(torch.float32)  # first maximum
             blocks.append(one_hot)
@@ -300,13 +345,19 @@ class ColumnSearch(nn.Module):
 
 
 class ColumnSearchPlain(ColumnSearch):
-    def forward(self, x: torch.Tensor, alphas: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, alphas: torch.Tensor, target: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         return self.run(x, alphas, target, None, None)
 
 
 class ColumnSearchBounded(ColumnSearch):
     def forward(
-        self, x: torch.Tensor, alphas: torch.Tensor, target: torch.Tensor, lower: torch.Tensor,
+        self,
+        x: torch.Tensor,
+        alphas: torch.Tensor,
+        target: torch.Tensor,
+        lower: torch.Tensor,
         upper: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         return self.run(x, alphas, target, lower, upper)
@@ -332,7 +383,9 @@ class _Decoder(nn.Module):
         return self.decoder(torch.cat([z, zu], dim=1))
 
 
-def to_onnx(module: nn.Module, args: tuple[torch.Tensor, ...], inputs: list[str], outputs: list[str]) -> onnx.ModelProto:
+def to_onnx(
+    module: nn.Module, args: tuple[torch.Tensor, ...], inputs: list[str], outputs: list[str]
+) -> onnx.ModelProto:
     """Trace ``module`` to an ONNX model with dynamic leading dimensions and the pinned opset."""
     dyn: dict[str, dict[int, str]] = {
         name: ({0: "batch", 1: "steps"} if name == "alphas" else {0: "batch"}) for name in inputs
@@ -342,9 +395,14 @@ def to_onnx(module: nn.Module, args: tuple[torch.Tensor, ...], inputs: list[str]
     module.eval()
     with torch.no_grad():
         torch.onnx.export(
-            module, args, buf,  # type: ignore[arg-type]  # a file object works; the stub says path only
-            input_names=inputs, output_names=outputs, dynamic_axes=dyn,
-            opset_version=OPSET, dynamo=False,
+            module,
+            args,
+            buf,  # type: ignore[arg-type]  # a file object works; the stub says path only
+            input_names=inputs,
+            output_names=outputs,
+            dynamic_axes=dyn,
+            opset_version=OPSET,
+            dynamo=False,
         )
     model = onnx.load_from_string(buf.getvalue())
     onnx.checker.check_model(model)
@@ -375,10 +433,13 @@ def adapt_classifier(model: onnx.ModelProto, width: int) -> onnx.ModelProto:
     inp = graph_inputs[0]
     dims = inp.type.tensor_type.shape.dim
     if len(dims) != 2:
-        raise InputError(f"classifier: input {inp.name!r} must be 2-D [rows, {width}], has {len(dims)} dims")
+        raise InputError(
+            f"classifier: input {inp.name!r} must be 2-D [rows, {width}], has {len(dims)} dims"
+        )
     if dims[1].HasField("dim_value") and dims[1].dim_value != width:
         raise InputError(
-            f"classifier: input {inp.name!r} has {dims[1].dim_value} features, but the preprocessed data has {width}"
+            f"classifier: input {inp.name!r} has {dims[1].dim_value} features, but the "
+            f"preprocessed data has {width}"
         )
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), OPSET)
     if opset != OPSET:
@@ -388,7 +449,9 @@ def adapt_classifier(model: onnx.ModelProto, width: int) -> onnx.ModelProto:
     try:
         outs = sess.run(None, {inp.name: probe})
     except Exception as exc:
-        raise InputError(f"classifier: fails on a [3, {width}] float32 input: {str(exc).splitlines()[0]}") from exc
+        raise InputError(
+            f"classifier: fails on a [3, {width}] float32 input: {str(exc).splitlines()[0]}"
+        ) from exc
     chosen = None
     for meta, val in zip(sess.get_outputs(), outs, strict=True):
         arr = np.asarray(val)
@@ -396,7 +459,9 @@ def adapt_classifier(model: onnx.ModelProto, width: int) -> onnx.ModelProto:
             chosen = (meta.name, arr.shape)
             break
     if chosen is None:
-        shapes = ", ".join(f"{m.name} {np.asarray(v).shape}" for m, v in zip(sess.get_outputs(), outs, strict=True))
+        shapes = ", ".join(
+            f"{m.name} {np.asarray(v).shape}" for m, v in zip(sess.get_outputs(), outs, strict=True)
+        )
         raise InputError(
             f"classifier: no float output shaped [N], [N, 1] or [N, 2] (found: {shapes})"
         )
@@ -442,7 +507,10 @@ def fuse_search(front: onnx.ModelProto, classifier: onnx.ModelProto) -> onnx.Mod
 
 
 def export_graphs(
-    model: GMCF, pre: Preprocessor, classifier: onnx.ModelProto, torch_classifier: nn.Module | None = None,
+    model: GMCF,
+    pre: Preprocessor,
+    classifier: onnx.ModelProto,
+    torch_classifier: nn.Module | None = None,
     layout: str = "auto",
 ) -> dict[str, onnx.ModelProto]:
     """Every graph of the bundle contract.
@@ -461,16 +529,27 @@ def export_graphs(
     columns = column_ready(model) if layout == "auto" else layout == "columns"
     clf = transposable_classifier(torch_classifier) if columns else None
     last = "score" if clf is not None else "rows"
-    plain_module: nn.Module = ColumnSearchPlain(model, pre, clf) if columns else RowSearchPlain(model, pre)
-    bounded_module: nn.Module = ColumnSearchBounded(model, pre, clf) if columns else RowSearchBounded(model, pre)
+    plain_module: nn.Module = (
+        ColumnSearchPlain(model, pre, clf) if columns else RowSearchPlain(model, pre)
+    )
+    bounded_module: nn.Module = (
+        ColumnSearchBounded(model, pre, clf) if columns else RowSearchBounded(model, pre)
+    )
     plain = to_onnx(plain_module, walk, ["x", "alphas", "target"], ["code", last])
-    bounded = to_onnx(bounded_module, (*walk, *bounds), ["x", "alphas", "target", "lower", "upper"], ["code", last])
+    bounded = to_onnx(
+        bounded_module,
+        (*walk, *bounds),
+        ["x", "alphas", "target", "lower", "upper"],
+        ["code", last],
+    )
     if clf is None:
         plain, bounded = fuse_search(plain, classifier), fuse_search(bounded, classifier)
     return {
         "encoder": to_onnx(model.encoder, (x,), ["x"], ["z"]),
         "encoder_u": to_onnx(model.encoder_u, (x,), ["x"], ["z_u"]),
-        "decoder": to_onnx(_Decoder(model), (torch.rand(5, d), torch.rand(5, du)), ["z", "z_u"], ["x_soft"]),
+        "decoder": to_onnx(
+            _Decoder(model), (torch.rand(5, d), torch.rand(5, du)), ["z", "z_u"], ["x_soft"]
+        ),
         "classifier": classifier,
         "search": plain,
         "search_bounded": bounded,

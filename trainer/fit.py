@@ -98,7 +98,7 @@ class History:
 
 def _batches(n: int, batch_size: int, gen: torch.Generator) -> list[torch.Tensor]:
     perm = torch.randperm(n, generator=gen)
-    return [perm[i: i + batch_size] for i in range(0, n, batch_size)]
+    return [perm[i : i + batch_size] for i in range(0, n, batch_size)]
 
 
 def _balanced_accuracy(y: np.ndarray, pred: np.ndarray) -> float:
@@ -239,7 +239,12 @@ def make_optimizers(
 
 
 def checkpoint_score(
-    model: GMCF, x_fit: np.ndarray, y_fit: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, seed: int
+    model: GMCF,
+    x_fit: np.ndarray,
+    y_fit: np.ndarray,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    seed: int,
 ) -> dict[str, float]:
     """Model selection on validation rows: z_u leakage (a quick probe's balanced accuracy) and
     agreement of the GM posterior with f. Lower ``score`` is better."""
@@ -281,8 +286,16 @@ def fit_gmcf(
     yt = torch.from_numpy(y_hat.astype(np.float32))
     prior = float(yt.mean().clamp(1e-3, 1 - 1e-3))
     model = GMCF(
-        x.shape[1], n_numeric, cat_sizes, cfg.latent_dim, cfg.latent_u_dim, cfg.encoder_hidden,
-        cfg.decoder_hidden, cfg.adversary_hidden, cfg.var_floor, (1 - prior, prior),
+        x.shape[1],
+        n_numeric,
+        cat_sizes,
+        cfg.latent_dim,
+        cfg.latent_u_dim,
+        cfg.encoder_hidden,
+        cfg.decoder_hidden,
+        cfg.adversary_hidden,
+        cfg.var_floor,
+        (1 - prior, prior),
         None if networks is None else networks(),
     )
     opts = make_optimizers(model, cfg)
@@ -298,22 +311,34 @@ def fit_gmcf(
         sums: dict[str, float] = {}
         for ia, ib in zip(order_a, order_b, strict=True):
             out = alternating_step(
-                model, *opts, (xt[ia], yt[ia], w_all[ia]), (xt[ib], yt[ib], w_all[ib]), cfg, tie_judge
+                model,
+                *opts,
+                (xt[ia], yt[ia], w_all[ia]),
+                (xt[ib], yt[ib], w_all[ib]),
+                cfg,
+                tie_judge,
             )
             for k, v in out.items():
                 sums[k] = sums.get(k, 0.0) + v
         hist.losses = {k: v / len(order_a) for k, v in sums.items()}
         done = epoch + 1
-        if (validation is not None and cfg.select_every > 0 and done >= cfg.select_after
-                and (done - cfg.select_after) % cfg.select_every == 0) or (validation is not None and done == cfg.epochs and cfg.select_every > 0):
+        if (
+            validation is not None
+            and cfg.select_every > 0
+            and done >= cfg.select_after
+            and (done - cfg.select_after) % cfg.select_every == 0
+        ) or (validation is not None and done == cfg.epochs and cfg.select_every > 0):
             model.eval()
             sub = fit_rows[: min(len(fit_rows), 8000)]
-            check = checkpoint_score(model, x[sub], y_hat[sub], validation[0], validation[1], cfg.seed)
+            check = checkpoint_score(
+                model, x[sub], y_hat[sub], validation[0], validation[1], cfg.seed
+            )
             if walk is not None and cfg.select_by == "walk":
                 check.update(walk(model))
                 # the real objective: validity first, then proximity; the GM must still agree
                 check["score"] = (
-                    (1.0 - check["walk_validity"]) + 0.1 * check["walk_l2"]
+                    (1.0 - check["walk_validity"])
+                    + 0.1 * check["walk_l2"]
                     + 10 * max(0.0, 0.9 - check["agreement"])
                 )
             model.train()
@@ -331,7 +356,12 @@ def fit_gmcf(
 
 
 def probe_leakage(
-    zu_train: np.ndarray, y_train: np.ndarray, zu_test: np.ndarray, y_test: np.ndarray, seed: int, epochs: int
+    zu_train: np.ndarray,
+    y_train: np.ndarray,
+    zu_test: np.ndarray,
+    y_test: np.ndarray,
+    seed: int,
+    epochs: int,
 ) -> dict[str, float]:
     """Fit a fresh classifier on frozen z_u to predict y_hat; its held-out balanced accuracy
     measures how much of the label z_u still carries (0.5 = none)."""
@@ -344,7 +374,7 @@ def probe_leakage(
     for _ in range(epochs):
         perm = torch.randperm(len(xt), generator=gen)
         for i in range(0, len(xt), 256):
-            idx = perm[i: i + 256]
+            idx = perm[i : i + 256]
             loss = torch.nn.functional.binary_cross_entropy_with_logits(
                 probe(xt[idx]).squeeze(-1), yt[idx], weight=w[idx]
             )

@@ -59,10 +59,14 @@ class NumericHard(nn.Module):
         self._buffer("scale", scale)
         self._buffer("inv_scale", 1.0 / scale)
         # The scaling's inverse for ``to_raw``/``from_raw`` (identity for an image's pixels).
-        t = np.array([transforms.t_range(f) for f in feats] or [(0.0, 1.0)] * n, dtype=np.float64).reshape(-1, 2)
+        t = np.array(
+            [transforms.t_range(f) for f in feats] or [(0.0, 1.0)] * n, dtype=np.float64
+        ).reshape(-1, 2)
         self._buffer("t_lo", t[:, 0])
         self._buffer("t_span", t[:, 1])
-        self._buffer("offset", np.array([transforms.log_offset(f.lo or 0.0) for f in feats] or [0.0] * n))
+        self._buffer(
+            "offset", np.array([transforms.log_offset(f.lo or 0.0) for f in feats] or [0.0] * n)
+        )
         self.register_buffer("is_log", self._shape(torch.tensor(is_log)))
         self.register_buffer("is_int", self._shape(torch.tensor(is_int)))
         band_lo, band_hi = pre.bands()
@@ -75,13 +79,17 @@ class NumericHard(nn.Module):
         self.deps = [(j, off - n, off - n + len(v)) for j, off, v in dependencies.determined(pre)]
         self._buffer("keep", keep)
         # [n, categorical width]: rows of the columns layout; transposed for the row layout
-        self.register_buffer("table", torch.tensor(table if columns else table.T.copy(), dtype=torch.float32))
+        self.register_buffer(
+            "table", torch.tensor(table if columns else table.T.copy(), dtype=torch.float32)
+        )
 
     def _shape(self, t: torch.Tensor) -> torch.Tensor:
         return t[:, None, None] if self.columns else t
 
     def _buffer(self, name: str, values: np.ndarray) -> None:
-        self.register_buffer(name, self._shape(torch.tensor(np.asarray(values), dtype=torch.float32)))
+        self.register_buffer(
+            name, self._shape(torch.tensor(np.asarray(values), dtype=torch.float32))
+        )
 
     def to_raw(self, u: torch.Tensor) -> torch.Tensor:
         """Model space -> raw units (float32), every feature by its transform."""
@@ -98,13 +106,18 @@ class NumericHard(nn.Module):
         return (t - self.t_lo) / self.t_span
 
     def forward(
-        self, cont: torch.Tensor, x: torch.Tensor | None = None,
-        lower: torch.Tensor | None = None, upper: torch.Tensor | None = None,
+        self,
+        cont: torch.Tensor,
+        x: torch.Tensor | None = None,
+        lower: torch.Tensor | None = None,
+        upper: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``cont``: decoded numeric values in model space; ``x``: the query's (broadcastable),
         which widens the band; ``lower``/``upper``: the constraints' bounds."""
         if x is not None and self.banded:
-            cont = torch.minimum(torch.maximum(cont, torch.minimum(x, self.band_lo)), torch.maximum(x, self.band_hi))
+            cont = torch.minimum(
+                torch.maximum(cont, torch.minimum(x, self.band_lo)), torch.maximum(x, self.band_hi)
+            )
         if lower is not None and upper is not None:
             cont = torch.minimum(torch.maximum(cont, lower), upper)
         if self.raw_rounding:
@@ -116,7 +129,9 @@ class NumericHard(nn.Module):
             cont = torch.minimum(torch.maximum(cont, lower), upper)
         return cont
 
-    def category_mask(self, lower: torch.Tensor, upper: torch.Tensor, width: int) -> torch.Tensor | None:
+    def category_mask(
+        self, lower: torch.Tensor, upper: torch.Tensor, width: int
+    ) -> torch.Tensor | None:
         """1 for a category that a determined feature's bounds allow, else 0, over the
         categorical part of the row (``lower``/``upper``: the numeric block's bounds); None
         without determined features."""
@@ -125,12 +140,22 @@ class NumericHard(nn.Module):
         mask = None
         for j, start, end in self.deps:
             if self.columns:
-                values, lo, hi = self.table[j, start:end].reshape(-1, 1, 1), lower[j: j + 1], upper[j: j + 1]
+                values, lo, hi = (
+                    self.table[j, start:end].reshape(-1, 1, 1),
+                    lower[j : j + 1],
+                    upper[j : j + 1],
+                )
                 ones, dim = torch.ones_like(upper[:1]), 0
             else:
-                values, lo, hi = self.table[start:end, j], lower[..., j: j + 1], upper[..., j: j + 1]
+                values, lo, hi = (
+                    self.table[start:end, j],
+                    lower[..., j : j + 1],
+                    upper[..., j : j + 1],
+                )
                 ones, dim = torch.ones_like(upper[..., :1]), -1
-            parts = [ones] * start + [((values >= lo - 1e-6) & (values <= hi + 1e-6)).to(torch.float32)]
+            parts = [ones] * start + [
+                ((values >= lo - 1e-6) & (values <= hi + 1e-6)).to(torch.float32)
+            ]
             parts += [ones] * (width - end)
             part = torch.cat(parts, dim=dim)
             mask = part if mask is None else mask * part
@@ -142,6 +167,8 @@ class NumericHard(nn.Module):
             return cont
         if self.columns:
             shape = cont.shape
-            return (cont.reshape(shape[0], -1) * self.keep.reshape(-1, 1)
-                    + self.table @ one_hots.reshape(one_hots.shape[0], -1)).reshape(shape)
+            return (
+                cont.reshape(shape[0], -1) * self.keep.reshape(-1, 1)
+                + self.table @ one_hots.reshape(one_hots.shape[0], -1)
+            ).reshape(shape)
         return cont * self.keep + one_hots @ self.table

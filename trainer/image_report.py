@@ -1,8 +1,8 @@
 """Evaluation and figures for an image bundle (the paper's MNIST experiment): Table 1's metrics
 and Figures 2-4. Needs no torch: everything runs through the bundle's ONNX graphs.
 
-    >>> table1_metrics("exported/mnist-1-to-7")          # dict of mean and SD per metric
-    >>> plot_figures("exported/mnist-1-to-7", "docs/figures")   # needs matplotlib (the plot extra)
+    >>> table1_metrics("exported/mnist-1-to-7")  # dict of mean and SD per metric
+    >>> plot_figures("exported/mnist-1-to-7", "docs/figures")  # needs matplotlib (the plot extra)
 """
 
 from __future__ import annotations
@@ -51,7 +51,9 @@ def _mean_sd(v: np.ndarray) -> dict[str, float]:
 def _images(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     """A fixed-size list column of images as [rows, pixels] float64; NaN rows where it is null."""
     col = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    out = np.asarray(col.values.to_numpy(zero_copy_only=False), dtype=np.float64).reshape(len(col), -1)
+    out = np.asarray(col.values.to_numpy(zero_copy_only=False), dtype=np.float64).reshape(
+        len(col), -1
+    )
     out[np.asarray(col.is_null().to_numpy(zero_copy_only=False))] = np.nan
     return out
 
@@ -110,7 +112,9 @@ def table1_metrics(bundle: str | Path, **settings: Any) -> dict[str, Any]:
 Judge = Callable[[np.ndarray], np.ndarray]
 
 
-def style_metrics(bundle: str | Path, judges: Sequence[Judge] = (), **settings: Any) -> dict[str, Any]:
+def style_metrics(
+    bundle: str | Path, judges: Sequence[Judge] = (), **settings: Any
+) -> dict[str, Any]:
     """Do the counterfactuals read as the target digit and keep the query's style? On the bundle's
     held-out base-class images, with ``settings`` over its search defaults:
 
@@ -139,7 +143,9 @@ def style_metrics(bundle: str | Path, judges: Sequence[Judge] = (), **settings: 
         "rejected_by_f": int(searched.sum()),
         "found": int(found.sum()),
         "validity_pct": _validity(found, searched),
-        "proximity_l2": float(np.mean(out.column("proximity_l2").to_numpy(zero_copy_only=False)[found])),
+        "proximity_l2": float(
+            np.mean(out.column("proximity_l2").to_numpy(zero_copy_only=False)[found])
+        ),
         "cf": style_agreement(xq, cf, shape),
         "path_end": style_agreement(xq, ends[:, 0], shape),
     }
@@ -163,21 +169,22 @@ def style_markdown(rows: list[dict[str, Any]]) -> str:
     judges, the share read as the target is their mean (lowest-highest)."""
     target = rows[0].get("target", "the target") if rows else "the target"
     lines = [
-        f"| counterfactual | validity (%) | read as {target} by the CNN judges (%) | slant r | slant diff (deg) "
-        "| thickness r | thickness diff (px) | proximity L2 |",
+        f"| counterfactual | validity (%) | read as {target} by the CNN judges (%) | slant r | "
+        "slant diff (deg) | thickness r | thickness diff (px) | proximity L2 |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for m in rows:
         c = m["cf"]
         lines.append(
-            f"| first image with T <= f < T + tol, T = {m['threshold']:g}, tol = {m['tol']:g} | {m['validity_pct']:.1f} | "
-            f"{_judged(c)} | {c['slant_r']:.3f} | {c['slant_mad']:.1f} | "
+            f"| first image with T <= f < T + tol, T = {m['threshold']:g}, tol = {m['tol']:g} | "
+            f"{m['validity_pct']:.1f} | {_judged(c)} | {c['slant_r']:.3f} | {c['slant_mad']:.1f} | "
             f"{c['thickness_r']:.3f} | {c['thickness_mad']:.2f} | {m['proximity_l2']:.2f} |"
         )
     e = rows[-1]["path_end"]
     lines.append(
         f"| end of the path (a = 1: mu_1 with the query's z_u) | | {_judged(e)} | "
-        f"{e['slant_r']:.3f} | {e['slant_mad']:.1f} | {e['thickness_r']:.3f} | {e['thickness_mad']:.2f} | |"
+        f"{e['slant_r']:.3f} | {e['slant_mad']:.1f} | {e['thickness_r']:.3f} | "
+        f"{e['thickness_mad']:.2f} | |"
     )
     return "\n".join(lines)
 
@@ -185,21 +192,26 @@ def style_markdown(rows: list[dict[str, Any]]) -> str:
 def table1_markdown(m: dict[str, Any]) -> str:
     """Table 1 of the paper with a row for ``table1_metrics``' result."""
     ours = PAPER["mnist-1-to-7"]["Our Method"]
+
     def cell(key: str) -> str:
         v = m[key]
         return f"{v['mean']:.3f} ± {v['sd']:.3f}" if isinstance(v, dict) else f"{v:.3f}"
 
-    return "\n".join([
-        "| method | time (s) | reconstruction | sparsity L1 | sparsity L0 (pixels) | validity (%) | proximity L2 |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-        f"| gmcf-batch, T = {m['threshold']:g} ({m['rejected_by_f']:,} test-set 1s with f < T) | {m['time_per_query_s']:.5f} | "
-        f"{cell('reconstruction')} | {cell('sparsity_l1')} | {m['sparsity_l0']['mean']:.0f} ± {m['sparsity_l0']['sd']:.0f} | "
-        f"{m['validity_pct']:.1f} | {cell('proximity_l2')} |",
-        "| paper, Our Method | " + " | ".join((*ours[:3], "-", *ours[3:])) + " |",
-    ])
+    return "\n".join(
+        [
+            "| method | time (s) | reconstruction | sparsity L1 | sparsity L0 (pixels) | validity "
+            "(%) | proximity L2 |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+            f"| gmcf-batch, T = {m['threshold']:g} ({m['rejected_by_f']:,} test-set 1s with f < T) "
+            f"| {m['time_per_query_s']:.5f} | {cell('reconstruction')} | {cell('sparsity_l1')} | "
+            f"{m['sparsity_l0']['mean']:.0f} ± {m['sparsity_l0']['sd']:.0f} | "
+            f"{m['validity_pct']:.1f} | {cell('proximity_l2')} |",
+            "| paper, Our Method | " + " | ".join((*ours[:3], "-", *ours[3:])) + " |",
+        ]
+    )
 
 
-# -- figures ----------------------------------------------------------------------------------------
+# -- figures ---------------------------------------------------------------------------------------
 def _pyplot() -> Any:
     try:
         import matplotlib
@@ -219,7 +231,9 @@ def _score_text(v: float, threshold: float) -> str:
     return f"{np.floor(float(v) * scale) / scale:.{digits}f}"
 
 
-def _show(ax: Any, img: np.ndarray, shape: tuple[int, ...], title: str = "", color: str = "black") -> None:
+def _show(
+    ax: Any, img: np.ndarray, shape: tuple[int, ...], title: str = "", color: str = "black"
+) -> None:
     ax.imshow(img.reshape(shape), cmap="gray", vmin=0.0, vmax=1.0)
     ax.set_xticks([])
     ax.set_yticks([])
@@ -228,7 +242,12 @@ def _show(ax: Any, img: np.ndarray, shape: tuple[int, ...], title: str = "", col
 
 
 def plot_figures(
-    bundle: str | Path, out: str | Path, n_queries: int = 10, n_paths: int = 4, seed: int = 0, **settings: Any
+    bundle: str | Path,
+    out: str | Path,
+    n_queries: int = 10,
+    n_paths: int = 4,
+    seed: int = 0,
+    **settings: Any,
 ) -> list[Path]:
     """Write figure2.png (queries above their counterfactuals), figure3.png (interpolation paths
     with f's score under each step) and figure4.png (PCA of the latent z by class) to ``out``,
@@ -242,7 +261,11 @@ def plot_figures(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     queries, _ = heldout_base(ds)
-    pick = np.sort(np.random.default_rng(seed).choice(queries.num_rows, size=min(40, queries.num_rows), replace=False))
+    pick = np.sort(
+        np.random.default_rng(seed).choice(
+            queries.num_rows, size=min(40, queries.num_rows), replace=False
+        )
+    )
     res = ex.explain(queries.take(pa.array(pick)))
     x, _ = pre.transform(queries.take(pa.array(pick)))
     hit = np.nonzero(_status(res)[0])[0]
@@ -259,14 +282,17 @@ def plot_figures(
     st = ex.settings
     rows_shown = [(cf, cf_score, f"T = {st.threshold:g}")]
     if st.threshold > BOUNDARY:
-        boundary = Explainer.from_bundle(ex.bundle.path, threshold=BOUNDARY, tol=1.0 - BOUNDARY).explain(
-            queries.take(pa.array(pick[show])))
+        boundary = Explainer.from_bundle(
+            ex.bundle.path, threshold=BOUNDARY, tol=1.0 - BOUNDARY
+        ).explain(queries.take(pa.array(pick[show])))
         b_score = pc.fill_null(boundary.column("cf_score"), float("nan")).to_numpy()
         full_cf, full_score = np.full(cf.shape, np.nan), np.full(cf_score.shape, np.nan)
         full_cf[show], full_score[show] = _images(boundary.column(f"cf_{pre.image.name}")), b_score
         rows_shown.append((full_cf, full_score, f"T = {BOUNDARY:g}"))
     n_rows = 1 + len(rows_shown)
-    fig, axes = plt.subplots(n_rows, len(show), figsize=(1.1 * len(show), 0.4 + 1.3 * n_rows), squeeze=False)
+    fig, axes = plt.subplots(
+        n_rows, len(show), figsize=(1.1 * len(show), 0.4 + 1.3 * n_rows), squeeze=False
+    )
     for j, i in enumerate(show):
         _show(axes[0, j], x[i], shape, f"f={_score_text(score[i], st.threshold)}")
         for r, (imgs, sc_, _) in enumerate(rows_shown, start=1):
@@ -277,7 +303,10 @@ def plot_figures(
     axes[0, 0].set_ylabel("query", fontsize=8)
     for r, (_, _, label) in enumerate(rows_shown, start=1):
         axes[r, 0].set_ylabel(f"cf, {label}", fontsize=8)
-    title = f"Held-out 1s (top); their counterfactuals, the first image on the path with f = P(7) >= T: T = {st.threshold:g}"
+    title = (
+        "Held-out 1s (top); their counterfactuals, the first image on the path with f = P(7) >= T: "
+        f"T = {st.threshold:g}"
+    )
     title += f", then T = {BOUNDARY:g} (the decision boundary)" if len(rows_shown) > 1 else ""
     fig.suptitle(title, fontsize=9)
     fig.tight_layout(h_pad=1.2)
@@ -288,19 +317,47 @@ def plot_figures(
     # Figure 3: the path z_s = (1 - a) z_q + a mu_1 decoded with the query's z_u.
     paths = hit[:n_paths]
     alphas = np.linspace(0.0, 1.0, 9, dtype=np.float32)
-    rows, sc = ex.engine.candidates(x[paths], np.broadcast_to(alphas, (paths.size, alphas.size)).copy())
+    rows, sc = ex.engine.candidates(
+        x[paths], np.broadcast_to(alphas, (paths.size, alphas.size)).copy()
+    )
     threshold = ex.settings.threshold
     marks = [(threshold, "red")] + ([(BOUNDARY, "darkorange")] if threshold != BOUNDARY else [])
-    fig, axes = plt.subplots(len(paths), alphas.size + 2, figsize=(1.05 * (alphas.size + 2), 1.25 * len(paths)), squeeze=False)
+    fig, axes = plt.subplots(
+        len(paths),
+        alphas.size + 2,
+        figsize=(1.05 * (alphas.size + 2), 1.25 * len(paths)),
+        squeeze=False,
+    )
     for r, i in enumerate(paths):
         _show(axes[r, 0], x[i], shape, f"query {_score_text(score[i], threshold)}")
-        firsts = {int(np.argmax(sc[r] >= t)): colour for t, colour in reversed(marks) if (sc[r] >= t).any()}
+        firsts = {
+            int(np.argmax(sc[r] >= t)): colour
+            for t, colour in reversed(marks)
+            if (sc[r] >= t).any()
+        }
         for k, a in enumerate(alphas):
-            _show(axes[r, k + 1], rows[r, k], shape, f"a={a:.2f}: {_score_text(sc[r, k], threshold)}", firsts.get(k, "black"))
+            _show(
+                axes[r, k + 1],
+                rows[r, k],
+                shape,
+                f"a={a:.2f}: {_score_text(sc[r, k], threshold)}",
+                firsts.get(k, "black"),
+            )
         alpha = res.column("alpha")[int(i)].as_py()
-        _show(axes[r, -1], cf[i], shape, f"cf a={alpha:.2f}: {_score_text(cf_score[i], threshold)}", "red")
-    legend = f"red: first >= T = {threshold:g}" + (f"; orange: first >= {BOUNDARY:g}" if len(marks) > 1 else "")
-    fig.suptitle(f"Interpolation toward mu_1 with the query's z_u; f's score under each step ({legend})", fontsize=9)
+        _show(
+            axes[r, -1],
+            cf[i],
+            shape,
+            f"cf a={alpha:.2f}: {_score_text(cf_score[i], threshold)}",
+            "red",
+        )
+    legend = f"red: first >= T = {threshold:g}" + (
+        f"; orange: first >= {BOUNDARY:g}" if len(marks) > 1 else ""
+    )
+    fig.suptitle(
+        f"Interpolation toward mu_1 with the query's z_u; f's score under each step ({legend})",
+        fontsize=9,
+    )
     fig.tight_layout()
     written.append(out / "figure3.png")
     fig.savefig(written[-1], dpi=110)
@@ -318,16 +375,30 @@ def plot_figures(
     _, sv, vt = np.linalg.svd(z - center, full_matrices=False)
     pz, pmu = (z - center) @ vt[:2].T, (mu - center) @ vt[:2].T
     explained = (sv[:2] ** 2).sum() / (sv**2).sum()
-    label = pc.cast(ds.table.column(ds.schema.label).take(pa.array(test_rows)), pa.string()).to_numpy(zero_copy_only=False)
+    label = pc.cast(
+        ds.table.column(ds.schema.label).take(pa.array(test_rows)), pa.string()
+    ).to_numpy(zero_copy_only=False)
     fig, ax = plt.subplots(figsize=(5, 4.2))
     for value, colour in zip(sorted(set(label)), ("tab:blue", "tab:orange"), strict=False):
         m = label == value
-        ax.scatter(pz[m, 0], pz[m, 1], s=4, alpha=0.4, c=colour, label=f"digit {value} ({m.sum():,} held out)")
+        ax.scatter(
+            pz[m, 0],
+            pz[m, 1],
+            s=4,
+            alpha=0.4,
+            c=colour,
+            label=f"digit {value} ({m.sum():,} held out)",
+        )
     for k, colour in enumerate(("navy", "darkred")):
-        ax.scatter(pmu[k, 0], pmu[k, 1], marker="X", s=90, c=colour, edgecolors="white", label=f"mu_{k}")
+        ax.scatter(
+            pmu[k, 0], pmu[k, 1], marker="X", s=90, c=colour, edgecolors="white", label=f"mu_{k}"
+        )
     ax.set_xlabel("PC 1")
     ax.set_ylabel("PC 2")
-    ax.set_title(f"PCA of z ({z.shape[1]} dims; 2 PCs hold {100 * explained:.1f}% of the variance)", fontsize=9)
+    ax.set_title(
+        f"PCA of z ({z.shape[1]} dims; 2 PCs hold {100 * explained:.1f}% of the variance)",
+        fontsize=9,
+    )
     ax.legend(fontsize=8)
     fig.tight_layout()
     written.append(out / "figure4.png")
@@ -337,6 +408,10 @@ def plot_figures(
 
 
 __all__ = [
-    "heldout_base", "plot_figures", "style_markdown", "style_metrics", "table1_markdown",
+    "heldout_base",
+    "plot_figures",
+    "style_markdown",
+    "style_metrics",
+    "table1_markdown",
     "table1_metrics",
 ]

@@ -72,17 +72,27 @@ def _conv_out(n: int, kernel: int, stride: int = 2, padding: int = 1) -> int:
 class ConvEncoder(nn.Sequential):
     """x [N, H*W] -> code [N, out_dim]: three strided convolutions, then two linear layers."""
 
-    def __init__(self, shape: Sequence[int], out_dim: int, channels: Sequence[int] = (16, 32, 32), hidden: int = 64) -> None:
+    def __init__(
+        self,
+        shape: Sequence[int],
+        out_dim: int,
+        channels: Sequence[int] = (16, 32, 32),
+        hidden: int = 64,
+    ) -> None:
         h, w = shape
         c1, c2, c3 = channels
         hh, ww = (_conv_out(_conv_out(_conv_out(n, 4), 4), 3) for n in (h, w))  # 28 -> 14 -> 7 -> 4
         super().__init__(
             nn.Unflatten(1, (1, h, w)),
-            nn.Conv2d(1, c1, 4, stride=2, padding=1), nn.LeakyReLU(),
-            nn.Conv2d(c1, c2, 4, stride=2, padding=1), nn.LeakyReLU(),
-            nn.Conv2d(c2, c3, 3, stride=2, padding=1), nn.LeakyReLU(),
+            nn.Conv2d(1, c1, 4, stride=2, padding=1),
+            nn.LeakyReLU(),
+            nn.Conv2d(c1, c2, 4, stride=2, padding=1),
+            nn.LeakyReLU(),
+            nn.Conv2d(c2, c3, 3, stride=2, padding=1),
+            nn.LeakyReLU(),
             nn.Flatten(),
-            nn.Linear(c3 * hh * ww, hidden), nn.LeakyReLU(),
+            nn.Linear(c3 * hh * ww, hidden),
+            nn.LeakyReLU(),
             nn.Linear(hidden, out_dim),
         )
 
@@ -95,7 +105,9 @@ class ImageDecoder(nn.Module):
     (pixels, []), the same contract as ``TabularDecoder.raw`` with no categorical heads.
     """
 
-    def __init__(self, d_in: int, shape: Sequence[int], hidden: int = 64, channels: Sequence[int] = (64, 32)) -> None:
+    def __init__(
+        self, d_in: int, shape: Sequence[int], hidden: int = 64, channels: Sequence[int] = (64, 32)
+    ) -> None:
         super().__init__()
         h, w = shape
         if h % 4 or w % 4:
@@ -103,11 +115,16 @@ class ImageDecoder(nn.Module):
         c1, c2 = channels
         self.start = (c1, h // 4, w // 4)
         self.body = nn.Sequential(
-            nn.Linear(d_in, hidden), nn.ReLU(), nn.Linear(hidden, c1 * (h // 4) * (w // 4)), nn.ReLU()
+            nn.Linear(d_in, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, c1 * (h // 4) * (w // 4)),
+            nn.ReLU(),
         )
         self.up = nn.Sequential(
-            nn.ConvTranspose2d(c1, c2, 4, stride=2, padding=1), nn.ReLU(),
-            nn.ConvTranspose2d(c2, 1, 4, stride=2, padding=1), nn.Flatten(),
+            nn.ConvTranspose2d(c1, c2, 4, stride=2, padding=1),
+            nn.ReLU(),
+            nn.ConvTranspose2d(c2, 1, 4, stride=2, padding=1),
+            nn.Flatten(),
         )
         self.n_numeric = h * w
         self.cat_sizes: list[int] = []
@@ -120,7 +137,9 @@ class ImageDecoder(nn.Module):
         return self.raw(self.body(zz))[0]
 
 
-def image_networks(shape: Sequence[int], latent_dim: int, latent_u_dim: int) -> tuple[nn.Module, nn.Module, nn.Module]:
+def image_networks(
+    shape: Sequence[int], latent_dim: int, latent_u_dim: int
+) -> tuple[nn.Module, nn.Module, nn.Module]:
     """Encoder, label-irrelevant encoder and decoder for images of ``shape``."""
     return (
         ConvEncoder(shape, latent_dim),

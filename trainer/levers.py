@@ -45,7 +45,9 @@ def posterior_judge(model: GMCF) -> Judge:
     return judge
 
 
-def distilled_surrogate(x: np.ndarray, f_scores: np.ndarray, seed: int, epochs: int = 10) -> nn.Module:
+def distilled_surrogate(
+    x: np.ndarray, f_scores: np.ndarray, seed: int, epochs: int = 10
+) -> nn.Module:
     """A small MLP (width-32-32-1) trained to reproduce f's scores on the training rows: a
     differentiable stand-in for a classifier given as ONNX (trees have no useful gradient)."""
     gen = torch.Generator().manual_seed(seed + 17)
@@ -59,8 +61,10 @@ def distilled_surrogate(x: np.ndarray, f_scores: np.ndarray, seed: int, epochs: 
     for _ in range(epochs):
         perm = torch.randperm(len(xt), generator=gen)
         for i in range(0, len(xt), 256):
-            idx = perm[i: i + 256]
-            loss = F.binary_cross_entropy_with_logits(net(xt[idx]).squeeze(-1), yt[idx], weight=w_all[idx])
+            idx = perm[i : i + 256]
+            loss = F.binary_cross_entropy_with_logits(
+                net(xt[idx]).squeeze(-1), yt[idx], weight=w_all[idx]
+            )
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -70,7 +74,9 @@ def distilled_surrogate(x: np.ndarray, f_scores: np.ndarray, seed: int, epochs: 
     return net
 
 
-def module_judge(net: nn.Module, logits: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Judge:
+def module_judge(
+    net: nn.Module, logits: Callable[[torch.Tensor], torch.Tensor] | None = None
+) -> Judge:
     """A frozen torch classifier as judge: ``logits`` (e.g. ReferenceClassifier.logits) or the
     module's own output squeezed to [N]."""
     for p in net.parameters():
@@ -78,7 +84,9 @@ def module_judge(net: nn.Module, logits: Callable[[torch.Tensor], torch.Tensor] 
     return logits if logits is not None else (lambda xs: net(xs).squeeze(-1))
 
 
-def tie_loss(model: GMCF, zu: torch.Tensor, judge: Judge, weights: torch.Tensor | None = None) -> torch.Tensor:
+def tie_loss(
+    model: GMCF, zu: torch.Tensor, judge: Judge, weights: torch.Tensor | None = None
+) -> torch.Tensor:
     """Cross-entropy of the judge on D(mu_c, z_u) against c, both classes, every row's z_u."""
     n, d = zu.shape[0], model.mu.shape[1]
     total = zu.new_zeros(())
@@ -107,9 +115,9 @@ def walk_check(
     from gmcf.trainer.export import PlainSearchFront
 
     rejected = x_val[score(x_val) < threshold][:limit]
-    alphas = np.concatenate([
-        np.linspace(1.0 / steps, 1.0, steps), np.linspace(1.0, max_alpha, steps + 1)[1:]
-    ]).astype(np.float32)
+    alphas = np.concatenate(
+        [np.linspace(1.0 / steps, 1.0, steps), np.linspace(1.0, max_alpha, steps + 1)[1:]]
+    ).astype(np.float32)
 
     def check(model: GMCF) -> dict[str, float]:
         if len(rejected) == 0:
@@ -118,7 +126,8 @@ def walk_check(
         b = len(rejected)
         with torch.no_grad():
             rows = front(
-                torch.from_numpy(rejected), torch.from_numpy(np.tile(alphas, (b, 1))),
+                torch.from_numpy(rejected),
+                torch.from_numpy(np.tile(alphas, (b, 1))),
                 model.mu[1].detach().expand(b, -1).contiguous(),
             ).numpy()
         sc = score(rows).reshape(b, alphas.size)
@@ -153,7 +162,11 @@ def lever_hooks(
 
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = 1
-        sess = ort.InferenceSession(clf_onnx.SerializeToString(), opts, providers=["CPUExecutionProvider"])  # type: ignore[attr-defined]
+        sess = ort.InferenceSession(
+            clf_onnx.SerializeToString(),  # type: ignore[attr-defined]
+            opts,
+            providers=["CPUExecutionProvider"],
+        )
         return np.asarray(sess.run(["score"], {"x": x.astype(np.float32)})[0])
 
     judge = None
@@ -176,5 +189,7 @@ def lever_hooks(
     if getattr(cfg, "select_by", "leakage") == "walk" and validation is not None:
         walk = walk_check(pre, validation[0], score)
     elif getattr(cfg, "select_by", "leakage") not in ("leakage", "walk"):
-        raise ValueError(f"select_by must be leakage or walk, got {getattr(cfg, 'select_by', None)!r}")
+        raise ValueError(
+            f"select_by must be leakage or walk, got {getattr(cfg, 'select_by', None)!r}"
+        )
     return judge, walk

@@ -15,7 +15,9 @@ from torch import nn
 from torch.nn import functional as F
 
 
-def mlp(sizes: Sequence[int], act: type[nn.Module] = nn.LeakyReLU, last_act: bool = False) -> nn.Sequential:
+def mlp(
+    sizes: Sequence[int], act: type[nn.Module] = nn.LeakyReLU, last_act: bool = False
+) -> nn.Sequential:
     layers: list[nn.Module] = []
     for i in range(len(sizes) - 1):
         layers.append(nn.Linear(sizes[i], sizes[i + 1]))
@@ -41,7 +43,9 @@ class ReferenceClassifier(nn.Module):
 class TabularDecoder(nn.Module):
     """concat(z, z_u) -> (continuous values in [0,1], one logit block per categorical feature)."""
 
-    def __init__(self, d_in: int, hidden: Sequence[int], n_numeric: int, cat_sizes: Sequence[int]) -> None:
+    def __init__(
+        self, d_in: int, hidden: Sequence[int], n_numeric: int, cat_sizes: Sequence[int]
+    ) -> None:
         super().__init__()
         self.body = mlp([d_in, *hidden], last_act=True)
         self.n_numeric = n_numeric
@@ -52,7 +56,11 @@ class TabularDecoder(nn.Module):
         """From the last hidden layer: continuous values and categorical logits."""
         out = self.head(h)
         cont = torch.sigmoid(out[..., : self.n_numeric])
-        logits = list(torch.split(out[..., self.n_numeric:], self.cat_sizes, dim=-1)) if self.cat_sizes else []
+        logits = (
+            list(torch.split(out[..., self.n_numeric :], self.cat_sizes, dim=-1))
+            if self.cat_sizes
+            else []
+        )
         return cont, logits
 
     def forward(self, zz: torch.Tensor) -> torch.Tensor:
@@ -98,7 +106,9 @@ class GMCF(nn.Module):
         self.mu = nn.Parameter(mu)
         self.var_raw = nn.Parameter(torch.zeros(2, latent_dim))
         self.var_floor = var_floor
-        self.register_buffer("log_prior", torch.log(torch.tensor(list(class_prior), dtype=torch.float32)))
+        self.register_buffer(
+            "log_prior", torch.log(torch.tensor(list(class_prior), dtype=torch.float32))
+        )
         self.n_numeric = n_numeric
         self.cat_sizes = list(cat_sizes)
         self.latent_u_dim = latent_u_dim
@@ -114,7 +124,11 @@ class GMCF(nn.Module):
         """log N(z; mu_c, diag var_c) for both classes: [N, 2]."""
         var = self.var
         diff = z[:, None, :] - self.mu[None, :, :]
-        return -0.5 * ((diff**2) / var).sum(-1) - 0.5 * torch.log(var).sum(-1) - 0.5 * z.shape[1] * math.log(2 * math.pi)
+        return (
+            -0.5 * ((diff**2) / var).sum(-1)
+            - 0.5 * torch.log(var).sum(-1)
+            - 0.5 * z.shape[1] * math.log(2 * math.pi)
+        )
 
     def posterior_logits(self, z: torch.Tensor) -> torch.Tensor:
         """log N(z; mu_c, Sigma_c) + log p(c); softmax of this is p(c | z) (eq. 3)."""
@@ -133,27 +147,39 @@ def weighted_mean(v: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
     return v.mean() if w is None else (v * w).sum() / w.sum()
 
 
-def loss_cls(model: GMCF, z: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None = None) -> torch.Tensor:
+def loss_cls(
+    model: GMCF, z: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None = None
+) -> torch.Tensor:
     """Eq. 4: cross-entropy of the Gaussian-mixture posterior p(c|z) against y_hat."""
     logp = torch.log_softmax(model.posterior_logits(z), dim=1)
     nll = -logp.gather(1, y.long()[:, None]).squeeze(1)
     return weighted_mean(nll, w)
 
 
-def loss_lkd(model: GMCF, z: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None = None) -> torch.Tensor:
+def loss_lkd(
+    model: GMCF, z: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None = None
+) -> torch.Tensor:
     """Eq. 5 (averaged over the batch): -log N(z_i; mu_{y_i}, Sigma_{y_i})."""
     lg = model.log_gauss(z).gather(1, y.long()[:, None]).squeeze(1)
     return weighted_mean(-lg, w)
 
 
-def loss_adv(model: GMCF, zu: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None = None) -> torch.Tensor:
+def loss_adv(
+    model: GMCF, zu: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None = None
+) -> torch.Tensor:
     """Eq. 7: binary cross-entropy of the adversary A(z_u) against y_hat."""
-    bce = F.binary_cross_entropy_with_logits(model.adversary(zu).squeeze(-1), y.float(), reduction="none")
+    bce = F.binary_cross_entropy_with_logits(
+        model.adversary(zu).squeeze(-1), y.float(), reduction="none"
+    )
     return weighted_mean(bce, w)
 
 
 def loss_rec(
-    model: GMCF, x: torch.Tensor, xr: torch.Tensor, w: torch.Tensor | None = None, reduction: str = "sum"
+    model: GMCF,
+    x: torch.Tensor,
+    xr: torch.Tensor,
+    w: torch.Tensor | None = None,
+    reduction: str = "sum",
 ) -> torch.Tensor:
     """Eq. 8: squared error per row, summed over the input vector (one-hots included), or with
     ``reduction="mean"`` averaged over it (images: the mean squared error over pixels)."""

@@ -24,7 +24,9 @@ INK_ROW = 0.5
 STEM_FROM = 0.4
 
 
-def stem_style(images: np.ndarray, shape: Sequence[int] = (28, 28)) -> tuple[np.ndarray, np.ndarray]:
+def stem_style(
+    images: np.ndarray, shape: Sequence[int] = (28, 28)
+) -> tuple[np.ndarray, np.ndarray]:
     """(slant in degrees, thickness in pixels) of each image in ``images`` [N, H*W] or
     [N, H, W]. NaN for an image with fewer than two inked stem rows."""
     h, w = shape
@@ -41,7 +43,9 @@ def stem_style(images: np.ndarray, shape: Sequence[int] = (28, 28)) -> tuple[np.
     total = wgt.sum(axis=1)
     n_rows = stem.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        cx = (img * np.arange(w, dtype=np.float64)[None, None, :]).sum(axis=2) / np.where(mass > 0, mass, 1.0)
+        cx = (img * np.arange(w, dtype=np.float64)[None, None, :]).sum(axis=2) / np.where(
+            mass > 0, mass, 1.0
+        )
         r_mean = (wgt * rows).sum(axis=1) / total
         c_mean = (wgt * cx).sum(axis=1) / total
         dr = rows[None, :] - r_mean[:, None]
@@ -56,7 +60,9 @@ def stem_style(images: np.ndarray, shape: Sequence[int] = (28, 28)) -> tuple[np.
     return slant, thickness
 
 
-def style_agreement(query: np.ndarray, other: np.ndarray, shape: Sequence[int] = (28, 28)) -> dict[str, float]:
+def style_agreement(
+    query: np.ndarray, other: np.ndarray, shape: Sequence[int] = (28, 28)
+) -> dict[str, float]:
     """How well ``other`` (e.g. the counterfactuals) keeps the style of ``query``, row by row:
     Pearson correlation and mean absolute difference of slant and of thickness, over the rows
     where both are measurable (r is NaN when either side does not vary)."""

@@ -70,8 +70,13 @@ def _run_onnx(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
 
 
 def build_report(
-    model: GMCF, p: Prepared, f_train: np.ndarray, f_test: np.ndarray, losses: dict[str, float],
-    cfg: TrainConfig, seconds: float,
+    model: GMCF,
+    p: Prepared,
+    f_train: np.ndarray,
+    f_test: np.ndarray,
+    losses: dict[str, float],
+    cfg: TrainConfig,
+    seconds: float,
 ) -> dict[str, Any]:
     yh_train = (f_train >= 0.5).astype(np.int64)
     yh_test = (f_test >= 0.5).astype(np.int64)
@@ -91,7 +96,9 @@ def build_report(
         },
         "reconstruction_mse": float(((xr - p.x_test) ** 2).mean()),
         "gm_posterior_agreement": float((post == yh_test).mean()),
-        "z_u_probe": probe_leakage(zu_train, yh_train, zu.numpy(), yh_test, cfg.seed, cfg.probe_epochs),
+        "z_u_probe": probe_leakage(
+            zu_train, yh_train, zu.numpy(), yh_test, cfg.seed, cfg.probe_epochs
+        ),
         "seconds": round(seconds, 1),
     }
 
@@ -160,7 +167,12 @@ def train_models(
         f_test = _run_onnx(clf_onnx, p.x_test)
     else:
         labelled = label_with_user_model(clf_model, ds, p, classifier_spec or ClassifierSpec())
-        clf_onnx, f_train, f_test, user_report = labelled.onnx_model, labelled.f_train, labelled.f_test, labelled.report
+        clf_onnx, f_train, f_test, user_report = (
+            labelled.onnx_model,
+            labelled.f_train,
+            labelled.f_test,
+            labelled.report,
+        )
     y_hat = (f_train >= 0.5).astype(np.int64)
     if y_hat.min() == y_hat.max():
         raise InputError(
@@ -180,10 +192,20 @@ def train_models(
         n_val = max(1, round(len(perm) * cfg.validation_size))
         val_idx, fit_idx = np.sort(perm[:n_val]), np.sort(perm[n_val:])
         validation = (p.x_train[val_idx], y_hat[val_idx])
-    judge, walk = lever_hooks(cfg, p.pre, clf, clf_onnx, p.x_train[fit_idx], f_train[fit_idx], validation)
+    judge, walk = lever_hooks(
+        cfg, p.pre, clf, clf_onnx, p.x_train[fit_idx], f_train[fit_idx], validation
+    )
     model, hist = fit_gmcf(
-        p.x_train[fit_idx], y_hat[fit_idx], p.pre.n_numeric, p.pre.cat_sizes, cfg, on_epoch, validation,
-        networks_for(p.pre, cfg), judge, walk,
+        p.x_train[fit_idx],
+        y_hat[fit_idx],
+        p.pre.n_numeric,
+        p.pre.cat_sizes,
+        cfg,
+        on_epoch,
+        validation,
+        networks_for(p.pre, cfg),
+        judge,
+        walk,
     )
     cb.stage("report", 1)
     report = build_report(model, p, f_train, f_test, hist.losses, cfg, time.time() - t0)
@@ -200,7 +222,12 @@ def train_models(
 
 
 def write_bundle(
-    trained: Trained, ds: Dataset, out: Path, cfg: TrainConfig, user_classifier: bool, command: str | None
+    trained: Trained,
+    ds: Dataset,
+    out: Path,
+    cfg: TrainConfig,
+    user_classifier: bool,
+    command: str | None,
 ) -> TrainResult:
     """Export ``trained`` to the bundle folder ``out`` (written beside it, then renamed)."""
     p, model, report = trained.prepared, trained.model, trained.report
@@ -211,7 +238,10 @@ def write_bundle(
         sealed = [*files.values(), "report.json"]
         if not isinstance(p.pre, ImagePreprocessor):
             rows = select_anchors(
-                p.x_train, lambda x: _run_onnx(trained.classifier_onnx, x), count=cfg.anchors, seed=cfg.seed
+                p.x_train,
+                lambda x: _run_onnx(trained.classifier_onnx, x),
+                count=cfg.anchors,
+                seed=cfg.seed,
             )
             if len(rows):
                 np.save(tmp / ANCHORS_FILE, rows, allow_pickle=False)

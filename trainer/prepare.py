@@ -33,14 +33,19 @@ def labels(ds: Dataset) -> np.ndarray:
     s = _label_strings(ds)
     classes = sorted(pc.unique(s).to_pylist())
     if len(classes) < 2:
-        raise InputError(f"label column {ds.schema.label!r} has a single class {classes}: there is nothing to explain")
+        raise InputError(
+            f"label column {ds.schema.label!r} has a single class {classes}: there is nothing to "
+            "explain"
+        )
     # A label with more than two values: the positive class against the rest (label_classes).
     if ds.schema.positive_class not in classes:
         raise InputError(
             f"positive class {ds.schema.positive_class!r} does not occur in label column "
             f"{ds.schema.label!r} (classes: {classes})"
         )
-    return np.asarray(pc.equal(s, ds.schema.positive_class).to_numpy(zero_copy_only=False), dtype=np.int64)
+    return np.asarray(
+        pc.equal(s, ds.schema.positive_class).to_numpy(zero_copy_only=False), dtype=np.int64
+    )
 
 
 def _label_strings(ds: Dataset) -> pa.ChunkedArray:
@@ -53,7 +58,9 @@ def _label_strings(ds: Dataset) -> pa.ChunkedArray:
 def label_classes(ds: Dataset) -> dict[str, list[str]]:
     """The label's values as the training treats them: the positive class, and the rest."""
     s = _label_strings(ds)
-    rest = sorted(c for c in pc.unique(s).to_pylist() if c is not None and c != ds.schema.positive_class)
+    rest = sorted(
+        c for c in pc.unique(s).to_pylist() if c is not None and c != ds.schema.positive_class
+    )
     return {"positive": [ds.schema.positive_class], "negative": rest}
 
 
@@ -71,7 +78,9 @@ def prepare(ds: Dataset, test_size: float, seed: int) -> Prepared:
         n_test = max(1, round(n * test_size))
         test_rows, train_rows = np.sort(perm[:n_test]), np.sort(perm[n_test:])
     train_tab = ds.table.take(pa.array(train_rows))
-    pre = Preprocessor.fit(train_tab, ds.schema.features, ds.schema.determined, ds.schema.detect_determined)
+    pre = Preprocessor.fit(
+        train_tab, ds.schema.features, ds.schema.determined, ds.schema.detect_determined
+    )
     x_all, reason = pre.transform(ds.table)
     bad = ~usable_rows(reason)
     # Rows the encoder cannot use (missing values, unseen categories in the held-out part) are

@@ -38,7 +38,7 @@ def measure_quality(bundle: Path, x: np.ndarray, rows: str, chunk: int = 2048) -
     status, kind, evals = [], [], []
     l2, l0, confirmed = [], [], 0
     for start in range(0, len(x), chunk):
-        xr = np.ascontiguousarray(x[start: start + chunk], dtype=np.float32)
+        xr = np.ascontiguousarray(x[start : start + chunk], dtype=np.float32)
         res = search(engine, xr, cfg)
         hit = res.status == FOUND
         status.append(res.status)
@@ -64,7 +64,9 @@ def measure_quality(bundle: Path, x: np.ndarray, rows: str, chunk: int = 2048) -
         "proximity_l2": mean(l2),
         "l0": mean(l0),
         "evaluations_per_row": mean(evals),
-        "by_search": {k: float((kinds == i).mean()) if found else 0.0 for i, k in enumerate(SEARCH_KINDS)},
+        "by_search": {
+            k: float((kinds == i).mean()) if found else 0.0 for i, k in enumerate(SEARCH_KINDS)
+        },
         "search_settings": cfg.to_dict(),
     }
 
@@ -78,7 +80,8 @@ def gate_warnings(report: dict[str, Any]) -> list[str]:
     if v is not None and v < MIN_VALIDITY:
         out.append(
             f"validity {100 * v:.1f}% on the {q['searched']:,} {q['rows']} rows f rejects is below "
-            f"{100 * MIN_VALIDITY:.0f}%: this explainer leaves many rejected rows without a counterfactual"
+            f"{100 * MIN_VALIDITY:.0f}%: this explainer leaves many rejected rows without a "
+            "counterfactual"
         )
     agree = report.get("gm_posterior_agreement")
     if agree is not None and agree < MIN_AGREEMENT:
@@ -105,5 +108,6 @@ def quality_lines(report: dict[str, Any]) -> list[str]:
     l0 = "n/a" if q["l0"] is None else f"{q['l0']:.2f}"
     return [
         f"validity {100 * q['validity']:.1f}% of {q['searched']:,} {q['rows']} rows f rejects; "
-        f"proximity L2 {l2}, L0 {l0}; {q['evaluations_per_row']:.1f} evaluations per row; found by {shares or 'none'}"
+        f"proximity L2 {l2}, L0 {l0}; {q['evaluations_per_row']:.1f} evaluations per row; found by "
+        f"{shares or 'none'}"
     ]

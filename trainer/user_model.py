@@ -183,8 +183,9 @@ def map_inputs(model: onnx.ModelProto, pre: Preprocessor, spec: ClassifierSpec) 
             raise _fail(f"input {inp.name!r} is not a tensor")
         if tt.elem_type not in _TYPE_NAMES:
             raise _fail(
-                f"input {inp.name!r} has element type {onnx.TensorProto.DataType.Name(tt.elem_type)}; "
-                "expected float, double, int32, int64 or string"
+                f"input {inp.name!r} has element type "
+                f"{onnx.TensorProto.DataType.Name(tt.elem_type)}; expected float, double, int32, "
+                "int64 or string"
             )
         dims = tt.shape.dim if tt.HasField("shape") else []
         rank = len(dims) if tt.HasField("shape") else 2
@@ -198,26 +199,29 @@ def map_inputs(model: onnx.ModelProto, pre: Preprocessor, spec: ClassifierSpec) 
             missing = [c for c in cols if c not in feats]
             if missing:
                 raise _fail(
-                    f"input {inp.name!r}: declared column(s) {_names(missing)} are not features of the schema"
+                    f"input {inp.name!r}: declared column(s) {_names(missing)} are not features of "
+                    "the schema"
                 )
             if rank != 2 or (width is not None and width != len(cols)):
                 raise _fail(
-                    f"input {inp.name!r} has {width if rank == 2 else 1} column(s), but the schema declares {len(cols)}"
+                    f"input {inp.name!r} has {width if rank == 2 else 1} column(s), but the schema "
+                    f"declares {len(cols)}"
                 )
             out.append(ModelInput(inp.name, tt.elem_type, rank, tuple(cols)))
             continue
         if rank == 2 and width is not None and width != 1:
             raise _fail(
-                f"input {inp.name!r} is a block of {width} columns; declare their features in order in the "
-                f'schema: "classifier": {{"columns": {{"{inp.name}": [...]}}}} (a model on the bundle\'s own '
-                f"encoding takes {pre.width} columns"
+                f"input {inp.name!r} is a block of {width} columns; declare their features in "
+                f'order in the schema: "classifier": {{"columns": {{"{inp.name}": [...]}}}} (a '
+                f"model on the bundle's own encoding takes {pre.width} columns"
                 + (': declare it with "encoded": true)' if width == pre.width else ")")
             )
         if inp.name in spec.inputs:
             name = spec.inputs[inp.name]
             if name not in feats:
                 raise _fail(
-                    f"input {inp.name!r} is mapped to {name!r}, which is not a feature of the schema"
+                    f"input {inp.name!r} is mapped to {name!r}, which is not a feature of the "
+                    "schema"
                 )
         elif inp.name in feats:
             name = inp.name
@@ -231,16 +235,17 @@ def map_inputs(model: onnx.ModelProto, pre: Preprocessor, spec: ClassifierSpec) 
     untaken = [f.name for f in pre.features if f.name not in taken]
     if unmatched:
         raise _fail(
-            f"input(s) {_names(unmatched)} match no feature of the schema (features without an input: "
-            f'{_names(untaken) or "none"}); map them in the schema: "classifier": {{"inputs": {{"{unmatched[0]}": "<feature>"}}}}'
+            f"input(s) {_names(unmatched)} match no feature of the schema (features without an "
+            f'input: {_names(untaken) or "none"}); map them in the schema: "classifier": '
+            f'{{"inputs": {{"{unmatched[0]}": "<feature>"}}}}'
         )
     twice = sorted({n for n in taken if taken.count(n) > 1})
     if twice:
         raise _fail(f"feature(s) {_names(twice)} feed more than one input")
     if untaken:
         raise _fail(
-            f"the model takes no input for feature(s) {_names(untaken)} (inputs: {_names([m.name for m in out])}); "
-            "drop them from the schema's features or map them"
+            f"the model takes no input for feature(s) {_names(untaken)} (inputs: "
+            f"{_names([m.name for m in out])}); drop them from the schema's features or map them"
         )
     for m in out:
         for name in m.features:
@@ -251,8 +256,8 @@ def map_inputs(model: onnx.ModelProto, pre: Preprocessor, spec: ClassifierSpec) 
                 bad = [c for c in f.categories if not _is_number(c)]
                 if bad:
                     raise _fail(
-                        f"input {m.name!r} takes {m.type_name} numbers, but feature {name!r} is categorical "
-                        f"with categories such as {_names(bad, 3)}"
+                        f"input {m.name!r} takes {m.type_name} numbers, but feature {name!r} is "
+                        f"categorical with categories such as {_names(bad, 3)}"
                     )
     return out
 
@@ -322,18 +327,21 @@ def find_probabilities(
         if arr.dtype.kind == "f" and chosen is None:
             if arr.ndim == 2 and arr.shape[1] > 2:
                 raise _fail(
-                    f"output {out.name!r} has {arr.shape[1]} classes; only binary classifiers can be explained"
+                    f"output {out.name!r} has {arr.shape[1]} classes; only binary classifiers can "
+                    "be explained"
                 )
             if arr.ndim == 1 or (arr.ndim == 2 and arr.shape[1] in (1, 2)):
                 chosen = (out.name, arr.shape, out.name)
     if chosen is None:
         raise _fail(
-            f"no class probabilities among the outputs ({', '.join(seen)}); expected a ZipMap or a float tensor [N, 2], [N, 1] or [N]"
+            f"no class probabilities among the outputs ({', '.join(seen)}); expected a ZipMap or a "
+            "float tensor [N, 2], [N, 1] or [N]"
         )
     name, shape, output = chosen
     if labels is not None and len(labels) > 2:
         raise _fail(
-            f"output {output!r} has {len(labels)} classes ({_names(labels)}); only binary classifiers can be explained"
+            f"output {output!r} has {len(labels)} classes ({_names(labels)}); only binary "
+            "classifiers can be explained"
         )
     if len(shape) == 1 or shape[1] == 1:
         return Probabilities(name, None, labels)
@@ -343,8 +351,8 @@ def find_probabilities(
     if wanted not in labels:
         hint = labels[-1] if _is_number(labels[-1]) else json.dumps(labels[-1])
         raise _fail(
-            f"class labels {labels} of output {output!r} do not include the positive class {wanted!r}; "
-            f'name it in the schema: "classifier": {{"positive_label": {hint}}}'
+            f"class labels {labels} of output {output!r} do not include the positive class "
+            f'{wanted!r}; name it in the schema: "classifier": {{"positive_label": {hint}}}'
         )
     return Probabilities(name, labels.index(wanted), labels)
 
@@ -399,8 +407,8 @@ def align_opset(model: onnx.ModelProto) -> onnx.ModelProto:
     used_other = sorted({n.domain for n in model.graph.node} - set(DOMAINS))
     if other or used_other:
         raise _fail(
-            f"operators of domain(s) {(other or used_other)} cannot be merged with the bundle's graphs "
-            "(only ai.onnx and ai.onnx.ml)"
+            f"operators of domain(s) {(other or used_other)} cannot be merged with the bundle's "
+            "graphs (only ai.onnx and ai.onnx.ml)"
         )
     version = domains.get("", domains.get("ai.onnx"))
     if version is None:
@@ -719,7 +727,8 @@ def load_user_model(
     score = user.score_raw(sample, pre)
     if not np.all(np.isfinite(score)) or score.min() < -1e-6 or score.max() > 1.0 + 1e-6:
         raise _fail(
-            f"output {probs.name!r} is not a probability on the training rows (range {score.min():g}..{score.max():g})"
+            f"output {probs.name!r} is not a probability on the training rows (range "
+            f"{score.min():g}..{score.max():g})"
         )
     return user
 
@@ -771,7 +780,8 @@ def check_fusion(classifier: onnx.ModelProto, x: np.ndarray) -> None:
         raise _fail(f"does not compose with the search graph: {first}") from exc
     if np.asarray(score).shape != (len(x),):
         raise _fail(
-            f"the fused search graph gives scores shaped {np.asarray(score).shape}, expected ({len(x)},)"
+            f"the fused search graph gives scores shaped {np.asarray(score).shape}, expected "
+            f"({len(x)},)"
         )
 
 

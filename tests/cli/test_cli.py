@@ -20,8 +20,6 @@ from gmcf.runtime.settings import RunSettings
 FEATURES = ["age", "education-num", "capital-gain", "capital-loss", "hours-per-week", "education"]
 
 
-
-
 def one_line_error(code: int, stderr: str, *words: str) -> None:
     assert code != 0
     lines = stderr.strip().splitlines()
@@ -72,8 +70,16 @@ def test_sample_rejects_bad_arguments(tmp_path: Path) -> None:
 # -- explain --------------------------------------------------------------------------------------
 def test_explain_happy_path(sample_file: Path, adult_bundle: Path, tmp_path: Path) -> None:
     dst = tmp_path / "out.parquet"
-    code, stdout, stderr = invoke("explain", str(sample_file), "-o", str(dst), "--bundle", str(adult_bundle),
-                                  "--id-column", "id")
+    code, stdout, stderr = invoke(
+        "explain",
+        str(sample_file),
+        "-o",
+        str(dst),
+        "--bundle",
+        str(adult_bundle),
+        "--id-column",
+        "id",
+    )
     assert code == 0, stderr
     lines = stdout.strip().splitlines()
     summary = next(line for line in lines if "rows in" in line)
@@ -88,30 +94,52 @@ def test_explain_happy_path(sample_file: Path, adult_bundle: Path, tmp_path: Pat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.parquet"]
 
 
-def test_explain_default_output_and_bundle(sample_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                           adult_bundle: Path) -> None:
+def test_explain_default_output_and_bundle(
+    sample_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, adult_bundle: Path
+) -> None:
     monkeypatch.setenv("GMCF_BUNDLE", str(adult_bundle))
     src = tmp_path / "mine.parquet"
     src.write_bytes(sample_file.read_bytes())
-    code, _, stderr = invoke("explain", str(src), "--threshold", "0.6", "--no-refine", "--steps", "8")
+    code, _, stderr = invoke(
+        "explain", str(src), "--threshold", "0.6", "--no-refine", "--steps", "8"
+    )
     assert code == 0, stderr
     dst = tmp_path / "mine.explained.parquet"
     assert dst.exists()
     out = pq.read_table(dst)
     assert out.num_rows == 300
     assert "id" not in out.column_names  # passed through only when asked
-    found = [s for s, st in zip(out.column("cf_score").to_pylist(), out.column("status").to_pylist(), strict=True)
-             if st == "found"]
+    found = [
+        s
+        for s, st in zip(
+            out.column("cf_score").to_pylist(), out.column("status").to_pylist(), strict=True
+        )
+        if st == "found"
+    ]
     assert all(s >= 0.6 for s in found)
     assert set(out.column("search").drop_null().to_pylist()) <= {"grid", "extrapolated", "anchored"}
 
 
-def test_explain_with_workers_matches_one_process(sample_file: Path, adult_bundle: Path, tmp_path: Path) -> None:
+def test_explain_with_workers_matches_one_process(
+    sample_file: Path, adult_bundle: Path, tmp_path: Path
+) -> None:
     outs = {}
     for workers in ("1", "2"):
         dst = tmp_path / f"w{workers}.parquet"
-        code, _, stderr = invoke("explain", str(sample_file), "-o", str(dst), "--bundle", str(adult_bundle),
-                                 "--workers", workers, "--batch-size", "64", "--id-column", "id")
+        code, _, stderr = invoke(
+            "explain",
+            str(sample_file),
+            "-o",
+            str(dst),
+            "--bundle",
+            str(adult_bundle),
+            "--workers",
+            workers,
+            "--batch-size",
+            "64",
+            "--id-column",
+            "id",
+        )
         assert code == 0, stderr
         outs[workers] = pq.read_table(dst)
     for name in ("id", "status", "alpha", "search", "evaluations", "cf_age", "cf_education"):
@@ -129,27 +157,49 @@ def test_auto_workers_one_per_core_at_most_one_per_batch(sample_file: Path, tmp_
 
 def test_explain_negative_workers(sample_file: Path, adult_bundle: Path, tmp_path: Path) -> None:
     dst = tmp_path / "out.parquet"
-    code, _, stderr = invoke("explain", str(sample_file), "-o", str(dst), "--bundle", str(adult_bundle),
-                             "--workers", "-1")
+    code, _, stderr = invoke(
+        "explain",
+        str(sample_file),
+        "-o",
+        str(dst),
+        "--bundle",
+        str(adult_bundle),
+        "--workers",
+        "-1",
+    )
     one_line_error(code, stderr, "workers")
     assert not dst.exists()
 
 
 def test_explain_missing_id_column(sample_file: Path, adult_bundle: Path, tmp_path: Path) -> None:
     dst = tmp_path / "out.parquet"
-    code, _, stderr = invoke("explain", str(sample_file), "-o", str(dst), "--bundle", str(adult_bundle),
-                             "--id-column", "customer")
+    code, _, stderr = invoke(
+        "explain",
+        str(sample_file),
+        "-o",
+        str(dst),
+        "--bundle",
+        str(adult_bundle),
+        "--id-column",
+        "customer",
+    )
     one_line_error(code, stderr, "'customer'")
     assert list(tmp_path.iterdir()) == []
 
 
-def test_explain_refuses_to_overwrite_without_force(sample_file: Path, adult_bundle: Path, tmp_path: Path) -> None:
+def test_explain_refuses_to_overwrite_without_force(
+    sample_file: Path, adult_bundle: Path, tmp_path: Path
+) -> None:
     dst = tmp_path / "out.parquet"
     dst.write_bytes(b"precious")
-    code, _, stderr = invoke("explain", str(sample_file), "-o", str(dst), "--bundle", str(adult_bundle))
+    code, _, stderr = invoke(
+        "explain", str(sample_file), "-o", str(dst), "--bundle", str(adult_bundle)
+    )
     one_line_error(code, stderr, str(dst), "--force")
     assert dst.read_bytes() == b"precious"
-    code, _, stderr = invoke("explain", str(sample_file), "-o", str(dst), "--bundle", str(adult_bundle), "--force")
+    code, _, stderr = invoke(
+        "explain", str(sample_file), "-o", str(dst), "--bundle", str(adult_bundle), "--force"
+    )
     assert code == 0, stderr
     assert pq.read_table(dst).num_rows == 300
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.parquet"]
@@ -157,8 +207,15 @@ def test_explain_refuses_to_overwrite_without_force(sample_file: Path, adult_bun
 
 def test_explain_refuses_to_write_over_its_input(sample_file: Path, adult_bundle: Path) -> None:
     before = sample_file.read_bytes()
-    code, _, stderr = invoke("explain", str(sample_file), "-o", str(sample_file), "--bundle", str(adult_bundle),
-                             "--force")
+    code, _, stderr = invoke(
+        "explain",
+        str(sample_file),
+        "-o",
+        str(sample_file),
+        "--bundle",
+        str(adult_bundle),
+        "--force",
+    )
     one_line_error(code, stderr, "differ")
     assert sample_file.read_bytes() == before
 
@@ -200,7 +257,9 @@ def test_inspect_a_folder_that_is_no_bundle(tmp_path: Path) -> None:
     one_line_error(code, stderr, "not a folder")
 
 
-def test_default_bundle_is_the_shipped_adult_bundle(adult_bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_default_bundle_is_the_shipped_adult_bundle(
+    adult_bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from gmcf.cli.main import default_bundle
 
     monkeypatch.delenv("GMCF_BUNDLE", raising=False)

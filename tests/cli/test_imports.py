@@ -23,7 +23,9 @@ def run_python(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_runtime_and_cli_explain_with_torch_and_onnx_blocked(adult_bundle: Path, tmp_path: Path) -> None:
+def test_runtime_and_cli_explain_with_torch_and_onnx_blocked(
+    adult_bundle: Path, tmp_path: Path
+) -> None:
     code = textwrap.dedent(
         """
         import sys
@@ -59,7 +61,9 @@ def test_runtime_and_cli_explain_with_torch_and_onnx_blocked(adult_bundle: Path,
 
 
 def test_import_time_lists_neither_torch_nor_onnx(tmp_path: Path) -> None:
-    proc = run_python(["-X", "importtime", "-c", "import gmcf.runtime, gmcf.cli.main"], cwd=tmp_path)
+    proc = run_python(
+        ["-X", "importtime", "-c", "import gmcf.runtime, gmcf.cli.main"], cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr
     modules = [
         line.rsplit("|", 1)[1].strip()
@@ -99,10 +103,9 @@ def test_explain_never_imports_pandas(adult_bundle: Path, tmp_path: Path) -> Non
     for workers in ("1", "2"):
         dst = tmp_path / f"out{workers}.parquet"
         code = (
-            "import sys; sys.modules['pandas'] = None; "
-            "from gmcf.cli.main import app; "
-            f"sys.argv = ['gmcf-batch', 'explain', {str(src)!r}, '-o', {str(dst)!r}, "
-            f"'--bundle', {str(adult_bundle)!r}, '--workers', {workers!r}, '--batch-size', '100']; app()"
+            "import sys; sys.modules['pandas'] = None; from gmcf.cli.main import app; sys.argv = "
+            f"['gmcf-batch', 'explain', {str(src)!r}, '-o', {str(dst)!r}, '--bundle', "
+            f"{str(adult_bundle)!r}, '--workers', {workers!r}, '--batch-size', '100']; app()"
         )
         proc = run_python(["-c", code], cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr

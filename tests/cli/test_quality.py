@@ -82,24 +82,49 @@ def test_train_prints_quality_and_strict_exits_on_a_warning(tmp_path: Path) -> N
 
     pq.write_table(ds.table, data)
     schema = tmp_path / "schema.json"
-    schema.write_text(json.dumps({
-        "features": {"continuous": ["int.rate", "installment", "log.annual.inc", "dti"], "integer": ["fico"],
-                     "categorical": ["purpose"]},
-        "label": "not.fully.paid", "positive_class": "0",
-    }))
+    schema.write_text(
+        json.dumps(
+            {
+                "features": {
+                    "continuous": ["int.rate", "installment", "log.annual.inc", "dti"],
+                    "integer": ["fico"],
+                    "categorical": ["purpose"],
+                },
+                "label": "not.fully.paid",
+                "positive_class": "0",
+            }
+        )
+    )
     p = prepare(ds, 0.2, 0)
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(1):
-        clf = HistGradientBoostingClassifier(class_weight="balanced", random_state=0, max_iter=30).fit(p.x_train, p.y_train)
+        clf = HistGradientBoostingClassifier(
+            class_weight="balanced", random_state=0, max_iter=30
+        ).fit(p.x_train, p.y_train)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = to_onnx(clf, p.x_train[:1], options={id(clf): {"zipmap": False}}, target_opset={"": 17, "ai.onnx.ml": 3})
+        model = to_onnx(
+            clf,
+            p.x_train[:1],
+            options={id(clf): {"zipmap": False}},
+            target_opset={"": 17, "ai.onnx.ml": 3},
+        )
     (tmp_path / "f.onnx").write_bytes(model.SerializeToString())
     out = tmp_path / "bundle"
     code, stdout, stderr = invoke(
-        "train", "--data", str(data), "--schema", str(schema), "--classifier", str(tmp_path / "f.onnx"),
-        "--epochs", "3", "-o", str(out), "--strict",
+        "train",
+        "--data",
+        str(data),
+        "--schema",
+        str(schema),
+        "--classifier",
+        str(tmp_path / "f.onnx"),
+        "--epochs",
+        "3",
+        "-o",
+        str(out),
+        "--strict",
     )
     report = load_bundle(out).report
     assert report["warnings"], report

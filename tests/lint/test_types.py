@@ -12,7 +12,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
-#: file name -> (code, the line mypy must flag: 0 for none). Each calls public code of another module.
+#: file name -> (code, the line mypy must flag: 0 for none). Each calls public code of another
+#: module.
 SNIPPETS = {
     "cli_to_runtime.py": (
         "from gmcf.runtime.explainer import Explainer\n"

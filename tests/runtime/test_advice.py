@@ -51,7 +51,9 @@ def test_heavy_tails_get_a_log_transform(adult_pre: Preprocessor, book_pre: Prep
 
 
 @pytest.mark.parametrize("transform", transforms.TRANSFORMS)
-@pytest.mark.parametrize("lo, hi", [(0.0, 99_999.0), (1_896.0, 7_141_778.0), (-50.0, 30.0), (5.0, 5.0)])
+@pytest.mark.parametrize(
+    "lo, hi", [(0.0, 99_999.0), (1_896.0, 7_141_778.0), (-50.0, 30.0), (5.0, 5.0)]
+)
 def test_each_transform_inverts_exactly(transform: str, lo: float, hi: float) -> None:
     f = Feature("v", "continuous", lo, hi, transform=transform)
     span = max(hi - lo, 1.0)
@@ -61,11 +63,15 @@ def test_each_transform_inverts_exactly(transform: str, lo: float, hi: float) ->
     np.testing.assert_allclose(transforms.model_to_raw(f, u), raw, rtol=1e-12, atol=1e-9 * span)
     assert np.all(np.diff(u[:-2]) > 0) or hi == lo  # monotone: bands and bounds map across
     if hi > lo:
-        np.testing.assert_allclose(transforms.raw_to_model(f, np.array([lo, hi])), [0.0, 1.0], atol=1e-12)
+        np.testing.assert_allclose(
+            transforms.raw_to_model(f, np.array([lo, hi])), [0.0, 1.0], atol=1e-12
+        )
 
 
 @pytest.mark.parametrize("column", ["annual_inc", "revol_bal", "loan_amnt"])
-def test_integers_survive_float32_model_space(book: Dataset, book_pre: Preprocessor, column: str) -> None:
+def test_integers_survive_float32_model_space(
+    book: Dataset, book_pre: Preprocessor, column: str
+) -> None:
     """Every training value of an integer feature below a million comes back exactly from the
     float32 row; above, float32 holds 7 digits (one income of $6,000,000 reads $6,000,001)."""
     x, _ = book_pre.transform(book.table)
@@ -98,13 +104,21 @@ def test_graph_decoding_lands_on_integers_the_runtime_returns(book_pre: Preproce
     again = pre.model_values(np.where(ints, np.rint(raw), raw)).astype(np.float32)
     np.testing.assert_allclose(again, hard, atol=2e-7)
     # the torch inverse is the runtime's inverse
-    np.testing.assert_allclose(NumericHard(pre).to_raw(torch.from_numpy(u)).numpy(),
-                               pre.raw_values(u), rtol=2e-6, atol=1e-3)
+    np.testing.assert_allclose(
+        NumericHard(pre).to_raw(torch.from_numpy(u)).numpy(),
+        pre.raw_values(u),
+        rtol=2e-6,
+        atol=1e-3,
+    )
 
 
 def test_declared_transforms_and_bad_ones() -> None:
-    d = {"features": {"integer": ["a"], "continuous": ["b"]}, "label": "y", "positive_class": "1",
-         "transforms": {"a": "log", "b": "minmax"}}
+    d = {
+        "features": {"integer": ["a"], "continuous": ["b"]},
+        "label": "y",
+        "positive_class": "1",
+        "transforms": {"a": "log", "b": "minmax"},
+    }
     schema = DataSchema.from_dict(d)
     assert {f.name: f.transform for f in schema.features} == {"a": "log", "b": "minmax"}
     with pytest.raises(SchemaError, match="transform must be one of"):
@@ -126,7 +140,13 @@ def test_education_num_is_detected_as_determined(adult_pre: Preprocessor) -> Non
     f = next(f for f in adult_pre.numeric if f.name == "education-num")
     assert f.determined_by == "education"
     edu = next(c for c in adult_pre.categorical if c.name == "education")
-    pairs = set(zip(ds.table.column("education").to_pylist(), ds.table.column("education-num").to_pylist(), strict=True))
+    pairs = set(
+        zip(
+            ds.table.column("education").to_pylist(),
+            ds.table.column("education-num").to_pylist(),
+            strict=True,
+        )
+    )
     assert pairs == {(c, int(v)) for c, v in zip(edu.categories, f.lookup, strict=True)}
     # nothing else is: age is not determined by education
     assert all(g.determined_by is None for g in adult_pre.numeric if g.name != "education-num")
@@ -136,25 +156,46 @@ def test_education_num_is_detected_as_determined(adult_pre: Preprocessor) -> Non
 
 
 def test_declared_dependency_takes_the_modal_value() -> None:
-    table = pa.table({"grade": ["A", "A", "A", "B", "B", "C"], "rate": [5.0, 5.0, 6.0, 8.0, 8.0, 11.0]})
-    schema = DataSchema.from_dict({"features": {"continuous": ["rate"], "categorical": ["grade"]},
-                                   "label": "y", "positive_class": "1", "determined": {"rate": "grade"}})
+    table = pa.table(
+        {"grade": ["A", "A", "A", "B", "B", "C"], "rate": [5.0, 5.0, 6.0, 8.0, 8.0, 11.0]}
+    )
+    schema = DataSchema.from_dict(
+        {
+            "features": {"continuous": ["rate"], "categorical": ["grade"]},
+            "label": "y",
+            "positive_class": "1",
+            "determined": {"rate": "grade"},
+        }
+    )
     pre = Preprocessor.fit(table, schema.features, schema.determined)
     assert pre.numeric[0].determined_by == "grade" and pre.numeric[0].lookup == (5.0, 8.0, 11.0)
     # not 1:1 in the data (A has two rates), so not detected without the declaration
     assert Preprocessor.fit(table, schema.features).numeric[0].determined_by is None
     with pytest.raises(SchemaError, match="unknown feature"):
-        DataSchema.from_dict({**schema.__dict__, "features": {"continuous": ["rate"]}, "label": "y",
-                              "positive_class": "1", "determined": {"rate": "grade"}})
+        DataSchema.from_dict(
+            {
+                **schema.__dict__,
+                "features": {"continuous": ["rate"]},
+                "label": "y",
+                "positive_class": "1",
+                "determined": {"rate": "grade"},
+            }
+        )
     with pytest.raises(SchemaError, match="only be determined by a categorical"):
-        DataSchema.from_dict({"features": {"continuous": ["rate", "r2"]}, "label": "y", "positive_class": "1",
-                              "determined": {"rate": "r2"}})
+        DataSchema.from_dict(
+            {
+                "features": {"continuous": ["rate", "r2"]},
+                "label": "y",
+                "positive_class": "1",
+                "determined": {"rate": "r2"},
+            }
+        )
 
 
 def _edu_consistent(pre: Preprocessor, rows: np.ndarray) -> np.ndarray:
     j = next(i for i, f in enumerate(pre.numeric) if f.name == "education-num")
     f = pre.numeric[j]
-    idx = np.argmax(rows[:, pre.n_numeric:], axis=1)  # education is the only categorical
+    idx = np.argmax(rows[:, pre.n_numeric :], axis=1)  # education is the only categorical
     return np.asarray(np.rint(pre.raw_values(rows)[:, j]) == np.array(f.lookup)[idx])
 
 
@@ -195,23 +236,32 @@ def test_revert_keeps_validity_and_constraints(tiny_bundle: Path) -> None:
     s = on.settings
     score = on.engine.score(cf)
     assert ((score >= s.threshold) & (score < s.threshold + s.tol)).all()
-    np.testing.assert_allclose(a.column("cf_score").to_numpy(zero_copy_only=False)[found], score, atol=1e-5)
+    np.testing.assert_allclose(
+        a.column("cf_score").to_numpy(zero_copy_only=False)[found], score, atol=1e-5
+    )
     assert on.constraints.satisfied(pre, x, cf).all()
     assert _edu_consistent(pre, cf).all()
     l0_on = a.column("sparsity_l0").to_numpy(zero_copy_only=False)[found]
     l0_off = b.column("sparsity_l0").to_numpy(zero_copy_only=False)[found]
     reverted = a.column("reverted").to_numpy(zero_copy_only=False)[found]
     assert (l0_on <= l0_off).all() and (l0_off - l0_on >= reverted).all()
-    assert reverted.sum() > 0 and (b.column("reverted").to_numpy(zero_copy_only=False)[found] == 0).all()
+    assert (
+        reverted.sum() > 0
+        and (b.column("reverted").to_numpy(zero_copy_only=False)[found] == 0).all()
+    )
     np.testing.assert_array_equal(l0_on, changed_features(pre, x, cf))
 
 
 def test_revert_leaves_only_needed_changes() -> None:
     """On a known f, after the step no single remaining change can be put back."""
-    pre = Preprocessor((Feature("a", "continuous", 0.0, 1.0, transform="minmax"),
-                        Feature("b", "continuous", 0.0, 1.0, transform="minmax"),
-                        Feature("c", "continuous", 0.0, 1.0, transform="minmax"),
-                        Feature("k", "categorical", categories=("p", "q"))))
+    pre = Preprocessor(
+        (
+            Feature("a", "continuous", 0.0, 1.0, transform="minmax"),
+            Feature("b", "continuous", 0.0, 1.0, transform="minmax"),
+            Feature("c", "continuous", 0.0, 1.0, transform="minmax"),
+            Feature("k", "categorical", categories=("p", "q")),
+        )
+    )
     w = np.array([3.0, 1.0, 0.2, 0.0, 1.0], np.float32)
 
     def f(rows: np.ndarray) -> np.ndarray:
@@ -220,7 +270,9 @@ def test_revert_leaves_only_needed_changes() -> None:
     rng = np.random.default_rng(1)
     x = np.zeros((400, 5), np.float32)
     x[:, 3] = 1.0
-    cf = np.concatenate([rng.random((400, 3)), np.zeros((400, 1)), np.ones((400, 1))], axis=1).astype(np.float32)
+    cf = np.concatenate(
+        [rng.random((400, 3)), np.zeros((400, 1)), np.ones((400, 1))], axis=1
+    ).astype(np.float32)
     cf[:, 0] += 0.5
     ok = f(cf) >= 0.5
     new, score, reverted = revert_changes(pre, f, x[ok], cf[ok], f(cf[ok]), 0.5, 1.0)
@@ -239,7 +291,9 @@ def test_revert_leaves_only_needed_changes() -> None:
 def test_plausibility_is_the_target_log_density(tiny_bundle: Path) -> None:
     ex = Explainer.from_bundle(tiny_bundle)
     out = ex.explain(adult_queries(500))
-    found = np.nonzero(np.asarray(out.column("status").to_numpy(zero_copy_only=False)) == "found")[0]
+    found = np.nonzero(np.asarray(out.column("status").to_numpy(zero_copy_only=False)) == "found")[
+        0
+    ]
     pre = ex.bundle.preprocessor
     from helpers import cf_table
 
@@ -248,15 +302,18 @@ def test_plausibility_is_the_target_log_density(tiny_bundle: Path) -> None:
     lat = json.loads((tiny_bundle / "manifest.json").read_text())["latent"]
     mu, var = np.array(lat["mu"][1]), np.array(lat["var"][1])
     want = -0.5 * (((z - mu) ** 2 / var).sum(1) + np.log(2 * np.pi * var).sum())
-    np.testing.assert_allclose(out.column("plausibility").to_numpy(zero_copy_only=False)[found], want, rtol=1e-4)
+    np.testing.assert_allclose(
+        out.column("plausibility").to_numpy(zero_copy_only=False)[found], want, rtol=1e-4
+    )
     assert out.column("plausibility").null_count == out.num_rows - found.size
 
 
 def test_ynn_and_outside_band_by_hand() -> None:
     train = np.array([[0.0], [0.1], [0.2], [1.0], [1.1], [1.2]], np.float32)
     approved = np.array([False, False, False, True, True, True])
-    np.testing.assert_allclose(ynn(np.array([[1.05], [0.05], [0.55]], np.float32), train, approved, k=3),
-                               [1.0, 0.0, 1 / 3])
+    np.testing.assert_allclose(
+        ynn(np.array([[1.05], [0.05], [0.55]], np.float32), train, approved, k=3), [1.0, 0.0, 1 / 3]
+    )
     lo, hi = np.array([0.0, 10.0]), np.array([1.0, 20.0])
     x = np.array([[0.5, 15.0], [2.0, 15.0]])
     cf = np.array([[1.5, 25.0], [3.0, 15.0]])
@@ -271,17 +328,26 @@ def test_a_label_with_three_values_trains_positive_against_the_rest(book: Datase
     y = labels(book)
     status = np.asarray(book.table.column("status").to_pylist())
     np.testing.assert_array_equal(y, (status == "Fully Paid").astype(np.int64))
-    assert label_classes(book) == {"positive": ["Fully Paid"], "negative": ["Charged Off", "Default"]}
+    assert label_classes(book) == {
+        "positive": ["Fully Paid"],
+        "negative": ["Charged Off", "Default"],
+    }
 
 
-def test_the_torch_inverse_is_the_runtime_inverse_for_every_bundle_kind(adult_pre: Preprocessor) -> None:
+def test_the_torch_inverse_is_the_runtime_inverse_for_every_bundle_kind(
+    adult_pre: Preprocessor,
+) -> None:
     """``NumericHard.to_raw`` (for graphs that need raw values of a model-space row) matches
     ``Preprocessor.raw_values`` with or without log features, and ``from_raw`` inverts it."""
     torch = pytest.importorskip("torch")
     from gmcf.trainer.hard_numeric import NumericHard
 
-    minmax = Preprocessor(tuple(Feature(f.name, f.kind, f.lo, f.hi, transform="minmax") if f.is_numeric else f
-                                for f in adult_pre.features))
+    minmax = Preprocessor(
+        tuple(
+            Feature(f.name, f.kind, f.lo, f.hi, transform="minmax") if f.is_numeric else f
+            for f in adult_pre.features
+        )
+    )
     u = np.random.default_rng(2).random((1000, adult_pre.n_numeric)).astype(np.float32)
     for pre in (adult_pre, minmax):
         for columns in (False, True):

@@ -22,7 +22,12 @@ def test_numeric_with_and_without_nulls(typ: pa.DataType) -> None:
 
 @pytest.mark.parametrize(
     "values",
-    [["a", None, "héllo", None, ""], [None, None], [], ["the path never crossed the threshold"] * 3],
+    [
+        ["a", None, "héllo", None, ""],
+        [None, None],
+        [],
+        ["the path never crossed the threshold"] * 3,
+    ],
 )
 def test_strings(values: list[str | None]) -> None:
     assert arrow.strings(values).equals(pa.array(values, pa.string()))
@@ -39,7 +44,9 @@ def test_dictionary_with_nulls() -> None:
 def test_values_and_valid_mask_on_chunked_sliced_input() -> None:
     col = pa.chunked_array([pa.array([1, None, 3]), pa.array([4, 5, None, 7]).slice(1)])
     np.testing.assert_array_equal(arrow.valid_mask(col), [True, False, True, True, False, True])
-    np.testing.assert_array_equal(arrow.values(col, pa.float64(), np.nan), [1, np.nan, 3, 5, np.nan, 7])
+    np.testing.assert_array_equal(
+        arrow.values(col, pa.float64(), np.nan), [1, np.nan, 3, 5, np.nan, 7]
+    )
     np.testing.assert_array_equal(arrow.values(col, pa.int64(), -1), [1, -1, 3, 5, -1, 7])
     empty = pa.chunked_array([], pa.int64())
     assert arrow.values(empty, pa.float64()).shape == (0,)

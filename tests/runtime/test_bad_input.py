@@ -23,21 +23,17 @@ from gmcf.runtime import BundleError, Explainer, GmcfError, InputError
 N_ROWS = 40
 
 
-
-
 def replace_column(table: pa.Table, name: str, values: pa.Array) -> pa.Table:
     return table.set_column(table.schema.get_field_index(name), name, values)
 
 
-def with_value(table: pa.Table, name: str, row: int, value: object, typ: pa.DataType | None = None) -> pa.Table:
+def with_value(
+    table: pa.Table, name: str, row: int, value: object, typ: pa.DataType | None = None
+) -> pa.Table:
     """``table`` with ``table[name][row] = value`` (``typ``: the column's new type)."""
     values = table.column(name).to_pylist()
     values[row] = value
     return replace_column(table, name, pa.array(values, typ or table.schema.field(name).type))
-
-
-
-
 
 
 # -- fixtures -------------------------------------------------------------------------------------
@@ -95,7 +91,9 @@ def _age_strings(folder: Path, q: pa.Table) -> Path:
 
 def _duplicate_names(folder: Path, q: pa.Table) -> Path:
     path = folder / "twice.parquet"
-    pq.write_table(pa.Table.from_arrays([*q.columns, q.column("age")], names=[*q.column_names, "age"]), path)
+    pq.write_table(
+        pa.Table.from_arrays([*q.columns, q.column("age")], names=[*q.column_names, "age"]), path
+    )
     return path
 
 
@@ -130,7 +128,10 @@ FILE_PROBLEMS: dict[str, tuple[Callable[[Path, pa.Table], Path], tuple[str, ...]
     "missing column": (_no_age, ("'age'", "lacks")),
     "wrong type": (_age_strings, ("'age'", "expected a number", "string")),
     "duplicate names": (_duplicate_names, ("duplicate column names", "'age'")),
-    "categories as integers": (_categories_as_integers, ("'education'", "expected a string category", "int64")),
+    "categories as integers": (
+        _categories_as_integers,
+        ("'education'", "expected a string category", "int64"),
+    ),
     "a folder": (_folder, ("a-folder.parquet", "folder")),
     "corrupt data": (_corrupt, ("corrupt.parquet", "cannot read")),
 }
@@ -138,19 +139,29 @@ FILE_PROBLEMS: dict[str, tuple[Callable[[Path, pa.Table], Path], tuple[str, ...]
 
 @pytest.mark.parametrize("workers", ["1", "2"])
 @pytest.mark.parametrize("problem", list(FILE_PROBLEMS))
-def test_cli_rejects_bad_input_file(problem: str, workers: str, dirs: tuple[Path, Path], queries: pa.Table,
-                                    adult_bundle: Path) -> None:
+def test_cli_rejects_bad_input_file(
+    problem: str, workers: str, dirs: tuple[Path, Path], queries: pa.Table, adult_bundle: Path
+) -> None:
     make, words = FILE_PROBLEMS[problem]
     in_dir, out_dir = dirs
     src = make(in_dir, queries)
-    code, stdout, stderr = invoke("explain", str(src), "-o", str(out_dir / "result.parquet"),
-                                  "--bundle", str(adult_bundle), "--workers", workers)
+    code, stdout, stderr = invoke(
+        "explain",
+        str(src),
+        "-o",
+        str(out_dir / "result.parquet"),
+        "--bundle",
+        str(adult_bundle),
+        "--workers",
+        workers,
+    )
     assert_clean_failure(code, stdout, stderr, out_dir, *words)
 
 
 @pytest.mark.parametrize("problem", list(FILE_PROBLEMS))
-def test_api_rejects_bad_input_file(problem: str, dirs: tuple[Path, Path], queries: pa.Table,
-                                    explainer: Explainer) -> None:
+def test_api_rejects_bad_input_file(
+    problem: str, dirs: tuple[Path, Path], queries: pa.Table, explainer: Explainer
+) -> None:
     make, words = FILE_PROBLEMS[problem]
     in_dir, out_dir = dirs
     src = make(in_dir, queries)
@@ -174,11 +185,19 @@ def test_missing_and_mistyped_columns_in_memory(explainer: Explainer, queries: p
         explainer.explain([{"age": 30}])
 
 
-def test_error_names_a_path_with_brackets_exactly(dirs: tuple[Path, Path], adult_bundle: Path) -> None:
+def test_error_names_a_path_with_brackets_exactly(
+    dirs: tuple[Path, Path], adult_bundle: Path
+) -> None:
     """Paths are text, not console markup."""
     in_dir, out_dir = dirs
-    code, stdout, stderr = invoke("explain", str(in_dir / "runs[old].parquet"), "-o",
-                                  str(out_dir / "r.parquet"), "--bundle", str(adult_bundle))
+    code, stdout, stderr = invoke(
+        "explain",
+        str(in_dir / "runs[old].parquet"),
+        "-o",
+        str(out_dir / "r.parquet"),
+        "--bundle",
+        str(adult_bundle),
+    )
     assert_clean_failure(code, stdout, stderr, out_dir, "runs[old].parquet", "does not exist")
 
 
@@ -191,16 +210,31 @@ ROW_PROBLEMS: dict[str, tuple[Callable[[pa.Table], pa.Table], dict[int, tuple[st
     # name: (make the table, {row: (column named in the reason, words of the reason)})
     "null number": (lambda q: with_value(q, "age", 3, None), {3: ("age", "missing")}),
     "null category": (lambda q: with_value(q, "education", 5, None), {5: ("education", "missing")}),
-    "nan": (lambda q: with_value(_float(q, "hours-per-week"), "hours-per-week", 7, float("nan")),
-            {7: ("hours-per-week", "missing")}),
-    "inf": (lambda q: with_value(_float(q, "capital-gain"), "capital-gain", 11, float("inf")),
-            {11: ("capital-gain", "infinite")}),
-    "minus inf": (lambda q: with_value(_float(q, "age"), "age", 0, float("-inf")), {0: ("age", "infinite")}),
-    "unknown category": (lambda q: with_value(q, "education", 13, "Kindergarten"),
-                         {13: ("education", "unknown category")}),
-    "far too large": (lambda q: with_value(q, "capital-loss", 17, 10**9), {17: ("capital-loss", "far outside")}),
+    "nan": (
+        lambda q: with_value(_float(q, "hours-per-week"), "hours-per-week", 7, float("nan")),
+        {7: ("hours-per-week", "missing")},
+    ),
+    "inf": (
+        lambda q: with_value(_float(q, "capital-gain"), "capital-gain", 11, float("inf")),
+        {11: ("capital-gain", "infinite")},
+    ),
+    "minus inf": (
+        lambda q: with_value(_float(q, "age"), "age", 0, float("-inf")),
+        {0: ("age", "infinite")},
+    ),
+    "unknown category": (
+        lambda q: with_value(q, "education", 13, "Kindergarten"),
+        {13: ("education", "unknown category")},
+    ),
+    "far too large": (
+        lambda q: with_value(q, "capital-loss", 17, 10**9),
+        {17: ("capital-loss", "far outside")},
+    ),
     "far too small": (lambda q: with_value(q, "age", 19, -500), {19: ("age", "far outside")}),
-    "negative age": (lambda q: with_value(q, "age", 23, -5), {23: ("age", "far outside the training range [17, 90]")}),
+    "negative age": (
+        lambda q: with_value(q, "age", 23, -5),
+        {23: ("age", "far outside the training range [17, 90]")},
+    ),
     "several": (
         lambda q: with_value(with_value(q, "age", 2, None), "education", 30, "Kindergarten"),
         {2: ("age", "missing"), 30: ("education", "unknown category")},
@@ -239,23 +273,36 @@ def check_row_problems(out: pa.Table, clean: pa.Table, bad: dict[int, tuple[str,
 
 
 @pytest.mark.parametrize("problem", list(ROW_PROBLEMS))
-def test_api_marks_bad_rows_invalid(problem: str, explainer: Explainer, queries: pa.Table,
-                                    clean: pa.Table) -> None:
+def test_api_marks_bad_rows_invalid(
+    problem: str, explainer: Explainer, queries: pa.Table, clean: pa.Table
+) -> None:
     make, bad = ROW_PROBLEMS[problem]
     out = explainer.explain(make(queries), id_column="id")
     check_row_problems(out, clean, bad)
 
 
-@pytest.mark.parametrize("problem", ["null number", "nan", "inf", "unknown category", "far too large",
-                                     "all null column"])
-def test_cli_marks_bad_rows_invalid(problem: str, dirs: tuple[Path, Path], queries: pa.Table,
-                                    clean: pa.Table, adult_bundle: Path) -> None:
+@pytest.mark.parametrize(
+    "problem", ["null number", "nan", "inf", "unknown category", "far too large", "all null column"]
+)
+def test_cli_marks_bad_rows_invalid(
+    problem: str, dirs: tuple[Path, Path], queries: pa.Table, clean: pa.Table, adult_bundle: Path
+) -> None:
     make, bad = ROW_PROBLEMS[problem]
     in_dir, out_dir = dirs
     src, dst = in_dir / "q.parquet", out_dir / "r.parquet"
     pq.write_table(make(queries), src)
-    code, stdout, stderr = invoke("explain", str(src), "-o", str(dst), "--bundle", str(adult_bundle),
-                                  "--id-column", "id", "--batch-size", "16")
+    code, stdout, stderr = invoke(
+        "explain",
+        str(src),
+        "-o",
+        str(dst),
+        "--bundle",
+        str(adult_bundle),
+        "--id-column",
+        "id",
+        "--batch-size",
+        "16",
+    )
     assert code == 0, stderr
     assert f"{len(bad):,} invalid" in stdout
     out = pq.read_table(dst)
@@ -298,7 +345,9 @@ BUNDLE_PROBLEMS: dict[str, tuple[Callable[[Path], None], tuple[str, ...]]] = {
 
 
 @pytest.fixture
-def broken_bundle(request: pytest.FixtureRequest, adult_bundle: Path, tmp_path: Path) -> tuple[Path, tuple[str, ...]]:
+def broken_bundle(
+    request: pytest.FixtureRequest, adult_bundle: Path, tmp_path: Path
+) -> tuple[Path, tuple[str, ...]]:
     alter, words = BUNDLE_PROBLEMS[request.param]
     copy = tmp_path / "bundle"
     shutil.copytree(adult_bundle, copy)
@@ -307,14 +356,16 @@ def broken_bundle(request: pytest.FixtureRequest, adult_bundle: Path, tmp_path: 
 
 
 @pytest.mark.parametrize("broken_bundle", list(BUNDLE_PROBLEMS), indirect=True)
-def test_cli_rejects_a_broken_bundle(broken_bundle: tuple[Path, tuple[str, ...]], dirs: tuple[Path, Path],
-                                     queries: pa.Table) -> None:
+def test_cli_rejects_a_broken_bundle(
+    broken_bundle: tuple[Path, tuple[str, ...]], dirs: tuple[Path, Path], queries: pa.Table
+) -> None:
     bundle, words = broken_bundle
     in_dir, out_dir = dirs
     src = in_dir / "q.parquet"
     pq.write_table(queries, src)
-    code, stdout, stderr = invoke("explain", str(src), "-o", str(out_dir / "r.parquet"),
-                                  "--bundle", str(bundle))
+    code, stdout, stderr = invoke(
+        "explain", str(src), "-o", str(out_dir / "r.parquet"), "--bundle", str(bundle)
+    )
     assert_clean_failure(code, stdout, stderr, out_dir, str(bundle), *words)
     # inspect verifies the same way
     code, stdout, stderr = invoke("inspect", str(bundle))
@@ -331,16 +382,29 @@ def test_api_rejects_a_broken_bundle(broken_bundle: tuple[Path, tuple[str, ...]]
         assert w in str(info.value)
 
 
-def test_bad_settings_are_one_line_errors(adult_bundle: Path, dirs: tuple[Path, Path], queries: pa.Table) -> None:
+def test_bad_settings_are_one_line_errors(
+    adult_bundle: Path, dirs: tuple[Path, Path], queries: pa.Table
+) -> None:
     with pytest.raises(GmcfError, match="threshold"):
         Explainer.from_bundle(adult_bundle, threshold=1.5)
     in_dir, out_dir = dirs
     src = in_dir / "q.parquet"
     pq.write_table(queries, src)
-    for args, word in [(["--tol", "0"], "tol"), (["--batch-size", "0"], "batch size"),
-                       (["--workers", "2", "--batch-size", "0"], "batch size"), (["--threads", "0"], "threads")]:
-        code, stdout, stderr = invoke("explain", str(src), "-o", str(out_dir / "r.parquet"),
-                                      "--bundle", str(adult_bundle), *args)
+    for args, word in [
+        (["--tol", "0"], "tol"),
+        (["--batch-size", "0"], "batch size"),
+        (["--workers", "2", "--batch-size", "0"], "batch size"),
+        (["--threads", "0"], "threads"),
+    ]:
+        code, stdout, stderr = invoke(
+            "explain",
+            str(src),
+            "-o",
+            str(out_dir / "r.parquet"),
+            "--bundle",
+            str(adult_bundle),
+            *args,
+        )
         assert_clean_failure(code, stdout, stderr, out_dir, word)
 
 
@@ -349,8 +413,12 @@ def _ages(explainer: Explainer, queries: pa.Table, ages: list[int]) -> list[str 
     """The reason of each of ``ages`` put into the first rows (None: the row is usable)."""
     table = queries.slice(0, len(ages))
     out = explainer.explain(replace_column(table, "age", pa.array(ages, pa.int64())))
-    return [r if s == "invalid" else None
-            for r, s in zip(out.column("reason").to_pylist(), out.column("status").to_pylist(), strict=True)]
+    return [
+        r if s == "invalid" else None
+        for r, s in zip(
+            out.column("reason").to_pylist(), out.column("status").to_pylist(), strict=True
+        )
+    ]
 
 
 def test_values_beyond_the_training_range_by_more_than_the_margin_are_invalid(
@@ -361,11 +429,19 @@ def test_values_beyond_the_training_range_by_more_than_the_margin_are_invalid(
     reasons = _ages(explainer, queries, [17, 90, 14, 93, 13, 94, -5])
     assert reasons[:4] == [None] * 4
     for r in reasons[4:]:
-        assert r == "age: value far outside the training range [17, 90] (more than 5% of its width beyond it)"
+        assert (
+            r == "age: value far outside the training range [17, 90] (more than 5% of its width "
+            "beyond it)"
+        )
     wide = Explainer.from_bundle(adult_bundle, range_margin=0.5)  # the margin is a setting
-    assert _ages(wide, queries, [-5, 126])[0] is None and _ages(wide, queries, [-5, 128])[1] is not None
+    assert (
+        _ages(wide, queries, [-5, 126])[0] is None
+        and _ages(wide, queries, [-5, 128])[1] is not None
+    )
     reasons = _ages(Explainer.from_bundle(adult_bundle, range_margin=0), queries, [17, 90, 16, 91])
-    assert reasons[:2] == [None, None] and all(r is not None and "more than 0%" in r for r in reasons[2:])
+    assert reasons[:2] == [None, None] and all(
+        r is not None and "more than 0%" in r for r in reasons[2:]
+    )
     with pytest.raises(GmcfError, match="range margin must be 0 or more"):
         Explainer.from_bundle(adult_bundle, range_margin=-0.1)
 
@@ -376,14 +452,24 @@ def test_cli_range_margin(dirs: tuple[Path, Path], queries: pa.Table, adult_bund
     pq.write_table(with_value(queries, "age", 4, -5), src)
     for margin, invalid in (("0.05", 1), ("0.5", 0)):
         dst = out_dir / f"r{margin}.parquet"
-        code, stdout, stderr = invoke("explain", str(src), "-o", str(dst), "--bundle", str(adult_bundle),
-                                      "--range-margin", margin)
+        code, stdout, stderr = invoke(
+            "explain",
+            str(src),
+            "-o",
+            str(dst),
+            "--bundle",
+            str(adult_bundle),
+            "--range-margin",
+            margin,
+        )
         assert code == 0, stderr
         assert f"{invalid} invalid" in stdout
         assert (pq.read_table(dst).column("status")[4].as_py() == "invalid") == bool(invalid)
 
 
-def test_a_declared_domain_is_a_hard_limit(adult_bundle: Path, tmp_path: Path, queries: pa.Table) -> None:
+def test_a_declared_domain_is_a_hard_limit(
+    adult_bundle: Path, tmp_path: Path, queries: pa.Table
+) -> None:
     """capital-gain was trained on 0..99,999: a margin of 5% would accept -5,000. Declared
     non-negative (``"domain": {"capital-gain": [0, null]}`` in the training schema, kept in the
     manifest), any negative value makes its row invalid."""
@@ -400,7 +486,12 @@ def test_a_declared_domain_is_a_hard_limit(adult_bundle: Path, tmp_path: Path, q
     strict = Explainer.from_bundle(copy)
     out = strict.explain(bad)
     assert out.column("status")[6].as_py() == "invalid"
-    assert out.column("reason")[6].as_py() == "capital-gain: value outside the declared domain [0, inf]"
+    assert (
+        out.column("reason")[6].as_py()
+        == "capital-gain: value outside the declared domain [0, inf]"
+    )
     others = [i for i in range(N_ROWS) if i != 6]
-    assert (out.column("status").take(pa.array(others)).to_pylist()
-            == plain.explain(bad).column("status").take(pa.array(others)).to_pylist())
+    assert (
+        out.column("status").take(pa.array(others)).to_pylist()
+        == plain.explain(bad).column("status").take(pa.array(others)).to_pylist()
+    )

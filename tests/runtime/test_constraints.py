@@ -36,8 +36,14 @@ ACTIONABLE = {
     "capital-loss": {"direction": "decrease"},
 }
 FLAGS = [
-    "--increase-only", "age", "--immutable", "education",
-    "--range", "hours-per-week=20:60", "--decrease-only", "capital-loss",
+    "--increase-only",
+    "age",
+    "--immutable",
+    "education",
+    "--range",
+    "hours-per-week=20:60",
+    "--decrease-only",
+    "capital-loss",
 ]
 TOML = """\
 [age]
@@ -58,11 +64,10 @@ ALLOWED_EDUCATION = ("Bachelors", "Masters", "Doctorate")
 # -- helpers --------------------------------------------------------------------------------------
 
 
-
-
 def run_cli(src: Path, dst: Path, bundle: Path, *extra: str) -> pa.Table:
-    code, _, stderr = invoke("explain", str(src), "-o", str(dst), "--bundle", str(bundle),
-                                  "--id-column", "id", *extra)
+    code, _, stderr = invoke(
+        "explain", str(src), "-o", str(dst), "--bundle", str(bundle), "--id-column", "id", *extra
+    )
     assert code == 0, stderr
     return pq.read_table(dst)
 
@@ -79,8 +84,6 @@ def column(out: pa.Table, name: str) -> np.ndarray:
     if pa.types.is_string(col.type):
         return np.array(col.to_pylist(), dtype=object)
     return np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.float64)
-
-
 
 
 def query_table(out: pa.Table, pre: Preprocessor, rows: np.ndarray) -> pa.Table:
@@ -123,8 +126,6 @@ def assert_actionable(out: pa.Table, ex: Explainer) -> np.ndarray:
     return found
 
 
-
-
 # -- fixtures -------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def queries() -> pa.Table:
@@ -160,8 +161,9 @@ def flags_out(query_file: Path, adult_bundle: Path) -> pa.Table:
 
 
 # -- 1. every returned counterfactual satisfies every constraint -----------------------------------
-def test_found_rows_meet_every_constraint(actionable: Explainer, actionable_out: pa.Table,
-                                          queries: pa.Table) -> None:
+def test_found_rows_meet_every_constraint(
+    actionable: Explainer, actionable_out: pa.Table, queries: pa.Table
+) -> None:
     out = actionable_out
     assert out.num_rows == queries.num_rows
     assert out.column("id").to_pylist() == queries.column("id").to_pylist()
@@ -178,11 +180,15 @@ def test_constraints_bind(plain: Explainer, queries: pa.Table) -> None:
     assert not Constraints.from_dict(ACTIONABLE).satisfied(pre, x, cf).all()
 
 
-def test_cli_flags_meet_every_constraint(flags_out: pa.Table, actionable: Explainer,
-                                         actionable_out: pa.Table) -> None:
+def test_cli_flags_meet_every_constraint(
+    flags_out: pa.Table, actionable: Explainer, actionable_out: pa.Table
+) -> None:
     assert_actionable(flags_out, actionable)
-    assert_same(flags_out, actionable_out,
-                ["id", "status", "reason", *cf_names(actionable.bundle.preprocessor)])
+    assert_same(
+        flags_out,
+        actionable_out,
+        ["id", "status", "reason", *cf_names(actionable.bundle.preprocessor)],
+    )
 
 
 def test_k_options_meet_every_constraint(adult_bundle: Path, queries: pa.Table) -> None:
@@ -193,7 +199,9 @@ def test_k_options_meet_every_constraint(adult_bundle: Path, queries: pa.Table) 
 
 def test_fractional_range_on_an_integer_feature(adult_bundle: Path, queries: pa.Table) -> None:
     """An integer feature's counterfactual value must lie inside a range with fractional ends."""
-    ex = Explainer.from_bundle(adult_bundle, constraints={"hours-per-week": {"range": [20.5, 25.5]}})
+    ex = Explainer.from_bundle(
+        adult_bundle, constraints={"hours-per-week": {"range": [20.5, 25.5]}}
+    )
     out = ex.explain(queries.slice(0, 800), id_column="id")
     found = np.nonzero(statuses(out) == "found")[0]
     assert found.size > 0
@@ -208,7 +216,9 @@ def test_range_without_an_integer_is_rejected(adult_bundle: Path) -> None:
 
 # -- 2. allowed categories ------------------------------------------------------------------------
 def test_allowed_categories(adult_bundle: Path, queries: pa.Table) -> None:
-    ex = Explainer.from_bundle(adult_bundle, constraints={"education": {"allowed": list(ALLOWED_EDUCATION)}})
+    ex = Explainer.from_bundle(
+        adult_bundle, constraints={"education": {"allowed": list(ALLOWED_EDUCATION)}}
+    )
     out = ex.explain(queries, id_column="id")
     st = statuses(out)
     found = np.nonzero(st == "found")[0]
@@ -219,8 +229,13 @@ def test_allowed_categories(adult_bundle: Path, queries: pa.Table) -> None:
 
 
 def test_cli_allow_flag(query_file: Path, adult_bundle: Path) -> None:
-    out = run_cli(query_file, query_file.with_name("allow.parquet"), adult_bundle,
-                  "--allow", "education=" + ",".join(ALLOWED_EDUCATION))
+    out = run_cli(
+        query_file,
+        query_file.with_name("allow.parquet"),
+        adult_bundle,
+        "--allow",
+        "education=" + ",".join(ALLOWED_EDUCATION),
+    )
     found = np.nonzero(statuses(out) == "found")[0]
     assert found.size > 0
     assert set(column(out, "cf_education")[found]) <= set(ALLOWED_EDUCATION)
@@ -228,16 +243,24 @@ def test_cli_allow_flag(query_file: Path, adult_bundle: Path) -> None:
 
 # -- 3. files and flags agree ---------------------------------------------------------------------
 @pytest.mark.parametrize("fmt", ["toml", "json"])
-def test_constraints_file_equals_flags(fmt: str, query_file: Path, adult_bundle: Path,
-                                       flags_out: pa.Table, actionable: Explainer) -> None:
+def test_constraints_file_equals_flags(
+    fmt: str, query_file: Path, adult_bundle: Path, flags_out: pa.Table, actionable: Explainer
+) -> None:
     path = query_file.with_name(f"constraints.{fmt}")
     path.write_text(TOML if fmt == "toml" else json.dumps(ACTIONABLE))
     assert Constraints.from_file(path) == Constraints.from_options(
-        immutable=["education"], increase_only=["age"], decrease_only=["capital-loss"],
+        immutable=["education"],
+        increase_only=["age"],
+        decrease_only=["capital-loss"],
         ranges=["hours-per-week=20:60"],
     )
-    out = run_cli(query_file, query_file.with_name(f"file_{fmt}.parquet"), adult_bundle,
-                  "--constraints", str(path))
+    out = run_cli(
+        query_file,
+        query_file.with_name(f"file_{fmt}.parquet"),
+        adult_bundle,
+        "--constraints",
+        str(path),
+    )
     assert out.schema == flags_out.schema
     assert_same(out, flags_out, out.column_names)
 
@@ -252,8 +275,9 @@ def test_immutable_numeric_keeps_the_exact_value(adult_bundle: Path, queries: pa
 
 
 # -- 5. rows that cannot meet the constraints -----------------------------------------------------
-def test_everything_immutable_is_not_found_with_a_reason(adult_bundle: Path, plain: Explainer,
-                                                         query_file: Path, queries: pa.Table) -> None:
+def test_everything_immutable_is_not_found_with_a_reason(
+    adult_bundle: Path, plain: Explainer, query_file: Path, queries: pa.Table
+) -> None:
     """Nothing may change: no rejected query has a counterfactual, and every row is kept."""
     frozen = {name: {"immutable": True} for name in plain.bundle.preprocessor.names}
     ex = Explainer.from_bundle(adult_bundle, constraints=frozen)
@@ -272,17 +296,28 @@ def test_everything_immutable_is_not_found_with_a_reason(adult_bundle: Path, pla
         assert out.column(name).null_count == out.num_rows
 
 
-@pytest.mark.parametrize("spec, impossible", [
-    ({"age": {"direction": "increase", "range": [20, 50]}}, lambda q: q["age"] > 50),
-    ({"hours-per-week": {"direction": "decrease", "range": [30, 60]}}, lambda q: q["hours-per-week"] < 30),
-    ({"age": {"immutable": True, "range": [20, 50]}}, lambda q: (q["age"] > 50) | (q["age"] < 20)),
-], ids=["increase-above-range", "decrease-below-range", "immutable-outside-range"])
+@pytest.mark.parametrize(
+    "spec, impossible",
+    [
+        ({"age": {"direction": "increase", "range": [20, 50]}}, lambda q: q["age"] > 50),
+        (
+            {"hours-per-week": {"direction": "decrease", "range": [30, 60]}},
+            lambda q: q["hours-per-week"] < 30,
+        ),
+        (
+            {"age": {"immutable": True, "range": [20, 50]}},
+            lambda q: (q["age"] > 50) | (q["age"] < 20),
+        ),
+    ],
+    ids=["increase-above-range", "decrease-below-range", "immutable-outside-range"],
+)
 @pytest.mark.parametrize("k", [1, 3])
-def test_queries_that_cannot_meet_a_range(spec: dict, impossible, k: int, adult_bundle: Path,
-                                          queries: pa.Table) -> None:
+def test_queries_that_cannot_meet_a_range(
+    spec: dict, impossible, k: int, adult_bundle: Path, queries: pa.Table
+) -> None:
     """A direction (or immutability) and a range that no value meets for a query: that query is
     not_found with a reason naming the feature, never a counterfactual that breaks the range."""
-    (name, c), = spec.items()
+    ((name, c),) = spec.items()
     lo, hi = c["range"]
     ex = Explainer.from_bundle(adult_bundle, constraints=spec, num_cfs=k)
     out = ex.explain(queries, id_column="id")
@@ -345,9 +380,14 @@ def k_queries(queries: pa.Table) -> pa.Table:
     age[5] = None
     edu[17] = "Kindergarten"
     age[400] = None
-    q = q.set_column(q.schema.get_field_index("age"), "age", pa.array(age, q.schema.field("age").type))
-    return q.set_column(q.schema.get_field_index("education"), "education",
-                        pa.array(edu, q.schema.field("education").type))
+    q = q.set_column(
+        q.schema.get_field_index("age"), "age", pa.array(age, q.schema.field("age").type)
+    )
+    return q.set_column(
+        q.schema.get_field_index("education"),
+        "education",
+        pa.array(edu, q.schema.field("education").type),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -364,7 +404,9 @@ def test_k_options_layout(k_explainer: Explainer, k_queries: pa.Table) -> None:
     rank = out.column("cf_rank").to_pylist()
     dist = column(out, "proximity_l2")
     t, upper = ex.settings.threshold, ex.settings.threshold + ex.settings.tol
-    options = list(zip(*(out.column(n).cast(pa.string()).to_pylist() for n in cf_names(pre)), strict=True))
+    options = list(
+        zip(*(out.column(n).cast(pa.string()).to_pylist() for n in cf_names(pre)), strict=True)
+    )
     # rows of one query are adjacent and queries keep their input order
     runs: list[tuple[int, list[int]]] = []
     for i, qid in enumerate(ids):
@@ -395,8 +437,9 @@ def test_k_options_layout(k_explainer: Explainer, k_queries: pa.Table) -> None:
     assert seen["found"] > 0 and seen["already_target"] > 0 and seen["multi"] > 0, seen
 
 
-def test_one_option_is_the_default_output(adult_bundle: Path, plain: Explainer, k_queries: pa.Table,
-                                          query_file: Path) -> None:
+def test_one_option_is_the_default_output(
+    adult_bundle: Path, plain: Explainer, k_queries: pa.Table, query_file: Path
+) -> None:
     one = Explainer.from_bundle(adult_bundle, num_cfs=1).explain(k_queries, id_column="id")
     ref = plain.explain(k_queries, id_column="id")
     assert "cf_rank" not in one.column_names
@@ -409,8 +452,9 @@ def test_one_option_is_the_default_output(adult_bundle: Path, plain: Explainer, 
     assert_same(a, b, ["id", "status", "reason", *cf_names(plain.bundle.preprocessor)])
 
 
-def test_k_options_do_not_depend_on_batch_size(k_explainer: Explainer, k_queries: pa.Table,
-                                               tmp_path: Path) -> None:
+def test_k_options_do_not_depend_on_batch_size(
+    k_explainer: Explainer, k_queries: pa.Table, tmp_path: Path
+) -> None:
     src = tmp_path / "k.parquet"
     pq.write_table(k_queries, src)
     outs = []
@@ -468,7 +512,10 @@ BAD = {
     "file-not-a-table": (["--constraints", "{dir}/list.json"], ["list.json"]),
     "file-unknown-setting": (["--constraints", "{dir}/setting.json"], ["age", "unknown setting"]),
     "file-range-text": (["--constraints", "{dir}/text_range.json"], ["age", "numbers"]),
-    "range-without-integer": (["--range", "hours-per-week=30.2:30.8"], ["hours-per-week", "no integer"]),
+    "range-without-integer": (
+        ["--range", "hours-per-week=30.2:30.8"],
+        ["hours-per-week", "no integer"],
+    ),
 }
 
 
@@ -488,8 +535,9 @@ def dirs(tmp_path: Path) -> tuple[Path, Path]:
 
 @pytest.mark.parametrize("case", list(BAD))
 @pytest.mark.parametrize("source", ["real", "unreadable"])
-def test_cli_rejects_bad_constraints(case: str, source: str, dirs: tuple[Path, Path], queries: pa.Table,
-                                     adult_bundle: Path) -> None:
+def test_cli_rejects_bad_constraints(
+    case: str, source: str, dirs: tuple[Path, Path], queries: pa.Table, adult_bundle: Path
+) -> None:
     """With a real input the error names the constraint; with an input that is not Parquet at all
     the constraint error still comes first: nothing of the input was read."""
     in_dir, out_dir = dirs
@@ -500,8 +548,15 @@ def test_cli_rejects_bad_constraints(case: str, source: str, dirs: tuple[Path, P
         src.write_text("id,age\n1,39\nthis is not a Parquet file\n")
     args, words = BAD[case]
     args = [a.format(dir=in_dir) for a in args]
-    code, stdout, stderr = invoke("explain", str(src), "-o", str(out_dir / "result.parquet"),
-                                  "--bundle", str(adult_bundle), *args)
+    code, stdout, stderr = invoke(
+        "explain",
+        str(src),
+        "-o",
+        str(out_dir / "result.parquet"),
+        "--bundle",
+        str(adult_bundle),
+        *args,
+    )
     assert_clean_failure(code, stdout, stderr, out_dir, *words)
 
 
@@ -526,7 +581,7 @@ def test_api_rejects_bad_constraints(adult_bundle: Path) -> None:
         Explainer.from_bundle(adult_bundle, num_cfs=0)
 
 
-# -- 8. default constraints in the bundle's manifest ------------------------------------------------
+# -- 8. default constraints in the bundle's manifest -----------------------------------------------
 @pytest.fixture
 def frozen_education_bundle(adult_bundle: Path, tmp_path: Path) -> Path:
     dst = tmp_path / "bundle"
@@ -537,8 +592,13 @@ def frozen_education_bundle(adult_bundle: Path, tmp_path: Path) -> Path:
     return dst
 
 
-def test_manifest_default_constraints(frozen_education_bundle: Path, plain: Explainer,
-                                      query_file: Path, queries: pa.Table, tmp_path: Path) -> None:
+def test_manifest_default_constraints(
+    frozen_education_bundle: Path,
+    plain: Explainer,
+    query_file: Path,
+    queries: pa.Table,
+    tmp_path: Path,
+) -> None:
     ex = Explainer.from_bundle(frozen_education_bundle)
     assert ex.constraints.to_dict() == {"education": {"immutable": True}}
     # the unconstrained bundle changes education for some rows, the default stops it
@@ -553,15 +613,18 @@ def test_manifest_default_constraints(frozen_education_bundle: Path, plain: Expl
     cli = run_cli(query_file, tmp_path / "cli.parquet", frozen_education_bundle)
     assert_same(cli, out, ["id", "status", *cf_names(ex.bundle.preprocessor)])
     # flags add to the defaults
-    both = run_cli(query_file, tmp_path / "both.parquet", frozen_education_bundle, "--immutable", "age")
+    both = run_cli(
+        query_file, tmp_path / "both.parquet", frozen_education_bundle, "--immutable", "age"
+    )
     found = statuses(both) == "found"
     assert found.sum() > 0
     assert np.all(column(both, "cf_education")[found] == column(both, "education")[found])
     assert np.all(column(both, "cf_age")[found] == column(both, "age")[found])
 
 
-def test_manifest_default_constraints_are_validated(frozen_education_bundle: Path, tmp_path: Path,
-                                                    queries: pa.Table) -> None:
+def test_manifest_default_constraints_are_validated(
+    frozen_education_bundle: Path, tmp_path: Path, queries: pa.Table
+) -> None:
     mpath = frozen_education_bundle / "manifest.json"
     manifest = json.loads(mpath.read_text())
     manifest["constraints"] = {"salary": {"immutable": True}}
@@ -573,6 +636,12 @@ def test_manifest_default_constraints_are_validated(frozen_education_bundle: Pat
     out_dir.mkdir()
     src = in_dir / "q.parquet"
     pq.write_table(queries.slice(0, 20), src)
-    code, stdout, stderr = invoke("explain", str(src), "-o", str(out_dir / "r.parquet"),
-                                  "--bundle", str(frozen_education_bundle))
+    code, stdout, stderr = invoke(
+        "explain",
+        str(src),
+        "-o",
+        str(out_dir / "r.parquet"),
+        "--bundle",
+        str(frozen_education_bundle),
+    )
     assert_clean_failure(code, stdout, stderr, out_dir, "salary")

@@ -27,12 +27,8 @@ EXACT = ["id", "status", "reason", "alpha", "search", "evaluations", "sparsity_l
 FLOATS = ["score", "cf_score", "proximity_l2", "sparsity_l1", "reconstruction_error"]
 
 
-
-
 def session(path: Path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-
-
 
 
 def statuses(out: pa.Table) -> np.ndarray:
@@ -49,7 +45,9 @@ def assert_same_results(a: pa.Table, b: pa.Table, pre: Preprocessor) -> None:
     for name in EXACT + [f"cf_{f.name}" for f in pre.features]:
         assert a.column(name).to_pylist() == b.column(name).to_pylist(), name
     for name in FLOATS:
-        np.testing.assert_allclose(floats(a, name), floats(b, name), rtol=1e-5, atol=1e-7, err_msg=name)
+        np.testing.assert_allclose(
+            floats(a, name), floats(b, name), rtol=1e-5, atol=1e-7, err_msg=name
+        )
 
 
 # -- fixtures -------------------------------------------------------------------------------------
@@ -92,7 +90,9 @@ def small_ref(explainer: Explainer, small_file: Path) -> pa.Table:
 
 
 # -- one row per query ----------------------------------------------------------------------------
-def test_one_row_per_query_in_input_order(queries: pa.Table, baseline: tuple[pa.Table, Summary]) -> None:
+def test_one_row_per_query_in_input_order(
+    queries: pa.Table, baseline: tuple[pa.Table, Summary]
+) -> None:
     out, summary = baseline
     assert out.num_rows == queries.num_rows
     assert out.column("id").to_pylist() == queries.column("id").to_pylist()
@@ -122,8 +122,9 @@ def test_explain_accepts_arrow_and_pandas(explainer: Explainer, queries: pa.Tabl
 
 # -- what a found row promises ---------------------------------------------------------------------
 @pytest.mark.parametrize("tol", [None, 0.1])
-def test_found_rows_are_valid_counterfactuals(explainer: Explainer, adult_bundle: Path,
-                                              queries: pa.Table, tol: float | None) -> None:
+def test_found_rows_are_valid_counterfactuals(
+    explainer: Explainer, adult_bundle: Path, queries: pa.Table, tol: float | None
+) -> None:
     ex = explainer if tol is None else Explainer.from_bundle(adult_bundle, tol=tol)
     t, upper = ex.settings.threshold, ex.settings.threshold + ex.settings.tol
     pre = ex.bundle.preprocessor
@@ -138,7 +139,12 @@ def test_found_rows_are_valid_counterfactuals(explainer: Explainer, adult_bundle
     alpha = floats(out, "alpha")
     assert np.all(alpha[found] > 0) and np.all(alpha[found] <= ex.settings.max_alpha + 1e-6)
     assert np.all(np.asarray(out.column("evaluations"))[found] >= 1)
-    assert set(out.column("search").take(pa.array(found)).to_pylist()) <= {"grid", "refined", "extrapolated", "anchored"}
+    assert set(out.column("search").take(pa.array(found)).to_pylist()) <= {
+        "grid",
+        "refined",
+        "extrapolated",
+        "anchored",
+    }
     for f in pre.features:
         col = out.column(f"cf_{f.name}")
         assert col.null_count == out.num_rows - found.size, f.name
@@ -157,8 +163,9 @@ def test_found_rows_are_valid_counterfactuals(explainer: Explainer, adult_bundle
     assert not any(reason[(st_ == "found") | (st_ == "already_target")])
 
 
-def test_rescoring_counterfactuals_gives_cf_score(baseline: tuple[pa.Table, Summary], adult_bundle: Path,
-                                                  explainer: Explainer, queries: pa.Table) -> None:
+def test_rescoring_counterfactuals_gives_cf_score(
+    baseline: tuple[pa.Table, Summary], adult_bundle: Path, explainer: Explainer, queries: pa.Table
+) -> None:
     out, _ = baseline
     pre = explainer.bundle.preprocessor
     clf = session(explainer.bundle.graph_path("classifier"))
@@ -169,10 +176,14 @@ def test_rescoring_counterfactuals_gives_cf_score(baseline: tuple[pa.Table, Summ
     np.testing.assert_allclose(rescored, floats(out, "cf_score")[found], rtol=1e-5, atol=1e-6)
     # the query's own score is f on the preprocessed query
     x_q, _ = pre.transform(queries)
-    np.testing.assert_allclose(clf.run(None, {"x": x_q})[0], floats(out, "score"), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        clf.run(None, {"x": x_q})[0], floats(out, "score"), rtol=1e-5, atol=1e-6
+    )
 
 
-def test_statuses_follow_the_query_score(baseline: tuple[pa.Table, Summary], explainer: Explainer) -> None:
+def test_statuses_follow_the_query_score(
+    baseline: tuple[pa.Table, Summary], explainer: Explainer
+) -> None:
     out, _ = baseline
     st_, score = statuses(out), floats(out, "score")
     t = explainer.settings.threshold
@@ -185,15 +196,21 @@ def test_statuses_follow_the_query_score(baseline: tuple[pa.Table, Summary], exp
 
 # -- determinism ----------------------------------------------------------------------------------
 def test_independent_of_batch_size_threads_and_workers(
-    explainer: Explainer, adult_bundle: Path, query_file: Path, baseline: tuple[pa.Table, Summary],
+    explainer: Explainer,
+    adult_bundle: Path,
+    query_file: Path,
+    baseline: tuple[pa.Table, Summary],
     tmp_path: Path,
 ) -> None:
     ref, ref_summary = baseline
     pre = explainer.bundle.preprocessor
     runs = {
-        "batch 100": lambda dst: explainer.explain_parquet(query_file, dst, batch_size=100, id_column="id"),
+        "batch 100": lambda dst: explainer.explain_parquet(
+            query_file, dst, batch_size=100, id_column="id"
+        ),
         "2 threads": lambda dst: Explainer.from_bundle(adult_bundle, threads=2).explain_parquet(
-            query_file, dst, id_column="id"),
+            query_file, dst, id_column="id"
+        ),
         "2 workers": lambda dst: explain_parquet_parallel(explainer, query_file, dst, 2, 250, "id"),
     }
     for name, run in runs.items():
@@ -207,19 +224,26 @@ def test_independent_of_batch_size_threads_and_workers(
 @settings(max_examples=6, deadline=None)
 @given(batch_size=st.integers(min_value=1, max_value=400))
 def test_batch_size_does_not_change_statuses(
-    explainer: Explainer, small_file: Path, small_ref: pa.Table,
-    tmp_path_factory: pytest.TempPathFactory, batch_size: int,
+    explainer: Explainer,
+    small_file: Path,
+    small_ref: pa.Table,
+    tmp_path_factory: pytest.TempPathFactory,
+    batch_size: int,
 ) -> None:
     folder = tmp_path_factory.mktemp("batch")
     ref = small_ref
-    explainer.explain_parquet(small_file, folder / "out.parquet", batch_size=batch_size, id_column="id")
+    explainer.explain_parquet(
+        small_file, folder / "out.parquet", batch_size=batch_size, id_column="id"
+    )
     out = pq.read_table(folder / "out.parquet")
     assert out.column("id").to_pylist() == ref.column("id").to_pylist()
     assert out.column("status").to_pylist() == ref.column("status").to_pylist()
 
 
 # -- the fused search graph -----------------------------------------------------------------------
-def test_alpha_zero_is_the_hard_decoded_reconstruction(explainer: Explainer, queries: pa.Table) -> None:
+def test_alpha_zero_is_the_hard_decoded_reconstruction(
+    explainer: Explainer, queries: pa.Table
+) -> None:
     """At a = 0, search.onnx must return the hard decoding of D(E(x), E_u(x))."""
     bundle, pre = explainer.bundle, explainer.bundle.preprocessor
     x, reason = pre.transform(queries.slice(0, 400))
@@ -238,7 +262,9 @@ def test_alpha_zero_is_the_hard_decoded_reconstruction(explainer: Explainer, que
     span = np.where(hi > lo, hi - lo, 1.0)
     n = pre.n_numeric
     band_lo, band_hi = pre.bands()
-    kept = np.clip(soft[:, :n].astype(np.float64), np.minimum(x[:, :n], band_lo), np.maximum(x[:, :n], band_hi))
+    kept = np.clip(
+        soft[:, :n].astype(np.float64), np.minimum(x[:, :n], band_lo), np.maximum(x[:, :n], band_hi)
+    )
     raw_soft = pre.raw_values(kept)
     raw_cand = pre.raw_values(cand)
     is_int = pre.integer_mask()
@@ -259,7 +285,7 @@ def test_alpha_zero_is_the_hard_decoded_reconstruction(explainer: Explainer, que
     # categorical features: exactly one-hot, at the arg-max of the soft block
     offset = n
     for k in pre.cat_sizes:
-        blk_c, blk_s = cand[:, offset: offset + k], soft[:, offset: offset + k]
+        blk_c, blk_s = cand[:, offset : offset + k], soft[:, offset : offset + k]
         assert np.all(np.isin(blk_c, (0.0, 1.0))) and np.all(blk_c.sum(axis=1) == 1)
         top2 = np.sort(blk_s, axis=1)[:, -2:]
         clear = top2[:, 1] - top2[:, 0] > 1e-5
@@ -269,7 +295,7 @@ def test_alpha_zero_is_the_hard_decoded_reconstruction(explainer: Explainer, que
         if f.determined_by is not None:
             cat = next(i for i, c in enumerate(pre.categorical) if c.name == f.determined_by)
             start = n + sum(pre.cat_sizes[:cat])
-            idx = np.argmax(cand[:, start: start + pre.cat_sizes[cat]], axis=1)
+            idx = np.argmax(cand[:, start : start + pre.cat_sizes[cat]], axis=1)
             np.testing.assert_array_equal(np.rint(raw_cand[:, j]), np.array(f.lookup)[idx])
 
     # and the fused graph scores exactly that row with f

@@ -102,7 +102,9 @@ def test_anchored_search_adds_rows_the_walk_missed_and_nearer_answers(gbm_bundle
     # runs after it on every found row, is left out so that the choice itself is compared.
     on = Explainer.from_bundle(gbm_bundle, revert=False).explain(table)
     off = Explainer.from_bundle(gbm_bundle, fallback=False, revert=False).explain(table)
-    only_missed = Explainer.from_bundle(gbm_bundle, fallback_extrapolated=False, revert=False).explain(table)
+    only_missed = Explainer.from_bundle(
+        gbm_bundle, fallback_extrapolated=False, revert=False
+    ).explain(table)
     st_on = np.array(on.column("status").to_pylist())
     st_off = np.array(off.column("status").to_pylist())
     kind_on = np.array([k or "" for k in on.column("search").to_pylist()])
@@ -152,7 +154,9 @@ def test_a_bundle_without_anchors_searches_as_before(gbm_bundle: Path, tmp_path:
     engine = Engine(load_bundle(copy))
     assert engine.anchors is None
     res = search(engine, x, load_bundle(copy).search)
-    off = search(Engine(load_bundle(gbm_bundle)), x, replace(load_bundle(gbm_bundle).search, fallback=False))
+    off = search(
+        Engine(load_bundle(gbm_bundle)), x, replace(load_bundle(gbm_bundle).search, fallback=False)
+    )
     np.testing.assert_array_equal(res.status, off.status)
     assert not (res.kind == ANCHORED).any()
     np.testing.assert_array_equal(res.cf[res.status == FOUND], off.cf[off.status == FOUND])
@@ -169,11 +173,20 @@ def test_seeded_training_reproduces_anchors_and_quality(tmp_path: Path) -> None:
     cfg = TrainConfig(epochs=2, classifier_epochs=20, classifier_restarts=2, probe_epochs=2, seed=1)
     a = train_bundle(small, tmp_path / "a", cfg, command="test")
     b = train_bundle(small, tmp_path / "b", cfg, command="test")
-    for key in ("quality", "warnings", "z_u_probe", "gm_posterior_agreement", "final_losses", "classifier"):
+    for key in (
+        "quality",
+        "warnings",
+        "z_u_probe",
+        "gm_posterior_agreement",
+        "final_losses",
+        "classifier",
+    ):
         assert a.report[key] == b.report[key], key
     assert a.report["quality"]["searched"] > 0
     for fname in ("anchors.npy", "search.onnx", "decoder.onnx"):
         assert (tmp_path / "a" / fname).read_bytes() == (tmp_path / "b" / fname).read_bytes(), fname
     other = train_bundle(small, tmp_path / "c", replace(cfg, seed=2), command="test")
-    assert (tmp_path / "c" / "anchors.npy").read_bytes() != (tmp_path / "a" / "anchors.npy").read_bytes()
+    assert (tmp_path / "c" / "anchors.npy").read_bytes() != (
+        tmp_path / "a" / "anchors.npy"
+    ).read_bytes()
     assert other.report["final_losses"] != a.report["final_losses"]

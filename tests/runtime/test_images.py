@@ -40,8 +40,13 @@ def pre() -> ImagePreprocessor:
 def as_float_lists(table: pa.Table, values: np.ndarray, fixed: bool = True) -> pa.Table:
     """``table`` with its pixels replaced by ``values`` [n, 784] as float32 lists."""
     flat = pa.array(values.reshape(-1).astype(np.float32))
-    col = (pa.FixedSizeListArray.from_arrays(flat, values.shape[1]) if fixed
-           else pa.ListArray.from_arrays(pa.array(np.arange(0, len(flat) + 1, values.shape[1], dtype=np.int32)), flat))
+    col = (
+        pa.FixedSizeListArray.from_arrays(flat, values.shape[1])
+        if fixed
+        else pa.ListArray.from_arrays(
+            pa.array(np.arange(0, len(flat) + 1, values.shape[1], dtype=np.int32)), flat
+        )
+    )
     return table.set_column(0, "pixels", col)
 
 
@@ -50,8 +55,10 @@ def pixels_of(table: pa.Table) -> np.ndarray:
     return np.asarray(col.values.to_numpy(zero_copy_only=False), np.float64).reshape(len(col), -1)
 
 
-# -- schema ------------------------------------------------------------------------------------------
-def test_image_schema_round_trips_and_reads_every_documented_form(mnist: pa.Table, pre: ImagePreprocessor) -> None:
+# -- schema ----------------------------------------------------------------------------------------
+def test_image_schema_round_trips_and_reads_every_documented_form(
+    mnist: pa.Table, pre: ImagePreprocessor
+) -> None:
     assert pre.width == 784 and pre.image.shape == (28, 28)
     assert Preprocessor.from_dict(pre.to_dict()).to_dict() == pre.to_dict()
     raw = pixels_of(mnist)
@@ -74,16 +81,31 @@ def test_image_schema_round_trips_and_reads_every_documented_form(mnist: pa.Tabl
 
 def test_image_schema_declaration_errors() -> None:
     image = {"name": "pixels", "kind": "image", "shape": [28, 28]}
-    assert DataSchema.from_dict({"features": [image], "label": "y", "positive_class": "7"}).features[0].size == 784
+    assert (
+        DataSchema.from_dict({"features": [image], "label": "y", "positive_class": "7"})
+        .features[0]
+        .size
+        == 784
+    )
     with pytest.raises(SchemaError, match="only feature"):
-        DataSchema.from_dict({"features": [image, {"name": "age", "kind": "integer"}], "label": "y", "positive_class": "1"})
+        DataSchema.from_dict(
+            {
+                "features": [image, {"name": "age", "kind": "integer"}],
+                "label": "y",
+                "positive_class": "1",
+            }
+        )
     with pytest.raises(SchemaError, match="shape of positive integers"):
-        DataSchema.from_dict({"features": [{"name": "pixels", "kind": "image"}], "label": "y", "positive_class": "1"})
+        DataSchema.from_dict(
+            {"features": [{"name": "pixels", "kind": "image"}], "label": "y", "positive_class": "1"}
+        )
     with pytest.raises(SchemaError, match="list form"):
-        DataSchema.from_dict({"features": {"image": ["pixels"]}, "label": "y", "positive_class": "1"})
+        DataSchema.from_dict(
+            {"features": {"image": ["pixels"]}, "label": "y", "positive_class": "1"}
+        )
 
 
-# -- the committed bundle ------------------------------------------------------------------------------
+# -- the committed bundle --------------------------------------------------------------------------
 def test_committed_bundle_turns_held_out_ones_into_sevens(mnist: pa.Table) -> None:
     ex = Explainer.from_bundle(MNIST)
     out = ex.explain(mnist, id_column="id")
@@ -94,7 +116,9 @@ def test_committed_bundle_turns_held_out_ones_into_sevens(mnist: pa.Table) -> No
     assert found.sum() >= 0.8 * N, status
     assert out.schema.field("cf_pixels").type == pa.list_(pa.float32(), 784)
     assert out.schema.field("pixels").type == pa.list_(pa.float32(), 784)
-    np.testing.assert_allclose(pixels_of(out.select(["pixels"])), pixels_of(mnist) / 255.0, atol=1e-7)
+    np.testing.assert_allclose(
+        pixels_of(out.select(["pixels"])), pixels_of(mnist) / 255.0, atol=1e-7
+    )
     cf_col = out.column("cf_pixels").combine_chunks()
     assert cf_col.null_count == N - found.sum()
     cf = pixels_of(pa.table({"pixels": cf_col.filter(pa.array(found))}))
@@ -103,10 +127,14 @@ def test_committed_bundle_turns_held_out_ones_into_sevens(mnist: pa.Table) -> No
     score = ex.engine.score(cf.astype(np.float32))
     t = ex.settings.threshold
     assert (score >= t).all() and (score < t + ex.settings.tol).all()
-    np.testing.assert_allclose(score, out.column("cf_score").filter(pa.array(found)).to_numpy(), atol=1e-6)
+    np.testing.assert_allclose(
+        score, out.column("cf_score").filter(pa.array(found)).to_numpy(), atol=1e-6
+    )
     queries = pixels_of(mnist)[found] / 255.0
     l2 = np.sqrt(((cf - queries) ** 2).sum(axis=1))
-    np.testing.assert_allclose(out.column("proximity_l2").filter(pa.array(found)).to_numpy(), l2, rtol=1e-4)
+    np.testing.assert_allclose(
+        out.column("proximity_l2").filter(pa.array(found)).to_numpy(), l2, rtol=1e-4
+    )
 
 
 def test_sample_writes_held_out_ones_that_explain(tmp_path: Path) -> None:
@@ -117,13 +145,17 @@ def test_sample_writes_held_out_ones_that_explain(tmp_path: Path) -> None:
     assert table.schema.field("pixels").type == pa.list_(pa.float32(), 784)
     ds = load_dataset("mnist-1-to-7")
     assert set(table.column("id").to_pylist()) <= set(heldout_base_rows(ds).tolist())
-    code, stdout, stderr = invoke("explain", str(q), "-o", str(o), "--bundle", str(MNIST), "--id-column", "id")
+    code, stdout, stderr = invoke(
+        "explain", str(q), "-o", str(o), "--bundle", str(MNIST), "--id-column", "id"
+    )
     assert code == 0, stderr
     assert "6 rows" in stdout and pq.read_table(o).num_rows == 6
 
 
-# -- bad input -----------------------------------------------------------------------------------------
-def test_rows_with_bad_pixels_are_invalid_and_the_rest_explained(mnist: pa.Table, tmp_path: Path) -> None:
+# -- bad input -------------------------------------------------------------------------------------
+def test_rows_with_bad_pixels_are_invalid_and_the_rest_explained(
+    mnist: pa.Table, tmp_path: Path
+) -> None:
     good = pixels_of(mnist) / 255.0
     lists = [list(r) for r in good]
     lists[1] = lists[1][:700]  # wrong length
@@ -133,7 +165,9 @@ def test_rows_with_bad_pixels_are_invalid_and_the_rest_explained(mnist: pa.Table
     table = mnist.set_column(0, "pixels", pa.array(lists, pa.list_(pa.float32())))
     src, dst = tmp_path / "q.parquet", tmp_path / "o.parquet"
     pq.write_table(table, src)
-    code, _, stderr = invoke("explain", str(src), "-o", str(dst), "--bundle", str(MNIST), "--id-column", "id")
+    code, _, stderr = invoke(
+        "explain", str(src), "-o", str(dst), "--bundle", str(MNIST), "--id-column", "id"
+    )
     assert code == 0, stderr
     out = pq.read_table(dst)
     assert out.column("id").to_pylist() == mnist.column("id").to_pylist()
@@ -146,14 +180,20 @@ def test_rows_with_bad_pixels_are_invalid_and_the_rest_explained(mnist: pa.Table
     assert reason[4] == "pixels: missing or non-finite pixel value"
     assert "invalid" not in status[:1] + status[5:]
     echo = out.column("pixels")
-    assert echo[1].as_py() is None and echo[2].as_py() is None and echo[3].as_py()[5] == pytest.approx(1.5)
+    assert (
+        echo[1].as_py() is None
+        and echo[2].as_py() is None
+        and echo[3].as_py()[5] == pytest.approx(1.5)
+    )
 
 
 def test_8_bit_pixels_outside_0_255_are_invalid(mnist: pa.Table, pre: ImagePreprocessor) -> None:
     values = pixels_of(mnist).astype(np.int16)
     values[0, 3] = 300
     flat = pa.array(values.reshape(-1))
-    x, reason = pre.transform(mnist.set_column(0, "pixels", pa.FixedSizeListArray.from_arrays(flat, 784)))
+    x, reason = pre.transform(
+        mnist.set_column(0, "pixels", pa.FixedSizeListArray.from_arrays(flat, 784))
+    )
     assert reason[0] == "pixels: pixel values outside the scale 0..255 (8-bit integers)"
     assert usable_rows(reason)[1:].all() and (x[0] == 0).all()
 
@@ -161,10 +201,16 @@ def test_8_bit_pixels_outside_0_255_are_invalid(mnist: pa.Table, pre: ImagePrepr
 @pytest.mark.parametrize(
     ("column", "words"),
     [
-        (pa.array([[0.5] * 100] * N, pa.list_(pa.float32(), 100)), ["'pixels'", "fixed-size lists of 100 values", "784"]),
+        (
+            pa.array([[0.5] * 100] * N, pa.list_(pa.float32(), 100)),
+            ["'pixels'", "fixed-size lists of 100 values", "784"],
+        ),
         (pa.array(["x"] * N), ["'pixels'", "expected a list of 784 pixels", "got string"]),
         (pa.array([0.5] * N), ["'pixels'", "got double"]),
-        (pa.array([["a"] * 784] * N, pa.list_(pa.string())), ["'pixels'", "pixel values must be numbers"]),
+        (
+            pa.array([["a"] * 784] * N, pa.list_(pa.string())),
+            ["'pixels'", "pixel values must be numbers"],
+        ),
     ],
     ids=["fixed-size-100", "string", "scalar", "list-of-strings"],
 )
@@ -174,19 +220,27 @@ def test_a_pixel_column_of_the_wrong_type_stops_the_run(
     src, out_dir = tmp_path / "q.parquet", tmp_path / "out"
     out_dir.mkdir()
     pq.write_table(mnist.set_column(0, "pixels", column), src)
-    code, stdout, stderr = invoke("explain", str(src), "-o", str(out_dir / "o.parquet"), "--bundle", str(MNIST))
+    code, stdout, stderr = invoke(
+        "explain", str(src), "-o", str(out_dir / "o.parquet"), "--bundle", str(MNIST)
+    )
     assert_clean_failure(code, stdout, stderr, out_dir, *words)
 
 
-def test_tabular_input_to_an_image_bundle_and_the_reverse(mnist: pa.Table, adult_bundle: Path, tmp_path: Path) -> None:
+def test_tabular_input_to_an_image_bundle_and_the_reverse(
+    mnist: pa.Table, adult_bundle: Path, tmp_path: Path
+) -> None:
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     adult, images = tmp_path / "adult.parquet", tmp_path / "images.parquet"
     pq.write_table(adult_queries(5), adult)
     pq.write_table(mnist, images)
-    code, stdout, stderr = invoke("explain", str(adult), "-o", str(out_dir / "o.parquet"), "--bundle", str(MNIST))
+    code, stdout, stderr = invoke(
+        "explain", str(adult), "-o", str(out_dir / "o.parquet"), "--bundle", str(MNIST)
+    )
     assert_clean_failure(code, stdout, stderr, out_dir, "image column 'pixels'", "'age'")
-    code, stdout, stderr = invoke("explain", str(images), "-o", str(out_dir / "o.parquet"), "--bundle", str(adult_bundle))
+    code, stdout, stderr = invoke(
+        "explain", str(images), "-o", str(out_dir / "o.parquet"), "--bundle", str(adult_bundle)
+    )
     assert_clean_failure(code, stdout, stderr, out_dir, "'age'", "looks like images")
 
 
@@ -200,7 +254,7 @@ def test_image_input_without_the_pixel_column_is_an_input_error(pre: ImagePrepro
         pre.check_columns(pa.schema([("image", pa.list_(pa.float32(), 784))]))
 
 
-# -- export parity ---------------------------------------------------------------------------------------
+# -- export parity ---------------------------------------------------------------------------------
 def test_image_graphs_match_torch() -> None:
     """A tiny convolutional GMCF (400 real images, 1 epoch): every graph against torch."""
     torch = pytest.importorskip("torch")
@@ -224,7 +278,9 @@ def test_image_graphs_match_torch() -> None:
     graphs = export_graphs(model, pre, export_classifier(clf, 784))
 
     def run(name: str, **feeds: np.ndarray) -> list[np.ndarray]:
-        sess = ort.InferenceSession(graphs[name].SerializeToString(), providers=["CPUExecutionProvider"])
+        sess = ort.InferenceSession(
+            graphs[name].SerializeToString(), providers=["CPUExecutionProvider"]
+        )
         return [np.asarray(o) for o in sess.run(None, feeds)]
 
     q = x[:6]
@@ -239,7 +295,9 @@ def test_image_graphs_match_torch() -> None:
         np.testing.assert_allclose(run("reconstruct", x=q)[0], ((dec - q) ** 2).mean(1), atol=1e-5)
         alphas = np.tile(np.array([0.0, 0.5, 1.0], np.float32), (6, 1))
         target = np.tile(model.mu[1].numpy(), (6, 1)).astype(np.float32)
-        front = PlainSearchFront(model, pre)(xt, torch.from_numpy(alphas), torch.from_numpy(target)).numpy()
+        front = PlainSearchFront(model, pre)(
+            xt, torch.from_numpy(alphas), torch.from_numpy(target)
+        ).numpy()
         rows_onnx, score = run("search", x=q, alphas=alphas, target=target)
         np.testing.assert_allclose(rows_onnx, front, atol=1e-5)
         np.testing.assert_allclose(score, clf(torch.from_numpy(front)).numpy(), atol=1e-5)
@@ -248,12 +306,14 @@ def test_image_graphs_match_torch() -> None:
     assert front.min() >= 0.0 and front.max() <= 1.0
 
 
-# -- report ------------------------------------------------------------------------------------------
+# -- report ----------------------------------------------------------------------------------------
 def test_table1_metrics_on_the_held_out_ones() -> None:
     from gmcf.trainer.image_report import table1_markdown, table1_metrics
 
     m = table1_metrics(MNIST, threshold=0.5, tol=0.5)
-    assert m["queries"] == 1135 and m["threshold"] == 0.5 and m["found"] <= m["rejected_by_f"] <= 1135
+    assert (
+        m["queries"] == 1135 and m["threshold"] == 0.5 and m["found"] <= m["rejected_by_f"] <= 1135
+    )
     assert m["validity_pct"] >= 89.5  # the paper's figure
     assert 0.0 < m["reconstruction"]["mean"] < 0.05
     assert m["proximity_l2"]["mean"] <= m["sparsity_l1"]["mean"]  # L2 <= L1 for every row
@@ -283,17 +343,30 @@ def _png_size(path: Path) -> tuple[int, int]:
 
 
 @pytest.mark.slow
-def test_plot_at_the_boundary_draws_one_counterfactual_row_and_checks_its_threshold(tmp_path: Path) -> None:
+def test_plot_at_the_boundary_draws_one_counterfactual_row_and_checks_its_threshold(
+    tmp_path: Path,
+) -> None:
     """The bundle's T = 0.99 adds a row of boundary counterfactuals to Figure 2; at T = 0.5 there
     is nothing to compare with, so the figure is shorter. A bad threshold is a one-line error."""
     pytest.importorskip("matplotlib")
     code, _, stderr = invoke("plot", str(MNIST), "--out", str(tmp_path / "default"))
     assert code == 0, stderr
-    code, _, stderr = invoke("plot", str(MNIST), "--out", str(tmp_path / "boundary"), "--threshold", "0.5", "--tol", "0.5")
+    code, _, stderr = invoke(
+        "plot",
+        str(MNIST),
+        "--out",
+        str(tmp_path / "boundary"),
+        "--threshold",
+        "0.5",
+        "--tol",
+        "0.5",
+    )
     assert code == 0, stderr
     w_default, h_default = _png_size(tmp_path / "default" / "figure2.png")
     w_boundary, h_boundary = _png_size(tmp_path / "boundary" / "figure2.png")
     assert w_default == w_boundary and h_default > h_boundary
-    code, _, stderr = invoke("plot", str(MNIST), "--out", str(tmp_path / "bad"), "--threshold", "1.5")
+    code, _, stderr = invoke(
+        "plot", str(MNIST), "--out", str(tmp_path / "bad"), "--threshold", "1.5"
+    )
     assert code != 0 and "threshold" in stderr and len(stderr.strip().splitlines()) == 1
     assert not (tmp_path / "bad" / "figure2.png").exists()

@@ -161,9 +161,10 @@ def test_dask_map_partitions_with_meta_from_an_empty_frame(
     queries = adult_queries(1500, seed=8)
     pq.write_table(queries, tmp_path / "q.parquet")
     code = (
-        f"import sys; sys.path[:0] = [{str(Path(__file__).parent)!r}, {str(Path(__file__).parents[1])!r}]; "
-        "from test_interop import _dask_explain; "
-        f"_dask_explain({str(tmp_path / 'q.parquet')!r}, {str(adult_bundle)!r}, {str(tmp_path / 'out')!r})"
+        f"import sys; sys.path[:0] = [{str(Path(__file__).parent)!r}, "
+        f"{str(Path(__file__).parents[1])!r}]; from test_interop import _dask_explain; "
+        f"_dask_explain({str(tmp_path / 'q.parquet')!r}, {str(adult_bundle)!r}, "
+        f"{str(tmp_path / 'out')!r})"
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]

@@ -116,7 +116,9 @@ def test_an_altered_file_is_named(bundle: Path, fname: str) -> None:
 
 def test_a_newer_format_version_is_refused(bundle: Path) -> None:
     edit_manifest(bundle, lambda m: m.update(format_version=FORMAT_VERSION + 1))
-    with pytest.raises(BundleError, match=r"format version \d+ is newer.*upgrade gmcf-batch") as exc:
+    with pytest.raises(
+        BundleError, match=r"format version \d+ is newer.*upgrade gmcf-batch"
+    ) as exc:
         load_bundle(bundle)
     assert str(bundle) in str(exc.value)
 

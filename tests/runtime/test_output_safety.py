@@ -162,7 +162,8 @@ def test_stale_temporary_files_are_recognised(tmp_path: Path) -> None:
     names = {
         "own": mine.name,  # this process: running
         "dead owner": f".out.parquet.gmcf.{host}.{dead}.{start}.tmp",
-        "reused pid": f".out.parquet.gmcf.{host}.{pid}.{int(start) + 1}.tmp",  # same pid, other start
+        # same pid, other start
+        "reused pid": f".out.parquet.gmcf.{host}.{pid}.{int(start) + 1}.tmp",
         "other host": f".out.parquet.gmcf.elsewhere.{dead}.{start}.tmp",  # cannot be judged here
         "earlier version": f".out.parquet.{dead}.tmp",
         "other output": f".other.parquet.gmcf.{host}.{dead}.{start}.tmp",

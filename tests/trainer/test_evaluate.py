@@ -34,8 +34,16 @@ SMALL_AE = AEConfig(epochs=3)
 
 
 def quick_config(**kw: object) -> EvalConfig:
-    base = {"reps": 2, "methods": ("gmcf", "gdl"), "rows": 2500, "max_queries": 40, "single_queries": 5,
-            "train": QUICK, "judge": SMALL_AE, "vae": AEConfig(epochs=5, beta=0.1)}
+    base = {
+        "reps": 2,
+        "methods": ("gmcf", "gdl"),
+        "rows": 2500,
+        "max_queries": 40,
+        "single_queries": 5,
+        "train": QUICK,
+        "judge": SMALL_AE,
+        "vae": AEConfig(epochs=5, beta=0.1),
+    }
     base.update(kw)
     return EvalConfig(**base)  # type: ignore[arg-type]
 
@@ -47,7 +55,9 @@ def small_run(tmp_path_factory: pytest.TempPathFactory) -> ev_mod.Evaluation:
     return evaluate(load_dataset("adult"), cfg)
 
 
-def test_every_repetition_reports_every_metric_with_sane_values(small_run: ev_mod.Evaluation) -> None:
+def test_every_repetition_reports_every_metric_with_sane_values(
+    small_run: ev_mod.Evaluation,
+) -> None:
     ok = [r for r in small_run.runs if r.method in ("gmcf", "gmcf (same queries)", "gdl")]
     assert len(ok) == 6 and all(r.ok for r in ok), [r.error for r in ok]
     for run in ok:
@@ -81,7 +91,9 @@ def test_every_repetition_reports_every_metric_with_sane_values(small_run: ev_mo
     assert summary["gmcf"]["validity"][0] > 50
 
 
-def test_a_missing_peers_environment_is_reported_with_the_install_command(small_run: ev_mod.Evaluation) -> None:
+def test_a_missing_peers_environment_is_reported_with_the_install_command(
+    small_run: ev_mod.Evaluation,
+) -> None:
     dice = [r for r in small_run.runs if r.method == "dice-random"]
     assert len(dice) == 2 and not any(r.ok for r in dice)
     assert all("bash bench/peers/setup.sh" in (r.error or "") for r in dice)
@@ -90,7 +102,9 @@ def test_a_missing_peers_environment_is_reported_with_the_install_command(small_
     assert "bash bench/peers/setup.sh" in md
 
 
-def test_a_failing_repetition_is_reported_and_the_others_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failing_repetition_is_reported_and_the_others_kept(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     real = ev_mod.train_models
 
     def train_or_fail(ds, cfg, *args, **kw):  # type: ignore[no-untyped-def]
@@ -120,11 +134,15 @@ def test_gdl_returns_rows_that_f_scores_as_the_target_class() -> None:
     trained = train_models(small, QUICK)
     p = trained.prepared
     assert trained.classifier is not None
-    sess = ort.InferenceSession(export_classifier(trained.classifier, p.pre.width).SerializeToString(),
-                                providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(
+        export_classifier(trained.classifier, p.pre.width).SerializeToString(),
+        providers=["CPUExecutionProvider"],
+    )
     score = sess.run(None, {"x": p.x_test})[0]
     x = p.x_test[score < 0.5][:60]
-    vae = train_autoencoder(p.x_train, p.pre, AEConfig(epochs=5, beta=0.1), seed=0, variational=True)
+    vae = train_autoencoder(
+        p.x_train, p.pre, AEConfig(epochs=5, beta=0.1), seed=0, variational=True
+    )
     res = gdl_search(vae, trained.classifier, p.pre, x, 0.5, 0.3, GDLConfig(max_steps=200))
     assert res.found.mean() > 0.5
     cf = res.cf[res.found]
@@ -139,18 +157,22 @@ def test_gdl_returns_rows_that_f_scores_as_the_target_class() -> None:
 
 
 def _pre() -> Preprocessor:
-    return Preprocessor((
-        Feature("age", "integer", 20.0, 70.0),
-        Feature("rate", "continuous", 0.0, 2.0),
-        Feature("job", "categorical", categories=("a", "b", "c")),
-    ))
+    return Preprocessor(
+        (
+            Feature("age", "integer", 20.0, 70.0),
+            Feature("rate", "continuous", 0.0, 2.0),
+            Feature("job", "categorical", categories=("a", "b", "c")),
+        )
+    )
 
 
 def test_metrics_match_hand_worked_values() -> None:
     pre = _pre()
     x = np.array([[0.2, 0.5, 1, 0, 0], [0.4, 0.25, 0, 0, 1]], np.float32)
     cf = np.array([[0.5, 0.1, 0, 1, 0], [0.4, 0.25, 0, 0, 1]], np.float32)
-    np.testing.assert_allclose(proximity_l2(x, cf), [1.5, 0.0], atol=1e-6)  # sqrt(.09 + .16 + 1 + 1)
+    np.testing.assert_allclose(
+        proximity_l2(x, cf), [1.5, 0.0], atol=1e-6
+    )  # sqrt(.09 + .16 + 1 + 1)
     np.testing.assert_allclose(sparsity_l1(x, cf), [2.7, 0.0], atol=1e-6)  # .3 + .4 + 1 + 1
     assert changed_features(pre, x, cf).tolist() == [3, 0]  # age, rate, job; nothing
     np.testing.assert_allclose(reconstruction_mse(x, cf), [2.25 / 5, 0.0], atol=1e-6)
@@ -166,7 +188,11 @@ def test_harden_clips_rounds_integers_and_argmaxes_categories() -> None:
 
 def test_cli_unknown_dataset_and_method_fail_in_one_line(tmp_path: Path) -> None:
     code, _, stderr = invoke("evaluate", "mnist-fashion")
-    assert code != 0 and stderr.strip().count("\n") == 0 and "unknown dataset 'mnist-fashion'" in stderr
+    assert (
+        code != 0
+        and stderr.strip().count("\n") == 0
+        and "unknown dataset 'mnist-fashion'" in stderr
+    )
     code, _, stderr = invoke("evaluate", "adult", "--methods", "gmcf,wachter")
     assert code != 0 and stderr.strip().count("\n") == 0
     assert "unknown method(s) 'wachter'" in stderr and "dice-random" in stderr
@@ -175,26 +201,51 @@ def test_cli_unknown_dataset_and_method_fail_in_one_line(tmp_path: Path) -> None
 def test_cli_reports_other_rows_when_peers_are_missing(tmp_path: Path) -> None:
     out = tmp_path / "res"
     code, stdout, stderr = invoke(
-        "evaluate", "lending-club", "--rows", "1500", "--epochs", "1", "--reps", "1", "--max-queries", "20",
-        "--single-queries", "3", "--methods", "gmcf,dice-genetic", "--peers-python", str(tmp_path / "none"),
-        "-o", str(out),
+        "evaluate",
+        "lending-club",
+        "--rows",
+        "1500",
+        "--epochs",
+        "1",
+        "--reps",
+        "1",
+        "--max-queries",
+        "20",
+        "--single-queries",
+        "3",
+        "--methods",
+        "gmcf,dice-genetic",
+        "--peers-python",
+        str(tmp_path / "none"),
+        "-o",
+        str(out),
     )
     assert code == 0, stderr
-    assert "note: peers environment not installed" in stderr and "bash bench/peers/setup.sh" in stderr
+    assert (
+        "note: peers environment not installed" in stderr and "bash bench/peers/setup.sh" in stderr
+    )
     assert "| gmcf | 1/1 |" in stdout and "| dice-genetic | 0/1 |" in stdout
     assert out.with_suffix(".json").exists() and out.with_suffix(".md").exists()
     assert not list(tmp_path.glob(".*.tmp"))
 
 
-def test_results_load_back_and_runs_split_by_seed_merge(small_run: ev_mod.Evaluation, tmp_path: Path) -> None:
+def test_results_load_back_and_runs_split_by_seed_merge(
+    small_run: ev_mod.Evaluation, tmp_path: Path
+) -> None:
     from dataclasses import replace
 
     js, md = ev_mod.write_results(small_run, tmp_path / "a")
     back = ev_mod.load_evaluation(js)
     assert back.to_markdown() == md.read_text()
     assert back.config == small_run.config  # nested training, judge and GDL settings included
-    later = ev_mod.Evaluation(back.dataset, replace(back.config, seed=back.config.seed + 2), back.runs,
-                              [{**r, "seed": r["seed"] + 2} for r in back.reps], back.seconds, back.command)
+    later = ev_mod.Evaluation(
+        back.dataset,
+        replace(back.config, seed=back.config.seed + 2),
+        back.runs,
+        [{**r, "seed": r["seed"] + 2} for r in back.reps],
+        back.seconds,
+        back.command,
+    )
     merged = ev_mod.merge_evaluations([back, later])
     assert merged.config.reps == 4 and [r["rep"] for r in merged.reps] == [0, 1, 2, 3]
     s, m = back.summary()["gmcf"], merged.summary()["gmcf"]
@@ -209,12 +260,25 @@ def test_cli_evaluates_mnist_with_its_image_settings(tmp_path: Path) -> None:
     settings (one short epoch here), next to the paper's Table 1."""
     out = tmp_path / "mnist"
     code, stdout, stderr = invoke(
-        "evaluate", "mnist-1-to-7", "--epochs", "1", "--reps", "1", "--methods", "gmcf",
-        "--single-queries", "3", "-o", str(out),
+        "evaluate",
+        "mnist-1-to-7",
+        "--epochs",
+        "1",
+        "--reps",
+        "1",
+        "--methods",
+        "gmcf",
+        "--single-queries",
+        "3",
+        "-o",
+        str(out),
     )
     assert code == 0, stderr
     saved = json.loads(out.with_suffix(".json").read_text())
-    assert saved["config"]["train"]["latent_dim"] == 15 and saved["config"]["train"]["latent_u_dim"] == 25
+    assert (
+        saved["config"]["train"]["latent_dim"] == 15
+        and saved["config"]["train"]["latent_u_dim"] == 25
+    )
     assert "| gmcf | 1/1 |" in stdout and "89.5" in stdout  # the paper's Table 1 row
     # images add whether the counterfactuals read as 7s and keep the query's style
     assert "read as the target by a CNN (%)" in stdout and "slant r" in stdout

@@ -50,7 +50,9 @@ def run(model: Any, **feeds: np.ndarray) -> list[np.ndarray]:
     return [np.asarray(o) for o in session(model).run(None, feeds)]
 
 
-def search_feeds(m: Any, x: np.ndarray, alphas: np.ndarray, bounded: bool = False) -> dict[str, np.ndarray]:
+def search_feeds(
+    m: Any, x: np.ndarray, alphas: np.ndarray, bounded: bool = False
+) -> dict[str, np.ndarray]:
     """Inputs of a search graph for the paper's unconstrained walk toward mu_1."""
     target = np.broadcast_to(m.mu[1].detach().numpy(), (len(x), m.mu.shape[1])).copy()
     feeds = {"x": x, "alphas": alphas, "target": target}
@@ -68,14 +70,18 @@ def search_rows(graph: Any, pre: Any, **feeds: np.ndarray) -> tuple[np.ndarray, 
 
 def front_of(m: Any, pre: Any, x: np.ndarray, alphas: np.ndarray) -> np.ndarray:
     feeds = search_feeds(m, x, alphas, bounded=True)
-    return SearchFront(m, pre)(*[t(feeds[k]) for k in ("x", "alphas", "target", "lower", "upper")]).numpy()
+    return SearchFront(m, pre)(
+        *[t(feeds[k]) for k in ("x", "alphas", "target", "lower", "upper")]
+    ).numpy()
 
 
 def test_plain_and_bounded_search_agree_without_constraints(trained: Trained) -> None:
     x = trained.p.x_test
     alphas = alphas_for(len(x), 4)
     plain = run(trained.graphs["search"], **search_feeds(trained.model, x, alphas))
-    bounded = run(trained.graphs["search_bounded"], **search_feeds(trained.model, x, alphas, bounded=True))
+    bounded = run(
+        trained.graphs["search_bounded"], **search_feeds(trained.model, x, alphas, bounded=True)
+    )
     np.testing.assert_array_equal(plain[0], bounded[0])
     np.testing.assert_allclose(plain[1], bounded[1], rtol=0, atol=1e-6)
 
@@ -178,7 +184,9 @@ def alphas_for(n: int, steps: int) -> np.ndarray:
 
 def test_search_matches_searchfront_then_classifier(trained: Trained, x: np.ndarray) -> None:
     alphas = alphas_for(len(x), 6)
-    rows, score = search_rows(trained.graphs["search"], trained.p.pre, **search_feeds(trained.model, x, alphas))
+    rows, score = search_rows(
+        trained.graphs["search"], trained.p.pre, **search_feeds(trained.model, x, alphas)
+    )
     with torch.no_grad():
         want_rows = front_of(trained.model, trained.p.pre, x, alphas)
         want_score = trained.clf(t(want_rows)).numpy()
@@ -189,8 +197,12 @@ def test_search_matches_searchfront_then_classifier(trained: Trained, x: np.ndar
     # within TOL or differs by exactly one grid step of an integer feature, on few cells.
     pre = trained.p.pre
     lo, hi = pre.lo_hi()
-    step = np.concatenate([np.where(pre.integer_mask(), 1.0 / np.where(hi > lo, hi - lo, 1.0), 0.0),
-                           np.zeros(sum(pre.cat_sizes))])
+    step = np.concatenate(
+        [
+            np.where(pre.integer_mask(), 1.0 / np.where(hi > lo, hi - lo, 1.0), 0.0),
+            np.zeros(sum(pre.cat_sizes)),
+        ]
+    )
     diff = np.abs(rows - want_rows)
     off = diff > TOL
     assert off.sum() <= 0.01 * rows.shape[0], off.sum()
@@ -217,11 +229,13 @@ def test_searchfront_is_algorithm_2(trained: Trained, x: np.ndarray) -> None:
         cont, logits = m.decoder.raw(m.decoder.body(torch.cat([zs, zus], dim=1)))
         soft = m.decoder(torch.cat([zs, zus], dim=1))
         xs = t(np.repeat(xq, s, axis=0))  # each candidate's query: the band widens to its values
-        naive = HardDecode(pre)(cont, logits, torch.zeros(pre.width), torch.ones(pre.width), xs).numpy()
+        naive = HardDecode(pre)(
+            cont, logits, torch.zeros(pre.width), torch.ones(pre.width), xs
+        ).numpy()
         front = front_of(m, pre, xq, alphas)
     # The search graph may put the queries first (B + B*S rows) or only the candidates (B*S).
     assert front.shape[0] in (b * s, b + b * s)
-    cand = front[-b * s:]
+    cand = front[-b * s :]
     if front.shape[0] == b + b * s:
         np.testing.assert_array_equal(front[:b], xq)
     # Hard decoding: integers on the training grid, categorical blocks one-hot at the soft argmax.
@@ -242,8 +256,14 @@ def _user_classifier(module: torch.nn.Module, width: int, opset: int = OPSET) ->
     buf = io.BytesIO()
     module.eval()
     torch.onnx.export(
-        module, (torch.zeros(2, width),), buf, input_names=["features"], output_names=["probs"],
-        dynamic_axes={"features": {0: "n"}, "probs": {0: "n"}}, opset_version=opset, dynamo=False,
+        module,
+        (torch.zeros(2, width),),
+        buf,
+        input_names=["features"],
+        output_names=["probs"],
+        dynamic_axes={"features": {0: "n"}, "probs": {0: "n"}},
+        opset_version=opset,
+        dynamo=False,
     )
     return onnx.load_from_string(buf.getvalue())
 
@@ -287,7 +307,9 @@ def test_adapt_classifier_takes_column_1_of_two_class_probabilities(
 
 
 @pytest.mark.parametrize("squeeze", [False, True], ids=["N-1", "N"])
-def test_adapt_classifier_takes_a_single_probability(trained: Trained, x: np.ndarray, squeeze: bool) -> None:
+def test_adapt_classifier_takes_a_single_probability(
+    trained: Trained, x: np.ndarray, squeeze: bool
+) -> None:
     width = trained.p.pre.width
     torch.manual_seed(0)
     user = SigmoidOne(width, squeeze)
@@ -301,9 +323,13 @@ def test_a_user_classifier_fuses_into_the_search_graph(trained: Trained, x: np.n
     width = trained.p.pre.width
     torch.manual_seed(0)
     user = SoftmaxTwo(width)
-    graphs = export_graphs(trained.model, trained.p.pre, adapt_classifier(_user_classifier(user, width), width))
+    graphs = export_graphs(
+        trained.model, trained.p.pre, adapt_classifier(_user_classifier(user, width), width)
+    )
     alphas = alphas_for(len(x), 3)
-    rows, score = search_rows(graphs["search"], trained.p.pre, **search_feeds(trained.model, x, alphas))
+    rows, score = search_rows(
+        graphs["search"], trained.p.pre, **search_feeds(trained.model, x, alphas)
+    )
     with torch.no_grad():
         assert max_diff(score, user(t(rows))[:, 1]) < TOL
 
@@ -331,7 +357,9 @@ def test_row_and_column_layouts_agree(trained: Trained, x: np.ndarray) -> None:
     """The row layout (for networks the column layout cannot run, e.g. convolutions) returns the
     same codes and scores as the column layout, with and without bounds."""
     pre = trained.p.pre
-    rows_graphs = export_graphs(trained.model, pre, export_classifier(trained.clf, pre.width), layout="rows")
+    rows_graphs = export_graphs(
+        trained.model, pre, export_classifier(trained.clf, pre.width), layout="rows"
+    )
     alphas = alphas_for(len(x), 5)
     lower, upper = np.zeros_like(x), np.ones_like(x)
     lower[:, 0], upper[:, 0] = 0.3, 0.6  # a numeric window
@@ -345,7 +373,7 @@ def test_row_and_column_layouts_agree(trained: Trained, x: np.ndarray) -> None:
         # as in the torch comparison: an integer may land one grid step apart on a few cells
         off = np.abs(code_c - code_r) > TOL
         assert off.sum() <= 0.01 * len(code_c), off.sum()
-        assert not off[:, pre.n_numeric:].any()  # categories agree exactly
+        assert not off[:, pre.n_numeric :].any()  # categories agree exactly
         assert max_diff(score_c[~off.any(axis=1)], score_r[~off.any(axis=1)]) < 1e-4
 
 

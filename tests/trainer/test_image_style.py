@@ -22,7 +22,7 @@ def stroke(slope: float, width: int, bar: bool = False) -> np.ndarray:
     img = np.zeros((28, 28))
     for r in range(4, 24):
         c = round(14 - width / 2 + slope * (r - 13.5))
-        img[r, c: c + width] = 1.0
+        img[r, c : c + width] = 1.0
     if bar:
         img[4:6, 4:22] = 1.0
     return img
@@ -81,7 +81,9 @@ def test_a_threshold_given_alone_keeps_accepting_every_score_up_to_one() -> None
     """The bundles accept any score from T up to 1 (0.5 + 0.5, 0.99 + 0.01); moving T alone must
     not shrink that band to the bundle's tol (MNIST at T = 0.5 would search [0.5, 0.51))."""
     assert Explainer.from_bundle(MNIST, threshold=0.5).settings.tol == pytest.approx(0.5)
-    assert Explainer.from_bundle(ROOT / "exported" / "adult", threshold=0.7).settings.tol == pytest.approx(0.3)
+    assert Explainer.from_bundle(
+        ROOT / "exported" / "adult", threshold=0.7
+    ).settings.tol == pytest.approx(0.3)
     assert Explainer.from_bundle(MNIST, threshold=0.5, tol=0.1).settings.tol == pytest.approx(0.1)
     assert Explainer.from_bundle(MNIST, tol=0.005).settings.threshold == pytest.approx(0.99)
 
@@ -94,7 +96,9 @@ def test_counterfactuals_keep_the_query_style_and_read_as_sevens_to_an_independe
 
     images, digits, is_test = load_mnist_1_7()
     flat = images.reshape(len(images), -1).astype(np.float32) / 255.0
-    judge = train_image_judge(flat[~is_test], (digits[~is_test] == 7).astype(np.int64), (28, 28), epochs=1)
+    judge = train_image_judge(
+        flat[~is_test], (digits[~is_test] == 7).astype(np.int64), (28, 28), epochs=1
+    )
     accuracy = ((judge.predict(flat[is_test]) > 0.5) == (digits[is_test] == 7)).mean()
     assert accuracy > 0.99
     default = style_metrics(MNIST, [judge.predict])

@@ -70,12 +70,21 @@ def test_select_by_walk_checks_the_walk_with_f(adult_3000: Dataset) -> None:
     y_hat = (score(p.x_train) >= 0.5).astype(np.int64)
     n_val = 300
     walk = walk_check(p.pre, p.x_train[:n_val], score)
-    model, hist = fit_gmcf(p.x_train[n_val:], y_hat[n_val:], p.pre.n_numeric, p.pre.cat_sizes, cfg,
-                           validation=(p.x_train[:n_val], y_hat[:n_val]), walk=walk)
+    model, hist = fit_gmcf(
+        p.x_train[n_val:],
+        y_hat[n_val:],
+        p.pre.n_numeric,
+        p.pre.cat_sizes,
+        cfg,
+        validation=(p.x_train[:n_val], y_hat[:n_val]),
+        walk=walk,
+    )
     assert [c["epoch"] for c in hist.checks] == [10, 12]
     for c in hist.checks:
         assert 0.0 <= c["walk_validity"] <= 1.0
-        expected = (1 - c["walk_validity"]) + 0.1 * c["walk_l2"] + 10 * max(0.0, 0.9 - c["agreement"])
+        expected = (
+            (1 - c["walk_validity"]) + 0.1 * c["walk_l2"] + 10 * max(0.0, 0.9 - c["agreement"])
+        )
         assert c["score"] == pytest.approx(expected)
     best = min(hist.checks, key=lambda c: c["score"])
     assert hist.selected_epoch == best["epoch"]

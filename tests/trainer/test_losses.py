@@ -57,9 +57,16 @@ def wmean(values: list[float], weights: list[float] | None) -> float:
 def model() -> GMCF:
     torch.manual_seed(0)
     m = GMCF(
-        width=5, n_numeric=2, cat_sizes=[3], latent_dim=2, latent_u_dim=2,
-        encoder_hidden=(4,), decoder_hidden=(4,), adversary_hidden=(3,),
-        var_floor=VAR_FLOOR, class_prior=PRIOR,
+        width=5,
+        n_numeric=2,
+        cat_sizes=[3],
+        latent_dim=2,
+        latent_u_dim=2,
+        encoder_hidden=(4,),
+        decoder_hidden=(4,),
+        adversary_hidden=(3,),
+        var_floor=VAR_FLOOR,
+        class_prior=PRIOR,
     )
     with torch.no_grad():
         m.mu.copy_(torch.tensor(MU))
@@ -126,7 +133,9 @@ def test_loss_lkd_is_minimal_at_the_class_mean(model: GMCF) -> None:
     at_mean = torch.tensor([MU[1]])
     off_mean = torch.tensor([[MU[1][0] + 0.3, MU[1][1]]])
     y = torch.tensor([1.0])
-    assert float(loss_lkd(model, at_mean, y).detach()) < float(loss_lkd(model, off_mean, y).detach())
+    assert float(loss_lkd(model, at_mean, y).detach()) < float(
+        loss_lkd(model, off_mean, y).detach()
+    )
     var = variances()[1]
     assert float(loss_lkd(model, at_mean, y).detach()) == pytest.approx(
         0.5 * sum(math.log(2 * math.pi * v) for v in var), rel=1e-6
@@ -176,16 +185,30 @@ def test_loss_adv_of_an_undecided_adversary_is_log_2(model: GMCF) -> None:
     with torch.no_grad():
         for p in model.adversary.parameters():
             p.zero_()
-    assert float(loss_adv(model, torch.tensor(ZU), ty()).detach()) == pytest.approx(math.log(2), rel=1e-6)
+    assert float(loss_adv(model, torch.tensor(ZU), ty()).detach()) == pytest.approx(
+        math.log(2), rel=1e-6
+    )
 
 
-X = [[0.1, 0.9, 1.0, 0.0, 0.0], [0.5, 0.5, 0.0, 0.0, 1.0], [1.0, 0.0, 0.0, 1.0, 0.0], [0.3, 0.3, 0.0, 1.0, 0.0]]
-XR = [[0.2, 0.7, 0.8, 0.1, 0.1], [0.5, 0.5, 0.0, 0.0, 1.0], [0.6, 0.2, 0.3, 0.3, 0.4], [0.0, 1.0, 0.5, 0.5, 0.0]]
+X = [
+    [0.1, 0.9, 1.0, 0.0, 0.0],
+    [0.5, 0.5, 0.0, 0.0, 1.0],
+    [1.0, 0.0, 0.0, 1.0, 0.0],
+    [0.3, 0.3, 0.0, 1.0, 0.0],
+]
+XR = [
+    [0.2, 0.7, 0.8, 0.1, 0.1],
+    [0.5, 0.5, 0.0, 0.0, 1.0],
+    [0.6, 0.2, 0.3, 0.3, 0.4],
+    [0.0, 1.0, 0.5, 0.5, 0.0],
+]
 
 
 @pytest.mark.parametrize("weighted", [False, True])
 def test_loss_rec_is_the_squared_error_summed_over_features(model: GMCF, weighted: bool) -> None:
-    per_row = [sum((a - b) ** 2 for a, b in zip(x, xr, strict=True)) for x, xr in zip(X, XR, strict=True)]
+    per_row = [
+        sum((a - b) ** 2 for a, b in zip(x, xr, strict=True)) for x, xr in zip(X, XR, strict=True)
+    ]
     assert per_row[1] == 0.0
     want = wmean(per_row, W if weighted else None)
     got = loss_rec(model, torch.tensor(X), torch.tensor(XR), tw() if weighted else None)
@@ -222,7 +245,9 @@ def test_class_weights_of_a_single_class_batch_are_finite() -> None:
 def test_balanced_weights_make_a_weighted_loss_class_balanced(model: GMCF) -> None:
     """With class weights, a batch of 1 positive and 3 negatives counts each class half."""
     y = torch.tensor([1.0, 0.0, 0.0, 0.0])
-    per_row = [sum((a - b) ** 2 for a, b in zip(x, xr, strict=True)) for x, xr in zip(X, XR, strict=True)]
+    per_row = [
+        sum((a - b) ** 2 for a, b in zip(x, xr, strict=True)) for x, xr in zip(X, XR, strict=True)
+    ]
     want = 0.5 * per_row[0] + 0.5 * (per_row[1] + per_row[2] + per_row[3]) / 3
     got = loss_rec(model, torch.tensor(X), torch.tensor(XR), class_weights(y))
     assert float(got.detach()) == pytest.approx(want, rel=1e-5)

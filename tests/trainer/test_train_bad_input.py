@@ -74,8 +74,14 @@ def export_onnx(module: torch.nn.Module, width: int, path: Path) -> Path:
     buf = io.BytesIO()
     module.eval()
     torch.onnx.export(
-        module, (torch.zeros(2, width),), buf, input_names=["input"], output_names=["output"],
-        dynamic_axes={"input": {0: "n"}, "output": {0: "n"}}, opset_version=17, dynamo=False,
+        module,
+        (torch.zeros(2, width),),
+        buf,
+        input_names=["input"],
+        output_names=["output"],
+        dynamic_axes={"input": {0: "n"}, "output": {0: "n"}},
+        opset_version=17,
+        dynamo=False,
     )
     path.write_bytes(buf.getvalue())
     return path
@@ -94,7 +100,9 @@ class Case:
 
 
 def good_files(tmp: Path, adult: pa.Table, n: int = 100) -> tuple[Path, Path]:
-    return write_csv(tmp / "small.csv", rows_of(adult, 0, 300, n)), write_schema(tmp / "schema.json")
+    return write_csv(tmp / "small.csv", rows_of(adult, 0, 300, n)), write_schema(
+        tmp / "schema.json"
+    )
 
 
 def data_args(data: Path, schema: Path, *extra: str) -> list[str]:
@@ -115,20 +123,26 @@ def case_missing_column(tmp: Path, adult: pa.Table) -> tuple[list[str], str]:
 def case_one_class(tmp: Path, adult: pa.Table) -> tuple[list[str], str]:
     cols = rows_of(adult, 0, 300, 100)
     cols["income"] = ["<=50K"] * 100
-    return data_args(write_csv(tmp / "d.csv", cols), write_schema(tmp / "s.json")), "has a single class"
+    return data_args(
+        write_csv(tmp / "d.csv", cols), write_schema(tmp / "s.json")
+    ), "has a single class"
 
 
 def case_positive_class_absent(tmp: Path, adult: pa.Table) -> tuple[list[str], str]:
     data, _ = good_files(tmp, adult)
     schema = dict(SCHEMA, positive_class=">100K")
-    return data_args(data, write_schema(tmp / "s.json", schema)), "positive class '>100K' does not occur"
+    return data_args(
+        data, write_schema(tmp / "s.json", schema)
+    ), "positive class '>100K' does not occur"
 
 
 def case_non_numeric(tmp: Path, adult: pa.Table) -> tuple[list[str], str]:
     cols = rows_of(adult, 0, 300, 100)
     cols["hours-per-week"][37] = "forty"
-    return (data_args(write_csv(tmp / "d.csv", cols), write_schema(tmp / "s.json")),
-            "column 'hours-per-week': expected a number")
+    return (
+        data_args(write_csv(tmp / "d.csv", cols), write_schema(tmp / "s.json")),
+        "column 'hours-per-week': expected a number",
+    )
 
 
 def case_header_only(tmp: Path, adult: pa.Table) -> tuple[list[str], str]:
@@ -141,17 +155,28 @@ def case_classifier_width(tmp: Path, adult: pa.Table) -> tuple[list[str], str]:
     data, schema = good_files(tmp, adult)
     width = model_width(data, schema)
     assert width != 5
-    clf = export_onnx(torch.nn.Sequential(torch.nn.Linear(5, 1), torch.nn.Sigmoid()), 5, tmp / "f.onnx")
-    return (data_args(data, schema, "--classifier", str(clf)),
-            f"input 'input' is a block of 5 columns; declare their features in order in the schema: "
-            f"\"classifier\": {{\"columns\": {{\"input\": [...]}}}} (a model on the bundle's own encoding takes {width} columns)")
+    clf = export_onnx(
+        torch.nn.Sequential(torch.nn.Linear(5, 1), torch.nn.Sigmoid()), 5, tmp / "f.onnx"
+    )
+    return (
+        data_args(data, schema, "--classifier", str(clf)),
+        f"input 'input' is a block of 5 columns; declare their features in order in the schema: "
+        f'"classifier": {{"columns": {{"input": [...]}}}} (a model on the bundle\'s own encoding '
+        f"takes {width} columns)",
+    )
 
 
 def case_classifier_output(tmp: Path, adult: pa.Table) -> tuple[list[str], str]:
     data, schema = good_files(tmp, adult)
     width = model_width(data, schema)
-    clf = export_onnx(torch.nn.Sequential(torch.nn.Linear(width, 3), torch.nn.Softmax(dim=1)), width, tmp / "f.onnx")
-    return data_args(data, schema, "--classifier", str(clf)), "no float output shaped [N], [N, 1] or [N, 2]"
+    clf = export_onnx(
+        torch.nn.Sequential(torch.nn.Linear(width, 3), torch.nn.Softmax(dim=1)),
+        width,
+        tmp / "f.onnx",
+    )
+    return data_args(
+        data, schema, "--classifier", str(clf)
+    ), "no float output shaped [N], [N, 1] or [N, 2]"
 
 
 def case_classifier_constant(tmp: Path, adult: pa.Table) -> tuple[list[str], str]:
@@ -162,7 +187,9 @@ def case_classifier_constant(tmp: Path, adult: pa.Table) -> tuple[list[str], str
         lin.weight.zero_()
         lin.bias.fill_(3.0)
     clf = export_onnx(torch.nn.Sequential(lin, torch.nn.Sigmoid()), width, tmp / "f.onnx")
-    return data_args(data, schema, "--classifier", str(clf)), "predicts class 1 for every training row"
+    return data_args(
+        data, schema, "--classifier", str(clf)
+    ), "predicts class 1 for every training row"
 
 
 def case_classifier_not_onnx(tmp: Path, adult: pa.Table) -> tuple[list[str], str]:
@@ -174,7 +201,9 @@ def case_classifier_not_onnx(tmp: Path, adult: pa.Table) -> tuple[list[str], str
 
 def case_classifier_missing(tmp: Path, adult: pa.Table) -> tuple[list[str], str]:
     data, schema = good_files(tmp, adult)
-    return data_args(data, schema, "--classifier", str(tmp / "nope.onnx")), "nope.onnx does not exist"
+    return data_args(
+        data, schema, "--classifier", str(tmp / "nope.onnx")
+    ), "nope.onnx does not exist"
 
 
 def case_data_missing(tmp: Path, adult: pa.Table) -> tuple[list[str], str]:
@@ -226,7 +255,12 @@ CASES = {
 
 def invoke(args: list[str]) -> tuple[int, str, str, BaseException | None]:
     result = CliRunner().invoke(app, ["train", *args])
-    return result.exit_code, ANSI.sub("", result.stdout), ANSI.sub("", result.stderr), result.exception
+    return (
+        result.exit_code,
+        ANSI.sub("", result.stdout),
+        ANSI.sub("", result.stderr),
+        result.exception,
+    )
 
 
 def assert_nothing_written(out: Path) -> None:
@@ -268,14 +302,21 @@ def test_existing_output_without_force_is_left_alone(tmp_path: Path, adult: pa.T
 #: The happy path declares its transforms (the schema's ``transforms`` key through the CLI): on
 #: these 480 training rows the paper's 10-4-2 classifier, trained for one epoch's settings, finds
 #: the positive class with min-max capital gains and none with the log default.
-HAPPY_SCHEMA: dict[str, Any] = {**SCHEMA, "transforms": {"capital-gain": "minmax", "capital-loss": "minmax"}}
+HAPPY_SCHEMA: dict[str, Any] = {
+    **SCHEMA,
+    "transforms": {"capital-gain": "minmax", "capital-loss": "minmax"},
+}
 
 
 def happy_files(tmp: Path, adult: pa.Table) -> tuple[Path, Path]:
-    return write_csv(tmp / "small.csv", rows_of(adult, 2, 50, 600)), write_schema(tmp / "schema.json", HAPPY_SCHEMA)
+    return write_csv(tmp / "small.csv", rows_of(adult, 2, 50, 600)), write_schema(
+        tmp / "schema.json", HAPPY_SCHEMA
+    )
 
 
-def test_train_writes_a_loadable_bundle_and_prints_the_report(tmp_path: Path, adult: pa.Table) -> None:
+def test_train_writes_a_loadable_bundle_and_prints_the_report(
+    tmp_path: Path, adult: pa.Table
+) -> None:
     data, schema = happy_files(tmp_path, adult)
     out = tmp_path / "b"
     code, stdout, stderr, exc = invoke([*data_args(data, schema), "-o", str(out)])

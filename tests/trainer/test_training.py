@@ -44,7 +44,8 @@ def changed_groups(before: dict[str, torch.Tensor], model: GMCF) -> set[str]:
 def all_changed(before: dict[str, torch.Tensor], model: GMCF, group: str) -> bool:
     return all(
         not torch.equal(before[n], p.detach())
-        for n, p in model.named_parameters() if group_of(n) == group
+        for n, p in model.named_parameters()
+        if group_of(n) == group
     )
 
 
@@ -74,7 +75,9 @@ def record_steps(model: GMCF, opts: dict[str, torch.optim.Optimizer]) -> StepLog
     return log
 
 
-def make_batch(seed: int, n: int = 16, width: int = 6) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def make_batch(
+    seed: int, n: int = 16, width: int = 6
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """n rows: 3 numeric features in [0, 1] and a one-hot block of 3, both classes present."""
     g = torch.Generator().manual_seed(seed)
     num = torch.rand(n, 3, generator=g)
@@ -114,7 +117,10 @@ def test_alternating_step_updates_the_right_parameters(objective: str) -> None:
     assert log.complete["gm"] == {"encoder", "gm"}
     assert log.complete["ae"] == {"encoder", "encoder_u", "decoder"}
     # Step (a) = lines 4-6 leaves the decoder and E_u alone; step (b) leaves mu, Sigma and A alone.
-    assert not touched["adv"] & {"decoder", "encoder_u"} and not touched["gm"] & {"decoder", "encoder_u"}
+    assert not touched["adv"] & {"decoder", "encoder_u"} and not touched["gm"] & {
+        "decoder",
+        "encoder_u",
+    }
     assert not touched["ae"] & {"gm", "adversary"}
     assert changed_groups(before, model) == set(GROUPS)
 
@@ -192,7 +198,9 @@ def test_fit_gmcf_is_reproducible_with_a_seed(adult_500: Dataset) -> None:
 
 def test_fit_gmcf_uses_the_label_frequency_as_prior(adult_500: Dataset) -> None:
     p = prepare(adult_500, 0.2, 0)
-    model, _ = fit_gmcf(p.x_train, p.y_train, p.pre.n_numeric, p.pre.cat_sizes, TrainConfig(epochs=1))
+    model, _ = fit_gmcf(
+        p.x_train, p.y_train, p.pre.n_numeric, p.pre.cat_sizes, TrainConfig(epochs=1)
+    )
     rate = p.y_train.mean()
     np.testing.assert_allclose(np.exp(model.log_prior.numpy()), [1 - rate, rate], rtol=1e-5)
 
@@ -230,8 +238,12 @@ def test_prepare_fits_min_max_on_the_training_rows_only(adult_500: Dataset) -> N
         assert (f.lo, f.hi) == (lo, hi), f.name
         differs_from_full_table |= (raw.min(), raw.max()) != (lo, hi)
         # each feature's transform (min-max, or log for a heavy tail) over the training range
-        np.testing.assert_allclose(p.x_train[:, j], transforms.raw_to_model(f, raw[train_rows]), rtol=1e-6, atol=1e-7)
-        np.testing.assert_allclose(p.x_test[:, j], transforms.raw_to_model(f, raw[p.test_rows]), rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(
+            p.x_train[:, j], transforms.raw_to_model(f, raw[train_rows]), rtol=1e-6, atol=1e-7
+        )
+        np.testing.assert_allclose(
+            p.x_test[:, j], transforms.raw_to_model(f, raw[p.test_rows]), rtol=1e-6, atol=1e-7
+        )
         assert p.x_train[:, j].min() == 0.0 and p.x_train[:, j].max() == pytest.approx(1.0)
     # With this split some held-out value lies outside the training range, so a fit on all rows
     # would have given different bounds.
@@ -245,7 +257,7 @@ def test_prepare_fits_min_max_on_the_training_rows_only(adult_500: Dataset) -> N
     rejected = [r for r, why in zip(split_test, reason, strict=True) if why is not None]
     assert sorted(set(split_test) - set(p.test_rows)) == rejected
     assert any(edu[r] not in p.pre.categorical[0].categories for r in rejected)
-    np.testing.assert_array_equal(p.x_train[:, p.pre.n_numeric:].sum(1), 1.0)
+    np.testing.assert_array_equal(p.x_train[:, p.pre.n_numeric :].sum(1), 1.0)
 
 
 def test_prepare_drops_held_out_rows_with_a_category_unseen_in_training() -> None:
@@ -254,14 +266,22 @@ def test_prepare_drops_held_out_rows_with_a_category_unseen_in_training() -> Non
     test_rows = np.sort(rng.permutation(n)[: round(0.2 * n)])  # the split prepare() makes
     cat = np.array(["a", "b"] * (n // 2), dtype=object)
     cat[test_rows[0]] = "only-in-test"
-    table = pa.table({
-        "v": pa.array(np.arange(n, dtype=np.int64)),
-        "c": pa.array(cat.tolist()),
-        "y": pa.array(["yes", "no"] * (n // 2)),
-    })
+    table = pa.table(
+        {
+            "v": pa.array(np.arange(n, dtype=np.int64)),
+            "c": pa.array(cat.tolist()),
+            "y": pa.array(["yes", "no"] * (n // 2)),
+        }
+    )
     from gmcf.runtime.schema import DataSchema
 
-    schema = DataSchema.from_dict({"features": {"integer": ["v"], "categorical": ["c"]}, "label": "y", "positive_class": "yes"})
+    schema = DataSchema.from_dict(
+        {
+            "features": {"integer": ["v"], "categorical": ["c"]},
+            "label": "y",
+            "positive_class": "yes",
+        }
+    )
     p = prepare(Dataset("t", table, schema), 0.2, 0)
     np.testing.assert_array_equal(p.test_rows, test_rows[1:])
     assert p.pre.categorical[0].categories == ("a", "b")

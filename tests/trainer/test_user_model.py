@@ -50,7 +50,8 @@ def _quiet(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(scope="module")
 def frames() -> tuple[Any, Any]:
-    """3,000 Adult rows to fit the user's model and train the bundle on; 2,000 other rows held out."""
+    """3,000 Adult rows to fit the user's model and train the bundle on; 2,000 other rows held
+    out."""
     df = load_dataset("adult").table.to_pandas()
     perm = np.random.default_rng(0).permutation(len(df))
     return df.iloc[perm[:3000]].reset_index(drop=True), df.iloc[perm[3000:5000]].reset_index(
@@ -433,8 +434,8 @@ def bad_numeric_block_like_the_encoding(train: Any) -> tuple[bytes, str, dict[st
     return (
         onx.SerializeToString(),
         "input 'input' is a block of 5 columns; declare their features in order in the schema: "
-        '"classifier": {"columns": {"input": [...]}} (a model on the bundle\'s own encoding takes 5 '
-        'columns: declare it with "encoded": true)',
+        '"classifier": {"columns": {"input": [...]}} (a model on the bundle\'s own encoding takes '
+        '5 columns: declare it with "encoded": true)',
         schema,
     )
 
@@ -449,8 +450,8 @@ def bad_zero_one_labels_without_positive_label(train: Any) -> tuple[bytes, str, 
     }
     return (
         onx,
-        "class labels ['0', '1'] of output 'probabilities' do not include the positive class '>50K'; "
-        'name it in the schema: "classifier": {"positive_label": 1}',
+        "class labels ['0', '1'] of output 'probabilities' do not include the positive class "
+        '\'>50K\'; name it in the schema: "classifier": {"positive_label": 1}',
         schema,
     )
 
