@@ -543,6 +543,13 @@ def train(
     ] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     threads: Annotated[int, typer.Option(help="torch threads.")] = 1,
+    anchors: Annotated[
+        int | None,
+        typer.Option(
+            help="Approved training rows the bundle carries for the last-resort search "
+            "(0: none, the bundle holds no training row) \\[default: 4,096]."
+        ),
+    ] = None,
     force: Annotated[bool, typer.Option(help="Replace OUTPUT if it exists.")] = False,
     strict: Annotated[
         bool,
@@ -582,7 +589,10 @@ def train(
             epochs=cfg.epochs if epochs is None else epochs,
             lambda_adv=cfg.lambda_adv if lambda_adv is None else lambda_adv,
             lambda_lkd=cfg.lambda_lkd if lambda_lkd is None else lambda_lkd,
+            anchors=cfg.anchors if anchors is None else anchors,
         )
+        if cfg.anchors < 0:
+            fail(f"--anchors must be 0 or more, got {cfg.anchors}")
         dest = output or Path(ds.name)
         command = (
             shlex.join(["gmcf-batch", *sys.argv[1:]])
