@@ -27,7 +27,10 @@ import numpy as np
 from gmcf.runtime.constraints import Constraints
 from gmcf.runtime.encode import Encoded
 from gmcf.runtime.engine import Engine as Engine
+from gmcf.runtime.fallback import compact, rescue
 from gmcf.runtime.manifest import Latent
+from gmcf.runtime.plausibility import log_density
+from gmcf.runtime.revert import revert_changes
 from gmcf.runtime.schema import ImagePreprocessor
 from gmcf.runtime.settings import RunSettings
 from gmcf.runtime.status import ALREADY as ALREADY
@@ -248,7 +251,6 @@ def _last_resort(
     """Rows the walk missed walk toward nearby approved training rows (``gmcf.runtime.fallback``);
     so do rows it answered only past mu_1 (``fallback_extrapolated``), which keep the nearer of
     the two answers. The arrays of the searched rows are updated in place."""
-    from gmcf.runtime.fallback import compact, rescue
 
     far = found & (kind == EXTRAPOLATED) if cfg.fallback_extrapolated else np.zeros_like(found)
     miss = np.nonzero(~found | far)[0]
@@ -365,8 +367,6 @@ def revert_found(
 ) -> None:
     """The revert step on the found rows of one searched chunk (in place). Image bundles are
     not reverted: an image is one feature, and putting it back is the query itself."""
-    from gmcf.runtime.revert import revert_changes
-    from gmcf.runtime.schema import ImagePreprocessor
 
     hit = np.nonzero(part.status == FOUND)[0]
     if hit.size == 0 or isinstance(engine.pre, ImagePreprocessor):
@@ -386,7 +386,6 @@ def revert_found(
 
 def plausibilities(engine: Engine, res: SearchResult) -> np.ndarray:
     """``plausibility.log_density`` of every counterfactual found (NaN for the other rows)."""
-    from gmcf.runtime.plausibility import log_density
 
     out = np.full(len(res.status), np.nan, np.float32)
     hit = np.nonzero(res.status == FOUND)[0]
