@@ -365,29 +365,13 @@ def _explain_file(
     record.manifest = ex.bundle.manifest
     batch = batch_size_for(batch_size, ex.bundle.preprocessor.width)
     if folder:
-        from gmcf.runtime.folders import cores, explain_folder
+        from gmcf.runtime.folders import cores
 
-        with _progress() as bar:
-            task = bar.add_task("explaining", total=None, info="")
-
-            def folder_progress(done: int, total: int) -> None:
-                elapsed = bar.tasks[task].elapsed or 1e-9
-                bar.update(task, completed=done, total=total, info=f"{done / elapsed:,.0f} rows/s")
-
-            return explain_folder(
-                ex,
-                input,
-                output,
-                workers=workers or cores(),
-                batch_size=batch_size,
-                id_column=id_column,
-                resume=resume,
-                force=force,
-                progress=folder_progress,
-            )
-    if workers == 0:
-        workers = auto_workers(input, batch)
-    workers = min(workers, max(1, count_batches(input, batch)))
+        workers = workers or cores()
+    else:
+        if workers == 0:
+            workers = auto_workers(input, batch)
+        workers = min(workers, max(1, count_batches(input, batch)))
     record.settings = {
         **ex.settings.to_dict(),
         "range_margin": ex.range_margin,
@@ -405,6 +389,20 @@ def _explain_file(
             elapsed = bar.tasks[task].elapsed or 1e-9
             bar.update(task, completed=done, total=total, info=f"{done / elapsed:,.0f} rows/s")
 
+        if folder:
+            from gmcf.runtime.folders import explain_folder
+
+            return explain_folder(
+                ex,
+                input,
+                output,
+                workers=workers,
+                batch_size=batch_size,
+                id_column=id_column,
+                resume=resume,
+                force=force,
+                progress=progress,
+            )
         if workers > 1:
             return explain_parquet_parallel(
                 ex, input, output, workers, batch_size, id_column, progress, force
