@@ -89,29 +89,63 @@ def hard_decode(
     soft: np.ndarray,
     lower: np.ndarray | None = None,
     upper: np.ndarray | None = None,
+    x: np.ndarray | None = None,
 ) -> np.ndarray:
-    """The search graphs' hard decoding in numpy: numeric values clamped to the bounds and
-    integers rounded to their grid, each categorical block arg-maxed over its allowed categories."""
+    """The search graphs' hard decoding (``gmcf.trainer.hard_numeric``) in numpy: numeric values
+    kept in the training band (widened to the query's own value ``x`` [n, F], when given) and in
+    the bounds, integers rounded in raw units under their transform, each categorical block
+    arg-maxed over its allowed categories, and determined features set from their category."""
+    from gmcf.runtime import dependencies, transforms
+
     n = pre.n_numeric
     out = np.zeros_like(soft, dtype=np.float32)
-    cont = soft[:, :n]
+    cont = np.asarray(soft[:, :n], np.float32)
+    if x is not None:
+        band_lo, band_hi = (b.astype(np.float32) for b in pre.bands())
+        xn = x[:, :n]
+        cont = np.minimum(np.maximum(cont, np.minimum(xn, band_lo)), np.maximum(xn, band_hi))
     lo_b = np.zeros_like(cont) if lower is None else lower[:, :n]
     up_b = np.ones_like(cont) if upper is None else upper[:, :n]
     cont = np.minimum(np.maximum(cont, lo_b), up_b)
     lo, hi = pre.lo_hi()
     span = np.where(hi > lo, hi - lo, 1.0)
-    scale = np.where(pre.integer_mask(), span, 2.0**24).astype(np.float32)
-    cont = np.round(cont * scale) * (np.float32(1.0) / scale)
-    out[:, :n] = np.minimum(np.maximum(cont, lo_b), up_b)
+    is_int = pre.integer_mask()
+    feats = pre.numeric if len(pre.numeric) == n else []
+    if any(is_int[j] and f.transform == "log" for j, f in enumerate(feats)):
+        # every integer feature rounded in raw units, with the graphs' float32 arithmetic
+        for j, f in enumerate(feats):
+            if not is_int[j]:
+                continue
+            t_lo, t_span = (np.float32(v) for v in transforms.t_range(f))
+            t = t_lo + cont[:, j] * t_span
+            if f.transform != "log":
+                cont[:, j] = (np.round(t) - t_lo) / t_span
+                continue
+            a = np.float32(transforms.log_offset(f.lo or 0.0))
+            d = np.round(a + np.sign(t) * (np.exp(np.abs(t)) - np.float32(1.0))) - a
+            cont[:, j] = (np.sign(d) * np.log(np.float32(1.0) + np.abs(d)) - t_lo) / t_span
+    else:
+        scale = np.where(is_int, span, 2.0**24).astype(np.float32)
+        cont = np.round(cont * scale) * (np.float32(1.0) / scale)
+    cont = np.minimum(np.maximum(cont, lo_b), up_b)
+    out[:, :n] = cont
     offset = n
     rows = np.arange(len(soft))
+    allowed = None if upper is None else upper > 0.5
+    if upper is not None:
+        # a determined feature's bounds allow only the categories whose value lies within them
+        allowed = np.array(upper > 0.5, copy=True)
+        for j, off, values in dependencies.determined(pre):
+            ok = (values[None, :] >= lower[:, j : j + 1] - 1e-6) if lower is not None else True
+            ok = ok & (values[None, :] <= upper[:, j : j + 1] + 1e-6)
+            allowed[:, off : off + values.size] &= ok
     for k in pre.cat_sizes:
         blk = soft[:, offset : offset + k]
-        if upper is not None:
-            blk = blk - 1e9 * (1.0 - upper[:, offset : offset + k])
+        if allowed is not None:
+            blk = blk - 1e9 * (~allowed[:, offset : offset + k])
         out[rows, offset + np.argmax(blk, axis=1)] = 1.0
         offset += k
-    return out
+    return dependencies.apply_lookup(pre, out)
 
 
 def compact(pre: Preprocessor, rows: np.ndarray) -> np.ndarray:
@@ -131,7 +165,11 @@ def _decode_score(
     zu: np.ndarray,
     lower: np.ndarray | None,
     upper: np.ndarray | None,
+    x: np.ndarray,
+    screen: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
+    """Decode, hard-decode (``x``: each candidate's query) and score the candidates."""
+    score_of = engine.screen_score if screen else engine.score
     rows = np.empty((len(z), engine.pre.width), np.float32)
     score = np.empty(len(z), np.float32)
     for i in range(0, len(z), CALL_ROWS):
@@ -142,8 +180,9 @@ def _decode_score(
             soft,
             None if lower is None else lower[s],
             None if upper is None else upper[s],
+            x[s],
         )
-        score[s] = engine.score(rows[s])
+        score[s] = score_of(rows[s])
     return rows, score
 
 
@@ -152,9 +191,11 @@ def rescue(
     x: np.ndarray,
     cfg: RunSettings,
     bounds: tuple[np.ndarray, np.ndarray] | None = None,
+    screen: bool = False,
 ) -> Rescued | None:
     """Walk each row of ``x`` (model space, rows the main search missed) toward its nearest
-    anchors; None when the bundle has no anchors."""
+    anchors; None when the bundle has no anchors. ``screen``: candidates are scored by the
+    screen g (``evaluations`` then counts no call of f; the caller confirms the answers)."""
     anchors = engine.anchors
     if anchors is None or len(x) == 0:
         return None
@@ -194,6 +235,8 @@ def rescue(
             (1 - a) * zuq[q] + a * zua[rep],
             None if bounds is None else bounds[0][q],
             None if bounds is None else bounds[1][q],
+            x[q],
+            screen,
         )
         d2 = ((rows - x[q]) ** 2).sum(1)
         d2 = np.where((score >= t) & (score < top), d2, np.inf)
@@ -206,7 +249,7 @@ def rescue(
     grid = np.linspace(1.0 / cfg.fallback_steps, 1.0, cfg.fallback_steps, dtype=np.float32)
     steps = grid.size
     rows, score, d2 = candidates(np.arange(m * k), np.broadcast_to(grid, (m * k, steps)).copy())
-    evals = np.full(m, k * steps, np.int32)
+    evals = np.full(m, 0 if screen else k * steps, np.int32)
     # The nearest approved candidate over every anchor's path (not the first crossing: a path
     # may wander off before it reaches the anchor's own decoding, its last point).
     flat = d2.reshape(m, k * steps)
@@ -235,13 +278,15 @@ def rescue(
         best_score[w] = r_score[i[better], j[better]]
         best_alpha[w] = alphas[i[better], j[better]]
         best_d2[w] = r_d2[i[better], j[better]]
-        evals[redo] += cfg.refine_points
+        evals[redo] += 0 if screen else cfg.refine_points
     # The anchors themselves (within the constraints), at a = 1.
     pair_rows = anchors.rows[near.reshape(-1)]
     if bounds is not None:
-        pair_rows = hard_decode(engine.pre, pair_rows, bounds[0][pair_q], bounds[1][pair_q])
-        pair_score = engine.score(pair_rows)
-        evals += k
+        pair_rows = hard_decode(
+            engine.pre, pair_rows, bounds[0][pair_q], bounds[1][pair_q], x[pair_q]
+        )
+        pair_score = (engine.screen_score if screen else engine.score)(pair_rows)
+        evals += 0 if screen else k
     else:
         pair_score = anchors.score[near.reshape(-1)]
     a_d2 = np.where(
