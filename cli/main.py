@@ -127,6 +127,14 @@ def explain(
             "(search `anchored`).",
         ),
     ] = None,
+    screen: Annotated[
+        bool | None,
+        typer.Option(
+            "--screen/--no-screen",
+            help="With a bundle that has a screen (a cheap stand-in of a costly f): walk with it "
+            "and let f confirm the candidates it picks (--no-screen: every candidate scored by f).",
+        ),
+    ] = None,
     batch_size: Annotated[
         int | None,
         typer.Option(
@@ -247,6 +255,7 @@ def explain(
                 resume=resume,
                 revert=revert,
                 fallback=fallback,
+                screen=screen,
             )
             status, code, message = "ok", 0, None
         except GmcfError as exc:
@@ -321,6 +330,7 @@ def _explain_file(
     resume: bool = False,
     revert: bool = True,
     fallback: bool | None = None,
+    screen: bool | None = None,
 ) -> Summary:
     """The explain run itself; raises GmcfError (one line) or Stopped."""
     from gmcf.runtime import publish
@@ -361,6 +371,7 @@ def _explain_file(
         range_margin=range_margin,
         revert=revert,
         fallback=fallback,
+        screen=screen,
     )
     record.manifest = ex.bundle.manifest
     batch = batch_size_for(batch_size, ex.bundle.preprocessor.width)
@@ -491,9 +502,19 @@ def _report_lines(r: dict[str, Any]) -> str:
             f"reconstruction MSE {r['reconstruction_mse']:.5f}; training {r['seconds']:.0f} s on "
             f"{r['rows']['train']:,} rows",
             *_parity_line(r["classifier"].get("user_model", {}).get("parity")),
+            *_screen_line(r.get("screen")),
             *quality_lines(r),
         ]
     )
+
+
+def _screen_line(screen: dict[str, Any] | None) -> list[str]:
+    if not screen:
+        return []
+    return [
+        f"screen: g agrees with f on {100 * screen['agreement']:.1f}% of held-out search "
+        f"candidates ({screen['rows']:,} rows, {screen['seconds']:.0f} s)"
+    ]
 
 
 def _parity_line(parity: dict[str, Any] | None) -> list[str]:

@@ -18,7 +18,7 @@ from gmcf.runtime.manifest import FORMAT_VERSION as FORMAT_VERSION
 from gmcf.runtime.manifest import GRAPHS as GRAPHS
 from gmcf.runtime.manifest import MANIFEST as MANIFEST
 from gmcf.runtime.manifest import OPSET as OPSET
-from gmcf.runtime.manifest import Manifest
+from gmcf.runtime.manifest import OPTIONAL_GRAPHS, Manifest
 from gmcf.runtime.schema import Preprocessor
 from gmcf.runtime.settings import RunSettings
 from gmcf.runtime.settings import SearchDefaults as SearchDefaults
@@ -48,6 +48,11 @@ class Bundle:
 
     def graph_path(self, name: str) -> Path:
         return self.path / self.manifest.graphs[name]
+
+    @property
+    def has_screen(self) -> bool:
+        """Whether the bundle carries the screen graphs (a cheap stand-in of f)."""
+        return all(name in self.manifest.graphs for name in OPTIONAL_GRAPHS)
 
     @property
     def report(self) -> dict[str, Any]:
@@ -84,7 +89,7 @@ def load_bundle(path: Path | str, verify: bool = True) -> Bundle:
 
 
 def check_graph_signature(bundle: Bundle, name: str, inputs: list[str], outputs: list[str]) -> None:
-    want_in, want_out = GRAPHS[name]
+    want_in, want_out = GRAPHS[name] if name in GRAPHS else OPTIONAL_GRAPHS[name]
     if tuple(inputs) != want_in or tuple(outputs) != want_out:
         raise BundleError(
             f"bundle {bundle.path}: graph {name} has inputs {inputs} and outputs {outputs}, "

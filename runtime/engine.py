@@ -49,6 +49,7 @@ class Engine:
         self._probe("search")
         self._anchors: Anchors | None = None
         self._anchors_loaded = False
+        self.has_screen = bundle.has_screen
 
     @property
     def anchors(self) -> Anchors | None:
@@ -75,7 +76,7 @@ class Engine:
                 [o.name for o in sess.get_outputs()],
             )
             self.sessions[name] = sess
-            if name == "search_bounded":
+            if name in ("search_bounded", "screen", "screen_bounded"):
                 self._probe(name)
         return self.sessions[name]
 
@@ -83,7 +84,7 @@ class Engine:
         """One query, two alphas: a search graph must return one scored code per candidate."""
         x0 = np.zeros((1, self.pre.width), np.float32)
         feed = {"x": x0, "alphas": np.ones((1, 2), np.float32), "target": self.mu_1_rows(1)}
-        if name == "search_bounded":
+        if name.endswith("_bounded"):
             feed |= {"lower": x0, "upper": x0 + 1.0}
         code, score = self.sessions[name].run(None, feed)
         code_width = self.pre.code_width
@@ -96,6 +97,10 @@ class Engine:
 
     def score(self, x: np.ndarray) -> np.ndarray:
         return np.asarray(self.sessions["classifier"].run(None, {"x": x})[0], dtype=np.float32)
+
+    def screen_score(self, x: np.ndarray) -> np.ndarray:
+        """g(x), the screen's stand-in for f (opened on first use; bundles with a screen only)."""
+        return self.run("screen_classifier", {"x": x})
 
     def candidates(
         self,
@@ -120,14 +125,16 @@ class Engine:
         target: np.ndarray | None = None,
         lower: np.ndarray | None = None,
         upper: np.ndarray | None = None,
+        screen: bool = False,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Like ``candidates``, with each candidate in compact code [B, S, C] (see
-        ``Preprocessor.expand_code``): what the search keeps until it has chosen."""
+        ``Preprocessor.expand_code``): what the search keeps until it has chosen. ``screen``:
+        scored by the screen g instead of f."""
         b, s = alphas.shape
         feed = {"x": x, "alphas": alphas, "target": self.mu_1_rows(b) if target is None else target}
-        graph = "search"
+        graph = "screen" if screen else "search"
         if lower is not None or upper is not None:
-            graph = "search_bounded"
+            graph += "_bounded"
             feed["lower"] = np.zeros_like(x) if lower is None else lower
             feed["upper"] = np.ones_like(x) if upper is None else upper
         rows, score = self._open(graph).run(None, feed)

@@ -22,6 +22,7 @@ Encoding, decoding and scoring use the bundle's own ``encoder``, ``encoder_u``, 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -166,10 +167,9 @@ def _decode_score(
     lower: np.ndarray | None,
     upper: np.ndarray | None,
     x: np.ndarray,
-    screen: bool = False,
+    score_of: Callable[[np.ndarray], np.ndarray],
 ) -> tuple[np.ndarray, np.ndarray]:
     """Decode, hard-decode (``x``: each candidate's query) and score the candidates."""
-    score_of = engine.screen_score if screen else engine.score
     rows = np.empty((len(z), engine.pre.width), np.float32)
     score = np.empty(len(z), np.float32)
     for i in range(0, len(z), CALL_ROWS):
@@ -191,11 +191,16 @@ def rescue(
     x: np.ndarray,
     cfg: RunSettings,
     bounds: tuple[np.ndarray, np.ndarray] | None = None,
-    screen: bool = False,
+    score: Callable[[np.ndarray], np.ndarray] | None = None,
+    rounds: int = 2,
 ) -> Rescued | None:
     """Walk each row of ``x`` (model space, rows the main search missed) toward its nearest
-    anchors; None when the bundle has no anchors. ``screen``: candidates are scored by the
-    screen g (``evaluations`` then counts no call of f; the caller confirms the answers)."""
+    anchors; None when the bundle has no anchors. ``score``: what scores the path's candidates,
+    f by default. Another function (the screen g) ranks them instead: f confirms the nearest
+    one g approves, then the next, ``rounds`` times, and an approved anchor (f's own score) nearer
+    than the candidate ends the row's search; ``evaluations`` counts the calls of f."""
+    screen = score is not None
+    score_of = engine.score if score is None else score  # the path's candidates
     anchors = engine.anchors
     if anchors is None or len(x) == 0:
         return None
@@ -236,7 +241,7 @@ def rescue(
             None if bounds is None else bounds[0][q],
             None if bounds is None else bounds[1][q],
             x[q],
-            screen,
+            score_of,
         )
         d2 = ((rows - x[q]) ** 2).sum(1)
         d2 = np.where((score >= t) & (score < top), d2, np.inf)
@@ -248,8 +253,10 @@ def rescue(
 
     grid = np.linspace(1.0 / cfg.fallback_steps, 1.0, cfg.fallback_steps, dtype=np.float32)
     steps = grid.size
-    rows, score, d2 = candidates(np.arange(m * k), np.broadcast_to(grid, (m * k, steps)).copy())
-    evals = np.full(m, 0 if screen else k * steps, np.int32)
+    rows, cand_score, d2 = candidates(np.arange(m * k), np.broadcast_to(grid, (m * k, steps)).copy())
+    if screen:
+        return _confirm_nearest(engine, x, cfg, bounds, near, pair_q, grid, rows, d2, rounds)
+    evals = np.full(m, k * steps, np.int32)
     # The nearest approved candidate over every anchor's path (not the first crossing: a path
     # may wander off before it reaches the anchor's own decoding, its last point).
     flat = d2.reshape(m, k * steps)
@@ -258,7 +265,7 @@ def rescue(
     pair = np.arange(m) * k + pick // steps
     step = pick % steps
     best_row = rows[pair, step]
-    best_score = score[pair, step]
+    best_score = cand_score[pair, step]
     best_alpha = grid[step]
     best_d2 = flat[np.arange(m), pick]
     # One round of refinement between the chosen point and the grid point before it, when that
@@ -278,15 +285,15 @@ def rescue(
         best_score[w] = r_score[i[better], j[better]]
         best_alpha[w] = alphas[i[better], j[better]]
         best_d2[w] = r_d2[i[better], j[better]]
-        evals[redo] += 0 if screen else cfg.refine_points
+        evals[redo] += cfg.refine_points
     # The anchors themselves (within the constraints), at a = 1.
     pair_rows = anchors.rows[near.reshape(-1)]
     if bounds is not None:
         pair_rows = hard_decode(
             engine.pre, pair_rows, bounds[0][pair_q], bounds[1][pair_q], x[pair_q]
         )
-        pair_score = (engine.screen_score if screen else engine.score)(pair_rows)
-        evals += 0 if screen else k
+        pair_score = score_of(pair_rows)
+        evals += k
     else:
         pair_score = anchors.score[near.reshape(-1)]
     a_d2 = np.where(
@@ -306,3 +313,70 @@ def rescue(
         alpha=np.where(found, best_alpha, np.nan).astype(np.float32),
         evaluations=evals,
     )
+
+
+def _confirm_nearest(
+    engine: Engine,
+    x: np.ndarray,
+    cfg: RunSettings,
+    bounds: tuple[np.ndarray, np.ndarray] | None,
+    near: np.ndarray,
+    pair_q: np.ndarray,
+    grid: np.ndarray,
+    rows: np.ndarray,
+    d2: np.ndarray,
+    rounds: int,
+) -> Rescued:
+    """The screened last resort's choice: over the path candidates g approves (``d2``, inf
+    where it does not) and the anchors, nearest first, f confirms path candidates until one is
+    approved (``rounds`` calls per row at most); an anchor f approves needs no call."""
+    anchors = engine.anchors
+    assert anchors is not None
+    m, k = near.shape
+    steps = grid.size
+    t, top = cfg.threshold, cfg.threshold + cfg.tol
+    width = x.shape[1]
+    a_rows = anchors.rows[near.reshape(-1)]
+    a_score = anchors.score[near.reshape(-1)]
+    evals = np.zeros(m, np.int32)
+    if bounds is not None:  # anchors moved into the bounds must be scored again, by f
+        a_rows = hard_decode(engine.pre, a_rows, bounds[0][pair_q], bounds[1][pair_q], x[pair_q])
+        a_score = engine.score(a_rows)
+        evals += k
+    a_d2 = np.where(
+        (a_score >= t) & (a_score < top), ((a_rows - x[pair_q]) ** 2).sum(1), np.inf
+    ).reshape(m, k)
+    flat = d2.reshape(m, k * steps).copy()
+    path_rows = rows.reshape(m, k * steps, width)
+    best_a = a_d2.argmin(1)
+    best_a_d2 = a_d2[np.arange(m), best_a]
+    found = np.zeros(m, bool)
+    cf = np.zeros((m, width), np.float32)
+    cf_score = np.full(m, np.nan, np.float32)
+    alpha = np.full(m, np.nan, np.float32)
+    pending = np.arange(m)
+    for _ in range(rounds):
+        j = flat[pending].argmin(1)
+        dj = flat[pending, j]
+        ask = np.isfinite(dj) & (dj < best_a_d2[pending])
+        pending = pending[ask]
+        if pending.size == 0:
+            break
+        j = j[ask]
+        sc = engine.score(path_rows[pending, j])
+        evals[pending] += 1
+        ok = (sc >= t) & (sc < top)
+        r = pending[ok]
+        found[r], cf[r], cf_score[r], alpha[r] = (
+            True,
+            path_rows[r, j[ok]],
+            sc[ok],
+            grid[j[ok] % steps],
+        )
+        flat[pending[~ok], j[~ok]] = np.inf
+        pending = pending[~ok]
+    # the nearest approved anchor where no nearer path candidate was confirmed
+    use = np.nonzero(~found & np.isfinite(best_a_d2))[0]
+    pick = use * k + best_a[use]
+    found[use], cf[use], cf_score[use], alpha[use] = True, a_rows[pick], a_score[pick], 1.0
+    return Rescued(found=found, cf=cf, cf_score=cf_score, alpha=alpha, evaluations=evals)

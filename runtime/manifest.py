@@ -28,6 +28,14 @@ GRAPHS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "reconstruct": (("x",), ("error",)),
 }
 
+#: Graphs a bundle may carry: the screen, a cheap stand-in g of a costly classifier f
+#: (``gmcf.runtime.search``), as a search graph, a bounded search graph and a classifier.
+OPTIONAL_GRAPHS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "screen": GRAPHS["search"],
+    "screen_bounded": GRAPHS["search_bounded"],
+    "screen_classifier": GRAPHS["classifier"],
+}
+
 #: Sections without which a manifest cannot be used.
 REQUIRED = ("files", "graphs", "preprocessing", "latent", "search")
 

@@ -49,7 +49,7 @@ RESULT_COLUMNS: tuple[tuple[str, pa.DataType, str], ...] = (
         "how it was found: `grid`, `refined` (bisection of the crossing), `extrapolated` (past "
         "mu_1) or `anchored` (the last resort: toward nearby approved training rows)",
     ),
-    ("evaluations", pa.int32(), "decoder evaluations spent on the row (0 unless searched)"),
+    ("evaluations", pa.int32(), "candidates f scored for the row (0 unless searched)"),
     (
         "proximity_l2",
         pa.float32(),

@@ -41,13 +41,17 @@ def revert_changes(
     threshold: float,
     upper: float,
     bounds: tuple[np.ndarray, np.ndarray] | None = None,
+    evaluations: np.ndarray | None = None,
+    trail: list[np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Greedy revert for counterfactuals ``cf`` [n, F] of queries ``x`` [n, F] (model space,
     every row found: threshold <= cf_score < upper). ``score`` is f on model-space rows;
     ``bounds`` (lower, upper) [n, F] the constraints' per-row bounds, if any.
 
     Returns (new cf, their scores, features put back per row); every returned row is scored by
-    f in ``[threshold, upper)`` and within ``bounds``."""
+    ``score`` in ``[threshold, upper)`` and within ``bounds``. ``evaluations`` [n], if given,
+    gains the candidates scored for each row. ``trail``, if given, receives the rows before the
+    first round and after each: a row's j-th state (j <= its reverts) is ``trail[j][row]``."""
     n = len(x)
     cf = np.array(cf, dtype=np.float32, copy=True)
     cf_score = np.array(cf_score, dtype=np.float32, copy=True)
@@ -60,6 +64,8 @@ def revert_changes(
         member[gi, cols] = 1.0
     n_num = pre.n_numeric
     active = np.arange(n)
+    if trail is not None:
+        trail.append(cf.copy())
     while active.size:
         cur, xq = cf[active], x[active]
         changed = ((cur != xq).astype(np.float32) @ member.T) > 0  # [a, G]
@@ -74,6 +80,8 @@ def revert_changes(
             if sel.size:
                 cand[sel[:, None], cols] = xq[r_idx[sel][:, None], cols]
         s = np.concatenate([score(cand[i : i + CHUNK]) for i in range(0, len(cand), CHUNK)])
+        if evaluations is not None:
+            np.add.at(evaluations, active[r_idx], 1)
         ok = (s >= threshold) & (s < upper)
         if bounds is not None:
             rows = active[r_idx]
@@ -89,4 +97,6 @@ def revert_changes(
         cf_score[rows] = s[pick]
         reverted[rows] += 1
         active = rows
+        if trail is not None:
+            trail.append(cf.copy())
     return cf, cf_score, reverted

@@ -147,13 +147,16 @@ def search(
     upper_bound = None if bounds is None else bounds[1][todo]
     target_q = engine.mu_1_rows(todo.size) if target is None else target[todo]
 
-    def run(rows: np.ndarray, alphas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def run(
+        rows: np.ndarray, alphas: np.ndarray, screen: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
         return engine.codes(
             xq[rows],
             alphas,
             target_q[rows],
             None if lower_bound is None else lower_bound[rows],
             None if upper_bound is None else upper_bound[rows],
+            screen,
         )
 
     m = todo.size
@@ -195,12 +198,43 @@ def search(
             walk(rows, np.broadcast_to(part, (rows.size, part.size)).copy(), lo[rows].copy(), how)
             rows = rows[np.isnan(best_score[rows])]
 
-    walk_path(ar, grid, 0.0, GRID)
-
-    if cfg.extrapolate and cfg.max_alpha > 1.0:
-        rows = np.nonzero(np.isnan(best_score))[0]
-        ext = np.linspace(1.0, cfg.max_alpha, cfg.steps + 1, dtype=np.float32)[1:]
-        walk_path(rows, ext, 1.0, EXTRAPOLATED)
+    ext = np.linspace(1.0, cfg.max_alpha, cfg.steps + 1, dtype=np.float32)[1:]
+    extrapolate = cfg.extrapolate and cfg.max_alpha > 1.0
+    screened = cfg.screen and engine.has_screen
+    if screened:
+        # g walks the whole path; f confirms g's first crossing, then its next one
+        # (``screen_rounds``). The rows left go to the last resort when there is one, else
+        # walk with f.
+        path = np.concatenate([grid, ext]) if extrapolate else grid
+        code_g, score_g = run(ar, np.broadcast_to(path, (m, path.size)).copy(), screen=True)
+        key = np.where(score_g >= t, np.arange(path.size)[None, :], path.size)
+        pending = np.nonzero((key < path.size).any(axis=1))[0]
+        for _ in range(cfg.screen_rounds):
+            if pending.size == 0:
+                break
+            k = key[pending].argmin(axis=1)
+            sc = engine.score(engine.pre.expand_code(code_g[pending, k]))
+            evals[pending] += 1
+            ok = sc >= t
+            r, kk = pending[ok], k[ok]
+            best_code[r] = code_g[r, kk]
+            best_score[r] = sc[ok]
+            best_alpha[r] = hi[r] = path[kk]
+            lo[r] = np.where(kk > 0, path[np.maximum(kk - 1, 0)], 0.0)
+            kind[r] = np.where(path[kk] > 1.0, EXTRAPOLATED, GRID)
+            key[pending[~ok], k[~ok]] = path.size
+            pending = pending[~ok]
+            pending = pending[(key[pending] < path.size).any(axis=1)]
+        rest = np.nonzero(np.isnan(best_score))[0]
+        if cfg.fallback and engine.anchors is not None:
+            rest = rest[:0]  # the last resort takes them, screened as well
+        walk_path(rest, grid, 0.0, GRID)
+        if extrapolate:
+            walk_path(rest[np.isnan(best_score[rest])], ext, 1.0, EXTRAPOLATED)
+    else:
+        walk_path(ar, grid, 0.0, GRID)
+        if extrapolate:
+            walk_path(np.nonzero(np.isnan(best_score))[0], ext, 1.0, EXTRAPOLATED)
 
     if cfg.refine:
         frac = np.arange(1, cfg.refine_points + 1, dtype=np.float32) / (cfg.refine_points + 1)
@@ -255,7 +289,10 @@ def _last_resort(
     far = found & (kind == EXTRAPOLATED) if cfg.fallback_extrapolated else np.zeros_like(found)
     miss = np.nonzero(~found | far)[0]
     b = None if bounds is None else (bounds[0][todo[miss]], bounds[1][todo[miss]])
-    got = rescue(engine, xq[miss], cfg, b)
+    screened = cfg.screen and engine.has_screen
+    got = rescue(
+        engine, xq[miss], cfg, b, engine.screen_score if screened else None, cfg.screen_rounds
+    )
     if got is None:
         return
     evals[miss] += got.evaluations
@@ -372,16 +409,47 @@ def revert_found(
     if hit.size == 0 or isinstance(engine.pre, ImagePreprocessor):
         return
     b = None if bounds is None else (bounds[0][hit], bounds[1][hit])
-    part.cf[hit], part.cf_score[hit], part.reverted[hit] = revert_changes(
+    t, top = settings.threshold, settings.score_ceiling
+    if not (settings.screen and engine.has_screen):
+        evals = np.zeros(hit.size, np.int32)
+        part.cf[hit], part.cf_score[hit], part.reverted[hit] = revert_changes(
+            engine.pre, engine.score, x[hit], part.cf[hit], part.cf_score[hit], t, top, b, evals
+        )
+        part.evaluations[hit] += evals
+        return
+    # g chooses what to put back and f confirms the row it leaves; where f rejects it, a
+    # bisection over the rows g went through finds the last one f approves (the walk's own
+    # answer at worst, which f has approved)
+    trail: list[np.ndarray] = []
+    _, _, steps = revert_changes(
         engine.pre,
-        engine.score,
+        engine.screen_score,
         x[hit],
         part.cf[hit],
         part.cf_score[hit],
-        settings.threshold,
-        settings.score_ceiling,
+        t,
+        top,
         b,
+        trail=trail,
     )
+    states = np.stack(trail)  # [rounds + 1, rows, F]
+    lo = np.zeros(hit.size, np.int64)  # a state f approves
+    hi = steps.astype(np.int64) + 1  # above: states f rejects (or none)
+    score = part.cf_score[hit].copy()
+    probe = np.nonzero(steps > 0)[0]
+    mid = steps[probe].astype(np.int64)  # the final state first
+    while probe.size:
+        sc = engine.score(states[mid, probe])
+        part.evaluations[hit[probe]] += 1
+        ok = (sc >= t) & (sc < top)
+        lo[probe[ok]], score[probe[ok]] = mid[ok], sc[ok]
+        hi[probe[~ok]] = mid[~ok]
+        probe = np.nonzero(hi - lo > 1)[0]
+        mid = (lo[probe] + hi[probe]) // 2
+    keep = np.nonzero(lo > 0)[0]
+    part.cf[hit[keep]] = states[lo[keep], keep]
+    part.cf_score[hit[keep]] = score[keep]
+    part.reverted[hit] = lo
 
 
 def plausibilities(engine: Engine, res: SearchResult) -> np.ndarray:

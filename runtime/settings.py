@@ -40,6 +40,11 @@ class RunSettings:
     fallback_extrapolated: bool = True
     """Also run the last resort for rows the walk answered only past mu_1 (``extrapolated``),
     keeping the nearer answer."""
+    screen: bool = True
+    """Walk, rescue and revert with the bundle's screen g (a cheap stand-in of f) and let f
+    confirm the candidates g picks (``gmcf.runtime.search``); a bundle without one has none."""
+    screen_rounds: int = 2
+    """Candidates f confirms per row, in g's order, before the row is searched with f alone."""
 
     @property
     def score_ceiling(self) -> float:
@@ -65,6 +70,8 @@ class RunSettings:
             raise GmcfError("refine_points must be >= 1 and refine_rounds >= 0")
         if self.max_alpha < 1.0:
             raise GmcfError(f"max_alpha must be at least 1, got {self.max_alpha}")
+        if self.screen_rounds < 1:
+            raise GmcfError(f"screen_rounds must be at least 1, got {self.screen_rounds}")
         if self.fallback_neighbours < 1 or self.fallback_steps < 1:
             raise GmcfError("fallback_neighbours and fallback_steps must be at least 1")
         return self

@@ -74,6 +74,10 @@ class TrainConfig:
     """Checkpoint selection: ``leakage`` (least z_u leakage among checkpoints whose GM posterior
     agrees with f) or ``walk`` (validity, then proximity, of the walk on validation rows f
     rejects, scored by f: ``gmcf.trainer.levers.walk_check``)."""
+    screen: bool = True
+    """Give a bundle whose classifier is the user's ONNX model a screen: a small MLP distilled
+    from f that the runtime walks with, asking f only about the candidates it picks
+    (``gmcf.trainer.screen``). The reference MLP is as cheap as a screen and never gets one."""
     seed: int = 0
     threads: int = 1
 

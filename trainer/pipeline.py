@@ -39,6 +39,7 @@ from gmcf.trainer.levers import lever_hooks
 from gmcf.trainer.model import GMCF
 from gmcf.trainer.prepare import Prepared, label_classes, prepare
 from gmcf.trainer.quality import gate_warnings, measure_quality
+from gmcf.trainer.screen import ScreenConfig, distillation_set, fit_screen, screen_graphs
 from gmcf.trainer.user_model import ClassifierSpec, label_with_user_model, load_model_file
 
 #: The last-resort search's anchors in a bundle (``gmcf.runtime.fallback``).
@@ -269,6 +270,8 @@ def write_bundle(
             anchors=anchors,
         )
         manifest = _seal(tmp, manifest, report, sealed)
+        if cfg.screen and user_classifier and not isinstance(p.pre, ImagePreprocessor):
+            manifest = _add_screen(trained, tmp, manifest, cfg, sealed)
         if not isinstance(p.pre, ImagePreprocessor):
             # The quality gate: the bundle just written explains the validation rows.
             held = trained.validation_rows
@@ -277,6 +280,24 @@ def write_bundle(
         report["warnings"] = gate_warnings(report)
         manifest = _seal(tmp, manifest, report, sealed)
     return TrainResult(out, report, manifest)
+
+
+def _add_screen(
+    trained: Trained, folder: Path, manifest: Manifest, cfg: TrainConfig, sealed: list[str]
+) -> Manifest:
+    """Distil the screen g from f on the bundle just written and add its graphs
+    (``gmcf.trainer.screen``); ``sealed`` gains their files."""
+    p, report = trained.prepared, trained.report
+    t0 = time.time()
+    f_train = _run_onnx(trained.classifier_onnx, p.x_train)
+    rows, scores = distillation_set(folder, p.x_train, f_train, cfg.seed, ScreenConfig())
+    g, info = fit_screen(rows, scores, manifest.search.threshold, cfg.seed)
+    graphs = export_graphs(trained.model, p.pre, export_classifier(g, p.pre.width), g)
+    files = save(screen_graphs(graphs), folder)
+    sealed.extend(files.values())
+    report["screen"] = {**info, "seconds": round(time.time() - t0, 1)}
+    manifest = replace(manifest, graphs={**manifest.graphs, **files})
+    return _seal(folder, manifest, report, sealed)
 
 
 def _seal(folder: Path, manifest: Manifest, report: dict[str, Any], files: list[str]) -> Manifest:
