@@ -186,6 +186,21 @@ def _decode_score(
     return rows, score
 
 
+def nearest(x: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
+    """Indices [m, k] of the ``k`` rows nearest to each row of ``x`` (L2), nearest first (ties:
+    the lower index). k arg-mins over the distances: several times faster than a partition
+    for the few neighbours the last resort takes."""
+    # |x|^2 is the same for every candidate of a row: it does not change the order
+    d2 = (rows**2).sum(1)[None, :] - 2.0 * (x @ rows.T)
+    out = np.empty((len(x), k), np.int64)
+    r = np.arange(len(x))
+    for i in range(k):
+        j = d2.argmin(axis=1)
+        out[:, i] = j
+        d2[r, j] = np.inf
+    return out
+
+
 def rescue(
     engine: Engine,
     x: np.ndarray,
@@ -210,16 +225,7 @@ def rescue(
     if usable.size == 0:
         return None
     k = min(cfg.fallback_neighbours, usable.size)
-    # The nearest approved anchors, by L2 in the model's input space.
-    a_rows = anchors.rows[usable]
-    d2 = (x**2).sum(1)[:, None] - 2.0 * x @ a_rows.T + (a_rows**2).sum(1)[None, :]
-    part = (
-        np.argpartition(d2, k - 1, axis=1)[:, :k]
-        if k < usable.size
-        else np.tile(np.arange(k), (m, 1))
-    )
-    order = np.argsort(np.take_along_axis(d2, part, axis=1), axis=1, kind="stable")
-    near = usable[np.take_along_axis(part, order, axis=1)]  # [m, k], nearest first
+    near = usable[nearest(x, anchors.rows[usable], k)]  # [m, k], nearest first
     zq = engine.run("encoder", {"x": x})
     zuq = engine.run("encoder_u", {"x": x})
     pair_q = np.repeat(np.arange(m), k)  # query of each (query, anchor) pair
@@ -253,7 +259,9 @@ def rescue(
 
     grid = np.linspace(1.0 / cfg.fallback_steps, 1.0, cfg.fallback_steps, dtype=np.float32)
     steps = grid.size
-    rows, cand_score, d2 = candidates(np.arange(m * k), np.broadcast_to(grid, (m * k, steps)).copy())
+    rows, cand_score, d2 = candidates(
+        np.arange(m * k), np.broadcast_to(grid, (m * k, steps)).copy()
+    )
     if screen:
         return _confirm_nearest(engine, x, cfg, bounds, near, pair_q, grid, rows, d2, rounds)
     evals = np.full(m, k * steps, np.int32)

@@ -42,7 +42,8 @@ def revert_changes(
     upper: float,
     bounds: tuple[np.ndarray, np.ndarray] | None = None,
     evaluations: np.ndarray | None = None,
-    trail: list[np.ndarray] | None = None,
+    confirm: Callable[[np.ndarray], np.ndarray] | None = None,
+    tries: int = 2,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Greedy revert for counterfactuals ``cf`` [n, F] of queries ``x`` [n, F] (model space,
     every row found: threshold <= cf_score < upper). ``score`` is f on model-space rows;
@@ -50,8 +51,11 @@ def revert_changes(
 
     Returns (new cf, their scores, features put back per row); every returned row is scored by
     ``score`` in ``[threshold, upper)`` and within ``bounds``. ``evaluations`` [n], if given,
-    gains the candidates scored for each row. ``trail``, if given, receives the rows before the
-    first round and after each: a row's j-th state (j <= its reverts) is ``trail[j][row]``."""
+    gains the candidates f scored for each row.
+
+    ``confirm`` (f, with ``score`` a cheap stand-in g): g only ranks a round's candidates, and
+    f scores g's best, then its next best, ``tries`` times per row and round; a row stops when
+    f approves none. Every returned row is then scored by f in ``[threshold, upper)``."""
     n = len(x)
     cf = np.array(cf, dtype=np.float32, copy=True)
     cf_score = np.array(cf_score, dtype=np.float32, copy=True)
@@ -64,8 +68,6 @@ def revert_changes(
         member[gi, cols] = 1.0
     n_num = pre.n_numeric
     active = np.arange(n)
-    if trail is not None:
-        trail.append(cf.copy())
     while active.size:
         cur, xq = cf[active], x[active]
         changed = ((cur != xq).astype(np.float32) @ member.T) > 0  # [a, G]
@@ -80,9 +82,10 @@ def revert_changes(
             if sel.size:
                 cand[sel[:, None], cols] = xq[r_idx[sel][:, None], cols]
         s = np.concatenate([score(cand[i : i + CHUNK]) for i in range(0, len(cand), CHUNK)])
-        if evaluations is not None:
+        if evaluations is not None and confirm is None:
             np.add.at(evaluations, active[r_idx], 1)
-        ok = (s >= threshold) & (s < upper)
+        # with f to confirm, g's score only ranks the candidates
+        ok = (s >= threshold) & (s < upper) if confirm is None else np.ones(s.size, bool)
         if bounds is not None:
             rows = active[r_idx]
             ok &= _within(cand, bounds[0][rows], bounds[1][rows], n_num)
@@ -91,12 +94,54 @@ def revert_changes(
         if okc.size == 0:
             break
         okc = okc[np.lexsort((-s[okc], r_idx[okc]))]
-        pick = okc[np.r_[True, r_idx[okc][1:] != r_idx[okc][:-1]]]
+        if confirm is None:
+            pick = okc[np.r_[True, r_idx[okc][1:] != r_idx[okc][:-1]]]
+            score_of_pick = s[pick]
+        else:
+            pick, score_of_pick, asked = _confirmed(
+                okc, r_idx, cand, confirm, tries, threshold, upper
+            )
+            if evaluations is not None:
+                np.add.at(evaluations, active[r_idx[asked]], 1)
         rows = active[r_idx[pick]]
         cf[rows] = cand[pick]
-        cf_score[rows] = s[pick]
+        cf_score[rows] = score_of_pick
         reverted[rows] += 1
         active = rows
-        if trail is not None:
-            trail.append(cf.copy())
     return cf, cf_score, reverted
+
+
+def _confirmed(
+    order: np.ndarray,
+    r_idx: np.ndarray,
+    cand: np.ndarray,
+    confirm: Callable[[np.ndarray], np.ndarray],
+    tries: int,
+    threshold: float,
+    upper: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row, the first of its candidates (``order``: g's admissible ones, each row's best
+    first) that f approves, asking f about at most ``tries`` of them. Returns the chosen
+    candidates, f's scores of them and every candidate f was asked about."""
+    picks, scores, asked = [], [], []
+    left = order
+    for _ in range(tries):
+        if left.size == 0:
+            break
+        first = np.r_[True, r_idx[left][1:] != r_idx[left][:-1]]
+        head = left[first]
+        f = confirm(cand[head])
+        asked.append(head)
+        ok = (f >= threshold) & (f < upper)
+        picks.append(head[ok])
+        scores.append(f[ok])
+        done_rows = r_idx[head[ok]]
+        left = left[~first]
+        left = left[~np.isin(r_idx[left], done_rows)]
+    if not picks:
+        return order[:0], np.zeros(0, np.float32), order[:0]
+    return (
+        np.concatenate(picks),
+        np.concatenate(scores).astype(np.float32),
+        np.concatenate(asked),
+    )

@@ -417,11 +417,9 @@ def revert_found(
         )
         part.evaluations[hit] += evals
         return
-    # g chooses what to put back and f confirms the row it leaves; where f rejects it, a
-    # bisection over the rows g went through finds the last one f approves (the walk's own
-    # answer at worst, which f has approved)
-    trail: list[np.ndarray] = []
-    _, _, steps = revert_changes(
+    # g ranks what to put back; f confirms g's choice (or its next) before it is taken
+    evals = np.zeros(hit.size, np.int32)
+    part.cf[hit], part.cf_score[hit], part.reverted[hit] = revert_changes(
         engine.pre,
         engine.screen_score,
         x[hit],
@@ -430,26 +428,11 @@ def revert_found(
         t,
         top,
         b,
-        trail=trail,
+        evals,
+        confirm=engine.score,
+        tries=settings.screen_rounds,
     )
-    states = np.stack(trail)  # [rounds + 1, rows, F]
-    lo = np.zeros(hit.size, np.int64)  # a state f approves
-    hi = steps.astype(np.int64) + 1  # above: states f rejects (or none)
-    score = part.cf_score[hit].copy()
-    probe = np.nonzero(steps > 0)[0]
-    mid = steps[probe].astype(np.int64)  # the final state first
-    while probe.size:
-        sc = engine.score(states[mid, probe])
-        part.evaluations[hit[probe]] += 1
-        ok = (sc >= t) & (sc < top)
-        lo[probe[ok]], score[probe[ok]] = mid[ok], sc[ok]
-        hi[probe[~ok]] = mid[~ok]
-        probe = np.nonzero(hi - lo > 1)[0]
-        mid = (lo[probe] + hi[probe]) // 2
-    keep = np.nonzero(lo > 0)[0]
-    part.cf[hit[keep]] = states[lo[keep], keep]
-    part.cf_score[hit[keep]] = score[keep]
-    part.reverted[hit] = lo
+    part.evaluations[hit] += evals
 
 
 def plausibilities(engine: Engine, res: SearchResult) -> np.ndarray:
