@@ -191,7 +191,8 @@ def nearest(x: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
     the lower index). k arg-mins over the distances: several times faster than a partition
     for the few neighbours the last resort takes."""
     # |x|^2 is the same for every candidate of a row: it does not change the order
-    d2 = (rows**2).sum(1)[None, :] - 2.0 * (x @ rows.T)
+    d2 = np.matmul(x, np.ascontiguousarray(-2.0 * rows.T, dtype=np.float32))
+    d2 += (rows**2).sum(1, dtype=np.float32)[None, :]
     out = np.empty((len(x), k), np.int64)
     r = np.arange(len(x))
     for i in range(k):

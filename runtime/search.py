@@ -202,11 +202,23 @@ def search(
     extrapolate = cfg.extrapolate and cfg.max_alpha > 1.0
     screened = cfg.screen and engine.has_screen
     if screened:
-        # g walks the whole path; f confirms g's first crossing, then its next one
-        # (``screen_rounds``). The rows left go to the last resort when there is one, else
+        # g walks the path; f confirms g's first crossing, then its next one in the blocks g
+        # walked (``screen_rounds``). The rows left go to the last resort when there is one, else
         # walk with f.
         path = np.concatenate([grid, ext]) if extrapolate else grid
-        code_g, score_g = run(ar, np.broadcast_to(path, (m, path.size)).copy(), screen=True)
+        code_g = np.zeros((m, path.size, engine.pre.code_width), np.float32)
+        score_g = np.zeros((m, path.size), np.float32)
+        # block by block (BLOCK alphas), each row until g first approves a candidate
+        rows = ar
+        for i in range(0, path.size, BLOCK):
+            part = path[i : i + BLOCK]
+            if rows.size == 0:
+                break
+            j = slice(i, i + part.size)
+            code_g[rows, j], score_g[rows, j] = run(
+                rows, np.broadcast_to(part, (rows.size, part.size)).copy(), screen=True
+            )
+            rows = rows[(score_g[rows, j] < t).all(axis=1)]
         key = np.where(score_g >= t, np.arange(path.size)[None, :], path.size)
         pending = np.nonzero((key < path.size).any(axis=1))[0]
         for _ in range(cfg.screen_rounds):

@@ -296,7 +296,10 @@ def _add_screen(
     files = save(screen_graphs(graphs), folder)
     sealed.extend(files.values())
     report["screen"] = {**info, "seconds": round(time.time() - t0, 1)}
-    manifest = replace(manifest, graphs={**manifest.graphs, **files})
+    # With f confirming, the last resort needs fewer candidates: the same answers on Adult and
+    # LendingClub with 4 anchors of 4 steps as with 8 of 8 (docs/performance.md)
+    search = replace(manifest.search, fallback_neighbours=4, fallback_steps=4)
+    manifest = replace(manifest, graphs={**manifest.graphs, **files}, search=search)
     return _seal(folder, manifest, report, sealed)
 
 
