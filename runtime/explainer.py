@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
+from threadpoolctl import threadpool_limits
 
 from gmcf.runtime.bundle import Bundle, load_bundle
 from gmcf.runtime.constraints import Constraints
@@ -128,9 +129,11 @@ class Explainer:
     def search_batch(self, batch: pa.RecordBatch | pa.Table) -> BatchResult:
         """Encode and search a batch of queries (the feature columns are enough)."""
         encoded = encode(self.bundle.preprocessor, batch)
-        return search_batch(
-            self.engine, encoded, self.settings, self.constraints, self.num_cfs, self.revert
-        )
+        # numpy's BLAS (the last resort's distances) on the run's threads, like onnxruntime
+        with threadpool_limits(limits=self.threads, user_api="blas"):
+            return search_batch(
+                self.engine, encoded, self.settings, self.constraints, self.num_cfs, self.revert
+            )
 
     def explain_batch(self, batch: pa.RecordBatch | pa.Table) -> ExplainedBatch:
         """The result columns of a batch of queries: encode, search, decode."""

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pytest
 
 from gmcf.datasets import load_dataset
 from gmcf.runtime import Explainer
@@ -70,3 +71,25 @@ def test_the_reference_mlp_bundle_has_no_screen_and_searches_as_before() -> None
     on = Explainer.from_bundle(bundle).explain(table)
     off = Explainer.from_bundle(bundle, screen=False).explain(table)
     assert on.equals(off)
+
+
+def test_numpy_blas_runs_on_the_explainers_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two workers each with a BLAS pool as wide as the machine spin against each other (an
+    explain of 1M rows took twice as long): the search holds numpy's BLAS to ``threads``."""
+    from threadpoolctl import threadpool_info
+
+    bundle = ROOT / "exported" / "adult"
+    seen: list[int] = []
+    ex = Explainer.from_bundle(bundle, threads=1, steps=1, extrapolate=False)
+    score = ex.engine.score
+
+    def spy(x: np.ndarray) -> np.ndarray:
+        seen.extend(p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas")
+        return score(x)
+
+    monkeypatch.setattr(ex.engine, "score", spy)
+    before = [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+    ex.explain(load_dataset("adult").table.slice(0, 500))
+    assert seen and set(seen) == {1}, seen
+    # and the process's own setting is back afterwards
+    assert [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"] == before

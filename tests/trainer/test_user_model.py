@@ -232,6 +232,8 @@ def test_a_converted_model_is_explained_as_it_is(
     parity = load_bundle(out).report["classifier"]["user_model"]["parity"]
     assert parity["equal_decisions"] == 1.0 and parity["max_abs_dp"] <= 1e-5, parity
     assert "100.00% equal decisions" in stdout
+    # a costly f gets a screen, and the search below runs with it (f confirms every answer)
+    assert load_bundle(out).has_screen and "screen: g agrees with f on" in stdout
 
     # The bundle's scores of raw held-out rows are the user's model's (its ONNX file, run by
     # onnxruntime on the raw columns) ...
