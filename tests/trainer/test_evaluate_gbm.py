@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 
@@ -48,11 +49,22 @@ def test_the_onnx_export_gives_the_library_s_own_probabilities(
     assert ((proba[:, 1] >= 0.5) == (p.y_test[:500] == 1)).mean() > 0.7
 
 
-def test_evaluate_with_hgb_judges_every_method_by_the_tree_model(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("kind", "needs", "title"),
+    [
+        ("hgb", ("sklearn", "skl2onnx"), "scikit-learn HistGradientBoostingClassifier"),
+        ("lgbm", ("lightgbm", "onnxmltools"), "LightGBM LGBMClassifier"),
+    ],
+)
+def test_evaluate_with_a_gbm_judges_every_method_by_the_tree_model(
+    kind: str,
+    needs: tuple[str, ...],
+    title: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    pytest.importorskip("sklearn")
-    pytest.importorskip("skl2onnx")
+    for name in needs:
+        pytest.importorskip(name)
     real = ev_mod._score_rows
     seen: list[dict[str, Any]] = []
 
@@ -65,24 +77,24 @@ def test_evaluate_with_hgb_judges_every_method_by_the_tree_model(
         seen.append({"method": run.method, "valid": run.valid, "f_approves": int((f >= 0.5).sum())})
 
     monkeypatch.setattr(ev_mod, "_score_rows", score_and_check)
-    out, work = tmp_path / "adult-hgb", tmp_path / "work"
+    out, work = tmp_path / f"adult-{kind}", tmp_path / "work"
     code, stdout, stderr = invoke(
-        "evaluate", "adult", "--classifier", "hgb", "--reps", "1", "--rows", "6000",
+        "evaluate", "adult", "--classifier", kind, "--reps", "1", "--rows", "6000",
         "--epochs", "3", "--methods", "gmcf,gdl", "--max-queries", "40",
         "--single-queries", "2", "-o", str(out), "--work-dir", str(work),
     )  # fmt: skip
     assert code == 0, stderr
     md = out.with_suffix(".md").read_text()
-    assert "### adult, f = hgb (scikit-learn HistGradientBoostingClassifier" in md
+    assert f"### adult, f = {kind} ({title}, class-balanced)" in md
     assert "| gmcf | 1/1 |" in md and "| gdl | 1/1 |" in md and md in stdout
     assert "GDL descends on a torch MLP fitted to f" in md
     result = json.loads(out.with_suffix(".json").read_text())
-    assert result["classifier"] == "hgb" and result["config"]["classifier"] == "hgb"
-    assert result["reps"][0]["classifier"]["kind"] == "hgb"
+    assert result["classifier"] == kind and result["config"]["classifier"] == kind
+    assert result["reps"][0]["classifier"]["kind"] == kind
     # the bundle's f is the tree ensemble, handed to the explainer as a user's classifier
     bundle = load_bundle(work / "rep0" / "bundle")
     assert bundle.manifest.classifier == "user"
-    ops = {n.op_type for n in __import__("onnx").load(bundle.graph_path("classifier")).graph.node}
+    ops = {n.op_type for n in onnx.load(bundle.graph_path("classifier")).graph.node}
     assert any(op.startswith("TreeEnsemble") for op in ops), ops
     # validity is f's own verdict on the returned rows, for GMCF and for GDL's stand-in descent
     runs = {r["method"]: r for r in result["runs"]}
