@@ -663,6 +663,13 @@ def evaluate(
         str,
         typer.Option(help="Comma list of: gmcf, gdl, dice-random, dice-genetic, cfrl, prototype."),
     ] = "gmcf,gdl",
+    classifier: Annotated[
+        str,
+        typer.Option(
+            help="f per repetition: mlp (the paper's reference MLP), hgb (scikit-learn "
+            "HistGradientBoosting) or lgbm (LightGBM); hgb and lgbm need the gbm extra."
+        ),
+    ] = "mlp",
     max_queries: Annotated[
         int,
         typer.Option(help="Queries per repetition for every method but GMCF (same rows for each)."),
@@ -707,6 +714,7 @@ def evaluate(
         from gmcf.trainer.evaluate import EvalConfig, check_methods, write_results
         from gmcf.trainer.evaluate import evaluate as run
         from gmcf.trainer.fit import TrainConfig
+        from gmcf.trainer.gbm import check_classifier
     except ImportError as exc:
         if exc.name in ("torch", "onnx"):
             fail(f"evaluate needs {exc.name}: pip install 'gmcf-batch[trainer]'")
@@ -724,6 +732,7 @@ def evaluate(
         ds = load_dataset(dataset)
         wanted = tuple(m.strip() for m in methods.split(",") if m.strip())
         check_methods(wanted)
+        check_classifier(classifier)
         from gmcf.trainer.images import dataset_config
 
         # The dataset's own training settings (images: the paper's MNIST settings), as `train` uses.
@@ -739,6 +748,7 @@ def evaluate(
             slow_queries=slow_queries,
             cfrl_steps=cfrl_steps,
             rows=rows,
+            classifier=classifier,
             train=train,
         )
         if peers_python is not None:

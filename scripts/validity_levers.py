@@ -34,6 +34,7 @@ from gmcf.datasets import load_dataset
 from gmcf.runtime import Explainer
 from gmcf.runtime.search import SEARCH_KINDS
 from gmcf.trainer.fit import TrainConfig
+from gmcf.trainer.gbm import gbm_classifier
 from gmcf.trainer.prepare import prepare
 
 
@@ -57,42 +58,6 @@ def _settings(items: list[str]) -> dict[str, Any]:
         key, _, val = item.partition("=")
         out[key.strip()] = _value(val.strip())
     return out
-
-
-def gbm_classifier(kind: str, x: np.ndarray, y: np.ndarray, seed: int) -> Any:
-    """A class-balanced gradient-boosted classifier on the encoded rows, as an ONNX model with
-    one input [N, width] and class probabilities [N, 2]."""
-    if kind == "hgb":
-        from skl2onnx import to_onnx
-        from sklearn.ensemble import HistGradientBoostingClassifier
-        from threadpoolctl import threadpool_limits
-
-        with threadpool_limits(1):  # OpenMP on a shared machine is many times slower
-            clf = HistGradientBoostingClassifier(class_weight="balanced", random_state=seed).fit(
-                x, y
-            )
-        return to_onnx(
-            clf, x[:1], options={id(clf): {"zipmap": False}}, target_opset={"": 17, "ai.onnx.ml": 3}
-        )
-    if kind == "lgbm":
-        import lightgbm
-        from onnxmltools import convert_lightgbm
-        from onnxmltools.convert.common.data_types import FloatTensorType
-
-        clf = lightgbm.LGBMClassifier(
-            class_weight="balanced", random_state=seed, verbose=-1, n_jobs=1
-        ).fit(x, y)
-        model = convert_lightgbm(
-            clf,
-            initial_types=[("x", FloatTensorType([None, x.shape[1]]))],
-            zipmap=False,
-            target_opset=15,
-        )
-        # onnxmltools names an initializer "one", as does the contract's adapter: prefix ours away
-        import onnx.compose
-
-        return onnx.compose.add_prefix(model, "lgbm_")
-    raise SystemExit(f"unknown classifier kind {kind!r}: mlp, hgb or lgbm")
 
 
 def measure(bundle: Path, search: dict[str, Any]) -> dict[str, Any]:
@@ -180,6 +145,13 @@ def main() -> None:
         cfg = TrainConfig(seed=args.seed, **overrides)
         ds = load_dataset(args.dataset)
         clf_model = None
+        from gmcf.runtime.errors import InputError
+        from gmcf.trainer.gbm import check_classifier
+
+        try:
+            check_classifier(args.classifier)
+        except InputError as exc:
+            raise SystemExit(str(exc)) from None
         if args.classifier != "mlp":
             cache = (
                 args.log.parent

@@ -5,7 +5,7 @@ the latent space of a VAE (paper appendix .4, Algorithm 3)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -184,10 +184,15 @@ def gdl_search(
     threshold: float,
     tol: float,
     cfg: GDLConfig = GDLConfig(),
+    judge: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> GDLResult:
     """Gradient descent on the latent codes of the rows ``x`` (vectorised; each row stops at its
     first hard-decoded row with T <= f < T + tol, and Adam's update is per entry, so a row's path
-    does not depend on the others in the batch)."""
+    does not depend on the others in the batch).
+
+    ``classifier`` gives the gradients; ``judge`` (scores of model-space rows), when given, is the
+    f that decides when a row has arrived (a tree ensemble f has no gradient: ``classifier`` is
+    then a differentiable stand-in fitted to it)."""
     hard_decode = HardDecode(pre)
     n, width = x.shape
     with torch.no_grad():
@@ -204,7 +209,7 @@ def gdl_search(
         cont, logits = dec.raw(dec.body(z))
         with torch.no_grad():
             hard = hard_decode(cont, logits)
-            score = classifier(hard)
+            score = classifier(hard) if judge is None else torch.from_numpy(judge(hard.numpy()))
             hit = active & (score >= threshold) & (score < threshold + tol)
             if hit.any():
                 rows = hit.numpy()

@@ -46,10 +46,19 @@ from gmcf.trainer.baselines import (
     train_autoencoder,
     train_image_judge,
 )
+from gmcf.trainer.export import HardDecode
 from gmcf.trainer.fit import TrainConfig
+from gmcf.trainer.gbm import (
+    DESCRIPTIONS,
+    StandInConfig,
+    check_classifier,
+    fit_stand_in,
+    gbm_classifier,
+)
 from gmcf.trainer.morphology import style_agreement
 from gmcf.trainer.paper import PAPER
 from gmcf.trainer.pipeline import Callbacks, Trained, train_models, write_bundle
+from gmcf.trainer.prepare import prepare
 
 #: Methods measured in this process, and the peers run in the optional peers environment.
 OWN_METHODS = ("gmcf", "gdl")
@@ -107,6 +116,11 @@ class EvalConfig:
     """Training steps of alibi's CounterfactualRL (alibi's default: 100,000)."""
     rows: int | None = None
     """Use a seeded sample of this many rows of the dataset (quick runs and tests)."""
+    classifier: str = "mlp"
+    """The kind of f trained per repetition (``gmcf.trainer.gbm.CLASSIFIERS``): the paper's
+    reference MLP, or a gradient-boosted model exported to ONNX (``hgb``, ``lgbm``)."""
+    stand_in: StandInConfig = StandInConfig()  # noqa: RUF009
+    """The differentiable stand-in GDL descends on when f is a tree ensemble."""
     train: TrainConfig = TrainConfig()  # noqa: RUF009 - frozen dataclass
     judge: AEConfig = AEConfig()  # noqa: RUF009
     vae: AEConfig = AEConfig(beta=0.1)  # noqa: RUF009
@@ -194,6 +208,7 @@ class Evaluation:
     def to_json(self) -> dict[str, Any]:
         return {
             "dataset": self.dataset,
+            "classifier": self.config.classifier,
             "command": self.command,
             "config": self.config.to_dict(),
             "machine": machine(),
@@ -315,8 +330,10 @@ def render_markdown(ev: Evaluation) -> str:
     s = ev.summary()
     metrics = ev.metric_names()
     head = "| method | reps | queries/rep | " + " | ".join(label for _, label in metrics) + " |"
+    kind = cfg.classifier
     lines = [
-        f"### {ev.dataset}: {cfg.reps} repetition(s), mean ± SD over repetitions",
+        f"### {ev.dataset}, f = {kind} ({DESCRIPTIONS.get(kind, kind)}): {cfg.reps} "
+        "repetition(s), mean ± SD over repetitions",
         "",
         head,
         "|" + "---|" * 3 + "---:|" * len(metrics),
@@ -332,8 +349,16 @@ def render_markdown(ev: Evaluation) -> str:
             + " | ".join(_fmt(row[k], k) for k, _ in metrics)
             + " |"
         )
+    agree = [r.metrics["stand_in_agreement"] for r in ev.runs if "stand_in_agreement" in r.metrics]
+    if agree:
+        lines += [
+            "",
+            f"GDL descends on a torch MLP fitted to f (f = {kind} has no gradient); its agreement "
+            f"with f's decisions on the held-out rows: {100 * np.mean(agree):.1f}% (mean over "
+            f"{len(agree)} repetition(s)). f itself decides when GDL stops and judges its rows.",
+        ]
     paper = PAPER.get(ev.dataset)
-    if paper:
+    if paper and kind == "mlp":
         lines += [
             "",
             "The paper's table (time, reconstruction, sparsity, validity %, proximity):",
@@ -472,24 +497,58 @@ def run_gmcf(rep: Rep, capped_only: bool, walk_only: bool = False) -> MethodRun:
     return run
 
 
+def _decode_near(vae: Autoencoder, pre: Any) -> Callable[[np.ndarray, float, int], np.ndarray]:
+    """Hard-decoded rows from the VAE's latent codes of ``x`` plus Gaussian noise of SD ``sd``."""
+    hard_decode = HardDecode(pre)
+
+    def decode(x: np.ndarray, sd: float, seed: int) -> np.ndarray:
+        gen = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            z = vae.encode(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
+            z = z + sd * torch.randn(z.shape, generator=gen)
+            cont, logits = vae.decoder.raw(vae.decoder.body(z))
+            return np.asarray(hard_decode(cont, logits).numpy())
+
+    return decode
+
+
 def run_gdl(rep: Rep, cfg: EvalConfig, vae: Autoencoder) -> MethodRun:
     run = MethodRun("gdl", rep.index, capped=rep.capped.size < rep.queries.num_rows)
-    clf = rep.trained.classifier
-    if clf is None:
-        raise InputError(
-            "GDL needs the torch classifier the trainer trained (not a user's ONNX classifier)"
-        )
     pre = rep.explainer.bundle.preprocessor
+    clf = rep.trained.classifier
+    judge = None
+    if clf is None:
+        if cfg.classifier == "mlp":
+            raise InputError(
+                "GDL needs the torch classifier the trainer trained (not a user's ONNX classifier)"
+            )
+        # A tree ensemble has no gradient: descend on a torch MLP fitted to f's scores; f itself
+        # decides when a row has arrived (and judges the rows, as for every method).
+        p = rep.trained.prepared
+        judge = rep.explainer.engine.score
+        t0 = time.perf_counter()
+        clf, agreement = fit_stand_in(
+            judge,
+            pre,
+            p.x_train,
+            p.x_test,
+            _decode_near(vae, pre),
+            cfg.seed + rep.index + 700,
+            cfg.stand_in,
+        )
+        run.metrics["stand_in_seconds"] = time.perf_counter() - t0
+        run.metrics["stand_in_agreement"] = agreement["held_out"]
+        run.metrics.update({f"stand_in_agreement_{k}": v for k, v in agreement.items()})
     s = rep.explainer.settings
     x = rep.x[rep.capped]
     t0 = time.perf_counter()
-    res = gdl_search(vae, clf, pre, x, s.threshold, s.tol, cfg.gdl)
+    res = gdl_search(vae, clf, pre, x, s.threshold, s.tol, cfg.gdl, judge)
     run.metrics["time_batched"] = (time.perf_counter() - t0) / max(len(x), 1)
     _score_rows(rep, run, rep.capped, res.cf, res.found)
     _time_each(
         run,
         rep.timed,
-        lambda i: gdl_search(vae, clf, pre, rep.x[i : i + 1], s.threshold, s.tol, cfg.gdl),
+        lambda i: gdl_search(vae, clf, pre, rep.x[i : i + 1], s.threshold, s.tol, cfg.gdl, judge),
     )
     run.metrics["gdl_steps"] = float(res.steps.mean()) if res.steps.size else float("nan")
     return run
@@ -599,6 +658,7 @@ def evaluate(
     """Run the protocol; failures of a repetition or a method are recorded, never raised.
     ``on_rep`` sees the evaluation so far after every repetition (to save partial results)."""
     check_methods(cfg.methods)
+    check_classifier(cfg.classifier)
     if cfg.reps < 1:
         raise InputError(f"reps must be at least 1, got {cfg.reps}")
     if cfg.max_queries < 1:
@@ -644,7 +704,7 @@ def evaluate(
                 "rejected": rep.queries.num_rows,
                 "capped": int(rep.capped.size),
                 "timed": int(rep.timed.size),
-                "classifier": rep.trained.report["classifier"],
+                "classifier": {"kind": cfg.classifier, **rep.trained.report["classifier"]},
                 "explainer_reconstruction_mse_test": rep.trained.report["reconstruction_mse"],
                 "judge_reconstruction_mse_test": float(
                     np.mean(autoencoder_error(rep.judge, rep.trained.prepared.x_test))
@@ -729,11 +789,25 @@ def _prepare_rep(
 ) -> Rep:
     seed = cfg.seed + r
     tcfg = replace(cfg.train, seed=seed)
-    log(f"rep {r + 1}/{cfg.reps}: training f and the explainer (seed {seed}, {tcfg.epochs} epochs)")
+    log(
+        f"rep {r + 1}/{cfg.reps}: training f ({cfg.classifier}) and the explainer (seed {seed}, "
+        f"{tcfg.epochs} epochs)"
+    )
     t0 = time.perf_counter()
-    trained = train_models(ds, tcfg, callbacks=_log_training(log, r))
+    clf_model = None
+    if cfg.classifier != "mlp":
+        # f on this repetition's 80%, on the tool's own encoding, given to the explainer's
+        # training as a user's ONNX classifier is.
+        p = prepare(ds, tcfg.test_size, seed)
+        clf_model = gbm_classifier(cfg.classifier, p.x_train, p.y_train, seed)
+    trained = train_models(ds, tcfg, clf_model, callbacks=_log_training(log, r))
     bundle = write_bundle(
-        trained, ds, folder / "bundle", tcfg, False, f"gmcf-batch evaluate (rep {r}, seed {seed})"
+        trained,
+        ds,
+        folder / "bundle",
+        tcfg,
+        clf_model is not None,
+        f"gmcf-batch evaluate (rep {r}, seed {seed}, classifier {cfg.classifier})",
     )
     log(f"rep {r + 1}: trained in {time.perf_counter() - t0:.0f} s; training the judge autoencoder")
     judge = train_autoencoder(
