@@ -16,7 +16,7 @@ import numpy as np
 
 from gmcf.runtime.bundle import load_bundle
 from gmcf.runtime.metrics import changed_features, proximity_l2
-from gmcf.runtime.search import FOUND, NOT_FOUND, SEARCH_KINDS, Engine, search
+from gmcf.runtime.search import FOUND, NOT_FOUND, SEARCH_KINDS, Engine, revert_found, search
 
 #: Warn when fewer than this share of the validation rows f rejects get a counterfactual.
 MIN_VALIDITY = 0.90
@@ -30,8 +30,9 @@ CHANCE = 0.5
 
 
 def measure_quality(bundle: Path, x: np.ndarray, rows: str, chunk: int = 2048) -> dict[str, Any]:
-    """Explain the rows ``x`` (model space) with the bundle's search at its default settings;
-    figures over the rows its f rejects. ``rows`` names where they come from."""
+    """Explain the rows ``x`` (model space) with the bundle's search at its default settings,
+    the revert step included, as ``explain`` does; figures over the rows its f rejects. ``rows``
+    names where they come from."""
     b = load_bundle(bundle)
     engine = Engine(b)
     cfg = b.search
@@ -40,6 +41,7 @@ def measure_quality(bundle: Path, x: np.ndarray, rows: str, chunk: int = 2048) -
     for start in range(0, len(x), chunk):
         xr = np.ascontiguousarray(x[start : start + chunk], dtype=np.float32)
         res = search(engine, xr, cfg)
+        revert_found(engine, res, xr, cfg, None)
         hit = res.status == FOUND
         status.append(res.status)
         kind.append(res.kind[hit])
