@@ -93,3 +93,22 @@ def test_numpy_blas_runs_on_the_explainers_threads(monkeypatch: pytest.MonkeyPat
     assert seen and set(seen) == {1}, seen
     # and the process's own setting is back afterwards
     assert [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"] == before
+
+
+def test_screened_answers_keep_the_constraints(gbm_bundle: Path) -> None:
+    from gmcf.runtime.constraints import Constraints
+
+    table = held_out(gbm_bundle)
+    wanted = {"fico": {"direction": "increase"}, "purpose": {"immutable": True}}
+    ex = Explainer.from_bundle(gbm_bundle, constraints=wanted)
+    out = ex.explain(table)
+    found = np.asarray(out.column("status").to_pylist()) == "found"
+    assert found.sum() > 100
+    pre = ex.bundle.preprocessor
+    x, _ = pre.transform(table.filter(pa.array(found)))
+    cf, _ = pre.transform(
+        out.filter(pa.array(found)).select([f"cf_{n}" for n in pre.names]).rename_columns(pre.names)
+    )
+    c = Constraints.from_dict(wanted)
+    assert c.satisfied(pre, np.asarray(x, np.float32), np.asarray(cf, np.float32)).all()
+    assert (ex.engine.score(np.asarray(cf, np.float32)) >= 0.5).all()
