@@ -2,7 +2,7 @@
 
 After a bundle is written, its own search (``gmcf.runtime.search``, onnxruntime, the bundle's
 default settings) explains the validation rows that f rejects. The report gains their validity
-(confirmed by f on the returned rows), mean proximity L2, mean L0, decoder evaluations per row
+(confirmed by f on the returned rows), mean proximity L2, mean L0, calls of f per row
 and the share of the counterfactuals found by each search kind; ``gate_warnings`` turns weak
 figures into plain warnings that ``gmcf-batch train`` prints (and ``--strict`` makes fatal).
 """
@@ -110,6 +110,6 @@ def quality_lines(report: dict[str, Any]) -> list[str]:
     l0 = "n/a" if q["l0"] is None else f"{q['l0']:.2f}"
     return [
         f"validity {100 * q['validity']:.1f}% of {q['searched']:,} {q['rows']} rows f rejects; "
-        f"proximity L2 {l2}, L0 {l0}; {q['evaluations_per_row']:.1f} evaluations per row; found by "
+        f"proximity L2 {l2}, L0 {l0}; {q['evaluations_per_row']:.1f} calls of f per row; found by "
         f"{shares or 'none'}"
     ]
