@@ -11,7 +11,7 @@ import onnxruntime as ort
 
 from gmcf.runtime.bundle import Bundle, check_graph_signature
 from gmcf.runtime.errors import BundleError
-from gmcf.runtime.settings import check_threads
+from gmcf.runtime.settings import RunSettings, check_threads
 
 if TYPE_CHECKING:
     from gmcf.runtime.fallback import Anchors
@@ -49,7 +49,6 @@ class Engine:
         self._probe("search")
         self._anchors: Anchors | None = None
         self._anchors_loaded = False
-        self.has_screen = bundle.has_screen
 
     @property
     def anchors(self) -> Anchors | None:
@@ -97,6 +96,10 @@ class Engine:
 
     def score(self, x: np.ndarray) -> np.ndarray:
         return np.asarray(self.sessions["classifier"].run(None, {"x": x})[0], dtype=np.float32)
+
+    def screens(self, settings: RunSettings) -> bool:
+        """Whether a run with ``settings`` searches with the bundle's screen."""
+        return settings.screen and self.bundle.has_screen
 
     def screen_score(self, x: np.ndarray) -> np.ndarray:
         """g(x), the screen's stand-in for f (opened on first use; bundles with a screen only)."""

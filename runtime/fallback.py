@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from gmcf.runtime import dependencies, transforms
 from gmcf.runtime.errors import BundleError
 
 if TYPE_CHECKING:
@@ -96,8 +97,6 @@ def hard_decode(
     kept in the training band (widened to the query's own value ``x`` [n, F], when given) and in
     the bounds, integers rounded in raw units under their transform, each categorical block
     arg-maxed over its allowed categories, and determined features set from their category."""
-    from gmcf.runtime import dependencies, transforms
-
     n = pre.n_numeric
     out = np.zeros_like(soft, dtype=np.float32)
     cont = np.asarray(soft[:, :n], np.float32)

@@ -200,8 +200,7 @@ def search(
 
     ext = np.linspace(1.0, cfg.max_alpha, cfg.steps + 1, dtype=np.float32)[1:]
     extrapolate = cfg.extrapolate and cfg.max_alpha > 1.0
-    screened = cfg.screen and engine.has_screen
-    if screened:
+    if engine.screens(cfg):
         # g walks the path; f confirms g's first crossing, then its next one in the blocks g
         # walked (``screen_rounds``). The rows left go to the last resort when there is one, else
         # walk with f.
@@ -301,10 +300,8 @@ def _last_resort(
     far = found & (kind == EXTRAPOLATED) if cfg.fallback_extrapolated else np.zeros_like(found)
     miss = np.nonzero(~found | far)[0]
     b = None if bounds is None else (bounds[0][todo[miss]], bounds[1][todo[miss]])
-    screened = cfg.screen and engine.has_screen
-    got = rescue(
-        engine, xq[miss], cfg, b, engine.screen_score if screened else None, cfg.screen_rounds
-    )
+    screen = engine.screen_score if engine.screens(cfg) else None
+    got = rescue(engine, xq[miss], cfg, b, screen, cfg.screen_rounds)
     if got is None:
         return
     evals[miss] += got.evaluations
@@ -421,27 +418,20 @@ def revert_found(
     if hit.size == 0 or isinstance(engine.pre, ImagePreprocessor):
         return
     b = None if bounds is None else (bounds[0][hit], bounds[1][hit])
-    t, top = settings.threshold, settings.score_ceiling
-    if not (settings.screen and engine.has_screen):
-        evals = np.zeros(hit.size, np.int32)
-        part.cf[hit], part.cf_score[hit], part.reverted[hit] = revert_changes(
-            engine.pre, engine.score, x[hit], part.cf[hit], part.cf_score[hit], t, top, b, evals
-        )
-        part.evaluations[hit] += evals
-        return
-    # g ranks what to put back; f confirms g's choice (or its next) before it is taken
+    # with a screen, g ranks what to put back and f confirms g's choice (or its next) first
+    screened = engine.screens(settings)
     evals = np.zeros(hit.size, np.int32)
     part.cf[hit], part.cf_score[hit], part.reverted[hit] = revert_changes(
         engine.pre,
-        engine.screen_score,
+        engine.screen_score if screened else engine.score,
         x[hit],
         part.cf[hit],
         part.cf_score[hit],
-        t,
-        top,
+        settings.threshold,
+        settings.score_ceiling,
         b,
         evals,
-        confirm=engine.score,
+        confirm=engine.score if screened else None,
         tries=settings.screen_rounds,
     )
     part.evaluations[hit] += evals
