@@ -48,6 +48,8 @@ from gmcf.runtime.status import STATUSES as STATUSES
 BLOCK = 8
 #: Queries per call of the fused graph: B * steps candidate rows stay in cache.
 SEARCH_CHUNK = 2048
+#: Found rows per call of the revert step (``revert_found``).
+REVERT_CHUNK = 8192
 #: Model-space entries per chunk of queries for wide tabular rows (the limit binds above 98
 #: entries per row; the shipped tables have 12 and 21).
 WIDE_CHUNK_ENTRIES = 256 * 784
@@ -97,6 +99,10 @@ class SearchResult:
         """Copy ``part`` (results for ``rows`` of this result, in order) into place."""
         for name in self.FIELDS:
             getattr(self, name)[rows] = getattr(part, name)
+
+    def take(self, rows: np.ndarray) -> SearchResult:
+        """The results of ``rows``, in order (copies)."""
+        return SearchResult(*(getattr(self, name)[rows] for name in self.FIELDS))
 
     @classmethod
     def empty(cls, n: int, width: int) -> SearchResult:
@@ -372,10 +378,18 @@ def search_batch(
             tgt = (
                 None if target is None else np.broadcast_to(target, (rows.size, target.size)).copy()
             )
-            part = search(engine, xr, settings, bounds, tgt, score)
-            if revert:
-                revert_found(engine, part, xr, settings, bounds)
-            res.assign(rows, part)
+            res.assign(rows, search(engine, xr, settings, bounds, tgt, score))
+    if revert:
+        # the found rows of the batch, REVERT_CHUNK at a time: fewer calls of f and g than
+        # search chunk by search chunk, while the step's arrays stay in cache
+        for res in walks:
+            found = np.nonzero(res.status == FOUND)[0]
+            for start in range(0, found.size, REVERT_CHUNK):
+                hit = found[start : start + REVERT_CHUNK]
+                bounds = constraints.bounds(pre, x[hit]) if constraints else None
+                part = res.take(hit)
+                revert_found(engine, part, x[hit], settings, bounds)
+                res.assign(hit, part)
     ceiling, constrained = settings.score_ceiling, bool(constraints)
     if num_cfs == 1:
         res = walks[0]
