@@ -100,20 +100,26 @@ class _Steps:
     def __init__(
         self, pre: Preprocessor, x: np.ndarray, bounds: tuple[np.ndarray, np.ndarray] | None
     ) -> None:
-        groups = dependencies.groups(pre)
-        self.member = np.zeros((len(groups), pre.width), bool)  # [G, F]: a group's columns
-        for gi, cols in enumerate(groups):
-            self.member[gi, cols] = True
+        self.groups = [np.array(cols) for cols in dependencies.groups(pre)]
+        # [G, F]: a group's columns
+        self.member = np.zeros((len(self.groups), pre.width), np.float32)
+        for gi, cols in enumerate(self.groups):
+            self.member[gi, cols] = 1.0
         self.x, self.bounds, self.n_num = x, bounds, pre.n_numeric
 
     def candidates(self, active: np.ndarray, cur: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(row of ``active`` each candidate belongs to, the candidates), row by row."""
         xq = self.x[active]
-        changed = ((cur != xq).astype(np.float32) @ self.member.T.astype(np.float32)) > 0
+        changed = ((cur != xq).astype(np.float32) @ self.member.T) > 0
         # A row with one change left is the query once it is put back, which f rejects.
         changed &= changed.sum(axis=1, keepdims=True) > 1
         r_idx, g_idx = np.nonzero(changed)
-        return r_idx, np.where(self.member[g_idx], xq[r_idx], cur[r_idx])
+        cand = cur[r_idx]
+        for gi, cols in enumerate(self.groups):  # a few columns per group: cheaper than a mask
+            sel = np.nonzero(g_idx == gi)[0]
+            if sel.size:
+                cand[sel[:, None], cols] = xq[r_idx[sel][:, None], cols]
+        return r_idx, cand
 
     def allowed(self, active: np.ndarray, r_idx: np.ndarray, cand: np.ndarray) -> np.ndarray:
         """Which candidates keep within the constraints' bounds."""
@@ -129,11 +135,30 @@ def _scored(score: Callable[[np.ndarray], np.ndarray], rows: np.ndarray) -> np.n
     return np.concatenate([score(rows[i : i + CHUNK]) for i in range(0, len(rows), CHUNK)])
 
 
-def _best_per_row(idx: np.ndarray, s: np.ndarray, r_idx: np.ndarray) -> np.ndarray:
-    """Of the candidates ``idx``, each row's highest-scoring one."""
+def _by_row(idx: np.ndarray, key: np.ndarray, r_idx: np.ndarray) -> np.ndarray:
+    """The candidates ``idx`` (ascending; ``r_idx``, each candidate's row, is non-decreasing)
+    row by row, each row's highest ``key`` first (ties: the earlier candidate). The same order
+    as ``idx[np.lexsort((-key[idx], r_idx[idx]))]``, several times faster: a row has at most
+    one candidate per feature group, so each row's few are sorted in one small dense array."""
     if idx.size == 0:
         return idx
-    idx = idx[np.lexsort((-s[idx], r_idx[idx]))]
+    r = r_idx[idx]
+    new = np.r_[True, r[1:] != r[:-1]]
+    start = np.nonzero(new)[0]
+    run = np.cumsum(new) - 1
+    pos = np.arange(idx.size) - start[run]
+    dense = np.full((start.size, int(pos.max()) + 1), np.inf, np.float32)
+    dense[run, pos] = -key[idx]
+    order = np.argsort(dense, axis=1, kind="stable")
+    keep = np.isfinite(np.take_along_axis(dense, order, axis=1))
+    return idx[(start[:, None] + order)[keep]]
+
+
+def _best_per_row(idx: np.ndarray, s: np.ndarray, r_idx: np.ndarray) -> np.ndarray:
+    """Of the candidates ``idx`` (ascending), each row's highest-scoring one."""
+    idx = _by_row(idx, s, r_idx)
+    if idx.size == 0:
+        return idx
     return idx[np.r_[True, r_idx[idx][1:] != r_idx[idx][:-1]]]
 
 
@@ -175,7 +200,7 @@ def _screened(
     g_first = _scored(g, cand)
     est = cf_score[r_idx] + g_first - g_cf[r_idx]
     ok = np.nonzero((est >= threshold) & (est < upper) & steps.allowed(all_rows, r_idx, cand))[0]
-    ok = ok[np.lexsort((-est[ok], r_idx[ok]))]
+    ok = _by_row(ok, est, r_idx)
     rank = np.arange(ok.size) - np.searchsorted(r_idx[ok], r_idx[ok])  # 0 = the row's best
     ok = ok[rank < np.bincount(r_idx, minlength=n)[r_idx[ok]] - 1]
     length = np.bincount(r_idx[ok], minlength=n)
@@ -215,7 +240,7 @@ def _screened(
             g_cand = _scored(g, cand)
         est = cf_score[rows] + g_cand - g_cf[rows]
         left = np.nonzero(steps.allowed(active, r_idx, cand))[0]
-        left = left[np.lexsort((-est[left], r_idx[left]))]  # row by row, g's best first
+        left = _by_row(left, est, r_idx)  # row by row, g's best first
         picks, scores = [], []
         for t in range(tries):
             if left.size == 0:

@@ -47,7 +47,7 @@ from gmcf.runtime.status import STATUSES as STATUSES
 #: Alphas evaluated per call along a path; rows stop at their first crossing (docs/design.md).
 BLOCK = 8
 #: Queries per call of the fused graph: B * steps candidate rows stay in cache.
-SEARCH_CHUNK = 2048
+SEARCH_CHUNK = 4096
 #: Found rows per call of the revert step (``revert_found``).
 REVERT_CHUNK = 8192
 #: Model-space entries per chunk of queries for wide tabular rows (the limit binds above 98
