@@ -121,7 +121,9 @@ def test_style_correlation_is_nan_when_one_side_does_not_vary() -> None:
 
 def test_images_search_in_small_chunks_and_wide_tables_keep_theirs() -> None:
     from gmcf.runtime.explainer import SEARCH_CHUNK, search_chunk
+    from gmcf.runtime.search import WIDE_CHUNK_ENTRIES
 
     assert search_chunk(784, image=True) == 64
     assert search_chunk(21) == search_chunk(98) == SEARCH_CHUNK  # tables up to 98 entries per row
-    assert search_chunk(100) == 256 * 784 // 100 and search_chunk(1000) == 256 * 784 // 1000
+    assert search_chunk(100) == WIDE_CHUNK_ENTRIES // 100 < SEARCH_CHUNK
+    assert search_chunk(1000) == WIDE_CHUNK_ENTRIES // 1000
