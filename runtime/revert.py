@@ -153,7 +153,7 @@ def _by_row(idx: np.ndarray, key: np.ndarray, r_idx: np.ndarray) -> np.ndarray:
     dense[run, pos] = -key[idx]
     order = np.argsort(dense, axis=1, kind="stable")
     keep = np.isfinite(np.take_along_axis(dense, order, axis=1))
-    return idx[(start[:, None] + order)[keep]]
+    return np.asarray(idx[(start[:, None] + order)[keep]])
 
 
 def _best_per_row(idx: np.ndarray, s: np.ndarray, r_idx: np.ndarray) -> np.ndarray:
@@ -201,15 +201,15 @@ def _screened(
     r_idx, cand = steps.candidates(all_rows, cf)
     g_first = _scored(g, cand)
     est = cf_score[r_idx] + g_first - g_cf[r_idx]
-    ok = np.nonzero((est >= threshold) & (est < upper) & steps.allowed(all_rows, r_idx, cand))[0]
-    ok = _by_row(ok, est, r_idx)
-    rank = np.arange(ok.size) - np.searchsorted(r_idx[ok], r_idx[ok])  # 0 = the row's best
-    ok = ok[rank < np.bincount(r_idx, minlength=n)[r_idx[ok]] - 1]
-    length = np.bincount(r_idx[ok], minlength=n)
+    lets = np.nonzero((est >= threshold) & (est < upper) & steps.allowed(all_rows, r_idx, cand))[0]
+    lets = _by_row(lets, est, r_idx)
+    rank = np.arange(lets.size) - np.searchsorted(r_idx[lets], r_idx[lets])  # 0 = the row's best
+    lets = lets[rank < np.bincount(r_idx, minlength=n)[r_idx[lets]] - 1]
+    length = np.bincount(r_idx[lets], minlength=n)
     # a row's candidates put back disjoint columns: write each one's into the row
     put = cf.copy()
-    ci, col = np.nonzero(cand[ok] != cf[r_idx[ok]])
-    put[r_idx[ok][ci], col] = cand[ok][ci, col]
+    ci, col = np.nonzero(cand[lets] != cf[r_idx[lets]])
+    put[r_idx[lets][ci], col] = cand[lets][ci, col]
     leap = np.nonzero(length >= 2)[0]
     end = put[leap]
     g_end = _scored(g, end)
