@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 
 #: Candidates decoded per call (queries x anchors x alphas).
 CALL_ROWS = 16384
+#: Queries whose distances to the anchors are computed at once (128 x 4,096 anchors: 2 MiB).
+NEAREST_BLOCK = 128
 
 
 @dataclass
@@ -188,16 +190,20 @@ def _decode_score(
 def nearest(x: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
     """Indices [m, k] of the ``k`` rows nearest to each row of ``x`` (L2), nearest first (ties:
     the lower index). k arg-mins over the distances: several times faster than a partition
-    for the few neighbours the last resort takes."""
+    for the few neighbours the last resort takes; NEAREST_BLOCK queries at a time, so that their
+    distances stay in cache."""
     # |x|^2 is the same for every candidate of a row: it does not change the order
-    d2 = np.matmul(x, np.ascontiguousarray(-2.0 * rows.T, dtype=np.float32))
-    d2 += (rows**2).sum(1, dtype=np.float32)[None, :]
+    minus_2t = np.ascontiguousarray(-2.0 * rows.T, dtype=np.float32)
+    sq = (rows**2).sum(1, dtype=np.float32)
     out = np.empty((len(x), k), np.int64)
-    r = np.arange(len(x))
-    for i in range(k):
-        j = d2.argmin(axis=1)
-        out[:, i] = j
-        d2[r, j] = np.inf
+    for start in range(0, len(x), NEAREST_BLOCK):
+        d2 = np.matmul(x[start : start + NEAREST_BLOCK], minus_2t)
+        d2 += sq[None, :]
+        r = np.arange(len(d2))
+        for i in range(k):
+            j = d2.argmin(axis=1)
+            out[start : start + len(d2), i] = j
+            d2[r, j] = np.inf
     return out
 
 
