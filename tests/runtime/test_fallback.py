@@ -16,7 +16,7 @@ from gmcf.datasets import load_dataset
 from gmcf.runtime import Explainer
 from gmcf.runtime.bundle import load_bundle
 from gmcf.runtime.constraints import Constraints
-from gmcf.runtime.fallback import compact, hard_decode, rescue
+from gmcf.runtime.fallback import NEAREST_BLOCK, compact, hard_decode, nearest, rescue
 from gmcf.runtime.search import ANCHORED, FOUND, Engine, search
 from gmcf.trainer.prepare import prepare
 
@@ -240,3 +240,22 @@ def test_every_answer_read_back_from_the_output_is_approved() -> None:
     np.testing.assert_allclose(
         score, out.column("cf_score").to_numpy(zero_copy_only=False)[found], atol=1e-5
     )
+
+
+def test_nearest_anchors_are_the_exact_nearest_in_every_block_of_queries() -> None:
+    """Real rows: LendingClub in model space, queries spanning several blocks and a partial one;
+    against the distances in float64."""
+    x = load_dataset("lending-club")
+    from gmcf.trainer.prepare import prepare as prep
+
+    rows = prep(x, 0.2, 0).x_train.astype(np.float32)
+    anchors, queries = rows[:1500], rows[1500 : 1500 + 2 * NEAREST_BLOCK + 37]
+    got = nearest(queries, anchors, 4)
+    d2 = ((queries[:, None, :].astype(np.float64) - anchors[None, :, :]) ** 2).sum(-1)
+    want = np.argsort(d2, axis=1, kind="stable")[:, :4]
+    # the same neighbours, or ties at the same distance within float32 rounding
+    same = got == want
+    tie = np.isclose(
+        np.take_along_axis(d2, got, 1), np.take_along_axis(d2, want, 1), rtol=1e-5, atol=1e-6
+    )
+    assert (same | tie).all() and same.mean() > 0.99
