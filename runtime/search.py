@@ -209,8 +209,12 @@ def search(
     if engine.screens(cfg):
         # g walks the path; f confirms g's first crossing, then its next one in the blocks g
         # walked (``screen_rounds``). The rows left go to the last resort when there is one, else
-        # walk with f.
-        path = np.concatenate([grid, ext]) if extrapolate else grid
+        # walk with f. A last resort that also takes the rows answered past mu_1
+        # (``fallback_extrapolated``) keeps the nearer answer, and its anchored one was as near
+        # or nearer on every held-out row measured: g then walks to mu_1 only (docs/design.md).
+        last_resort = cfg.fallback and engine.anchors is not None
+        beyond = extrapolate and not (last_resort and cfg.fallback_extrapolated)
+        path = np.concatenate([grid, ext]) if beyond else grid
         code_g = np.zeros((m, path.size, engine.pre.code_width), np.float32)
         score_g = np.zeros((m, path.size), np.float32)
         # block by block (BLOCK alphas), each row until g first approves a candidate
@@ -243,7 +247,7 @@ def search(
             pending = pending[~ok]
             pending = pending[(key[pending] < path.size).any(axis=1)]
         rest = np.nonzero(np.isnan(best_score))[0]
-        if cfg.fallback and engine.anchors is not None:
+        if last_resort:
             rest = rest[:0]  # the last resort takes them, screened as well
         walk_path(rest, grid, 0.0, GRID)
         if extrapolate:
