@@ -56,6 +56,10 @@ WIDE_CHUNK_ENTRIES = 512 * 784
 #: The same for images: 64 queries of 784 pixels, as fast as larger chunks and leaner
 #: (docs/design.md).
 IMAGE_CHUNK_ENTRIES = 64 * 784
+#: With a screen and a last resort, a row whose g scores stay below threshold - FAR_FROM_CROSSING
+#: over the walk's first block (alphas up to 0.5) walks no further: the last resort answers it.
+#: On held-out rows the same validity, and L2 as low or lower (docs/design.md).
+FAR_FROM_CROSSING = 0.2
 #: Distance, in standard deviations of the target class's Gaussian, of the extra walks' targets
 #: (K > 1 options per query; docs/design.md).
 TARGET_SPREAD = 3.0
@@ -228,6 +232,9 @@ def search(
                 rows, np.broadcast_to(part, (rows.size, part.size)).copy(), screen=True
             )
             rows = rows[(score_g[rows, j] < t).all(axis=1)]
+            if last_resort and i == 0:
+                # far from crossing after the first block: the last resort's answer instead
+                rows = rows[score_g[rows, j].max(axis=1) >= t - FAR_FROM_CROSSING]
         key = np.where(score_g >= t, np.arange(path.size)[None, :], path.size)
         pending = np.nonzero((key < path.size).any(axis=1))[0]
         for _ in range(cfg.screen_rounds):
