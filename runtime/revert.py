@@ -193,10 +193,7 @@ def _screened(
 
     n = len(cf)
     g_cf = _scored(g, cf)
-    # The leap. Round one's candidates, estimated by g (kept for the first round below): every
-    # change whose own revert g's estimate approves is put back at once (g's best first, leaving
-    # one change at least); where that is two or more changes and g's estimate of the result
-    # approves it, f is asked about it.
+    # the leap, from round one's candidates (their g is kept for the first round below)
     all_rows = np.arange(n)
     r_idx, cand = steps.candidates(all_rows, cf)
     g_first = _scored(g, cand)
@@ -224,6 +221,8 @@ def _screened(
         took = leap[good]
         cf[took], cf_score[took], reverted[took] = end[good], s[good], length[took]
         g_cf[took] = g_end[good]
+    moved = np.zeros(n, bool)  # rows the leap took: their round-one candidates are new
+    moved[took] = True
     first_round: tuple[np.ndarray, np.ndarray] | None = (r_idx, g_first)
     # round by round from where each row stands
     active = np.arange(n)
@@ -233,10 +232,10 @@ def _screened(
             break
         rows = active[r_idx]
         if first_round is not None:  # the rows the leap left where they were: g known
-            moved = np.isin(rows, took)
+            new = moved[rows]
             g_cand = np.empty(len(cand), np.float32)
-            g_cand[~moved] = first_round[1][~np.isin(first_round[0], took)]
-            g_cand[moved] = _scored(g, cand[moved])
+            g_cand[~new] = first_round[1][~moved[first_round[0]]]
+            g_cand[new] = _scored(g, cand[new])
             first_round = None
         else:
             g_cand = _scored(g, cand)

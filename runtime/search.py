@@ -379,11 +379,16 @@ def search_batch(
     walks = [SearchResult.empty(len(x), pre.width) for _ in targets]
     if constraints and ok.size:
         ok, reason = set_aside_unmeetable(engine, x, reason, ok, walks, settings, constraints)
+    # the constraints' per-row bounds, once for the batch: the search and the revert step read them
+    limits = None
+    if constraints and ok.size:
+        limits = np.zeros((len(x), pre.width), np.float32), np.ones((len(x), pre.width), np.float32)
+        limits[0][ok], limits[1][ok] = constraints.bounds(pre, x[ok])
     chunk = chunk_for(engine)
     for start in range(0, ok.size, chunk):
         rows = ok[start : start + chunk]
         xr = x[rows]
-        bounds = constraints.bounds(pre, xr) if constraints else None
+        bounds = None if limits is None else (limits[0][rows], limits[1][rows])
         score = engine.score(xr) if len(targets) > 1 else None
         for res, target in zip(walks, targets, strict=True):
             tgt = (
@@ -397,7 +402,7 @@ def search_batch(
             found = np.nonzero(res.status == FOUND)[0]
             for start in range(0, found.size, REVERT_CHUNK):
                 hit = found[start : start + REVERT_CHUNK]
-                bounds = constraints.bounds(pre, x[hit]) if constraints else None
+                bounds = None if limits is None else (limits[0][hit], limits[1][hit])
                 part = res.take(hit)
                 revert_found(engine, part, x[hit], settings, bounds)
                 res.assign(hit, part)
@@ -436,14 +441,15 @@ def revert_found(
     settings: RunSettings,
     bounds: tuple[np.ndarray, np.ndarray] | None,
 ) -> None:
-    """The revert step on the found rows of one searched chunk (in place). Image bundles are
-    not reverted: an image is one feature, and putting it back is the query itself."""
+    """The revert step on the found rows of ``part`` (in place; ``x`` and ``bounds``: its rows').
+    Image bundles are not reverted: an image is one feature, and putting it back is the query
+    itself."""
 
     hit = np.nonzero(part.status == FOUND)[0]
     if hit.size == 0 or isinstance(engine.pre, ImagePreprocessor):
         return
     b = None if bounds is None else (bounds[0][hit], bounds[1][hit])
-    # with a screen, g ranks what to put back and f confirms g's choice (or its next) first
+    # with a screen, g ranks what to put back and f confirms (``revert._screened``)
     screened = engine.screens(settings)
     evals = np.zeros(hit.size, np.int32)
     part.cf[hit], part.cf_score[hit], part.reverted[hit] = revert_changes(
